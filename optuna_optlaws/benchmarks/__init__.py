@@ -1,0 +1,1 @@
+"""Benchmarks whose results are written under ``studies/`` by the scripts themselves."""
