@@ -1,0 +1,221 @@
+"""The ``optlaws fit``, ``optlaws predict`` and ``optlaws rank`` subcommands.
+
+* ``fit CURVES.csv [--law NAME] [--runs ID,...] [--seed N] --out LAW.json``: fit a law on
+  the rows of CURVES.csv that have a loss and write the law file;
+* ``predict LAW.json SCHEDULES.csv --out PRED.csv``: one row per row of SCHEDULES.csv,
+  ``run_id,step,pred_loss,pred_lo,pred_hi`` (losses in nats, central 90% interval);
+* ``rank LAW.json SCHEDULES.csv``: one line per run, lowest predicted final loss first,
+  ``rank run_id pred_final pred_lo pred_hi``.
+
+Predictions use each run's schedule (its ``lr`` values) and sizes only; any ``loss``
+values in SCHEDULES.csv are ignored. Bad input raises :class:`InputError`, which the
+``optlaws`` entry point prints as one line before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._progress import Progress
+from optuna_optlaws.curves import Curve, read_curves_csv
+from optuna_optlaws.laws import DEFAULT_LAW, LAW_MODULES, Law, Prediction, load_law, make_law
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fit``, ``predict`` and ``rank`` to the ``optlaws`` parser."""
+    fit = subparsers.add_parser(
+        "fit",
+        help="fit a loss-vs-schedule law on observed curves",
+        description="Fit a law on the rows of CURVES.csv that have a loss; write the law file (JSON).",
+    )
+    fit.add_argument("curves", metavar="CURVES.csv", help="curves file (long format: run_id,step,lr,loss,...)")
+    fit.add_argument(
+        "--law",
+        default=DEFAULT_LAW,
+        choices=list(LAW_MODULES),
+        help=f"which law to fit (default: {DEFAULT_LAW})",
+    )
+    fit.add_argument("--runs", metavar="ID,ID,...", default=None, help="fit only these runs (comma-separated ids)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the fit's random starts (default: 0)")
+    fit.add_argument("--out", metavar="LAW.json", required=True, help="where to write the law file")
+    fit.set_defaults(handler=_run_fit)
+
+    pred = subparsers.add_parser(
+        "predict",
+        help="predict the loss of schedules at every listed step",
+        description="Write run_id,step,pred_loss,pred_lo,pred_hi for every row of SCHEDULES.csv "
+        "(central 90%% predictive interval, nats).",
+    )
+    pred.add_argument("law", metavar="LAW.json", help="law file written by 'optlaws fit'")
+    pred.add_argument("schedules", metavar="SCHEDULES.csv", help="curves file whose lr rows state the schedules")
+    pred.add_argument("--out", metavar="PRED.csv", required=True, help="where to write the predictions ('-': stdout)")
+    pred.set_defaults(handler=_run_predict)
+
+    rank = subparsers.add_parser(
+        "rank",
+        help="rank schedules by predicted final loss",
+        description="Print 'rank run_id pred_final pred_lo pred_hi', one line per run, best first.",
+    )
+    rank.add_argument("law", metavar="LAW.json", help="law file written by 'optlaws fit'")
+    rank.add_argument("schedules", metavar="SCHEDULES.csv", help="curves file whose lr rows state the schedules")
+    rank.set_defaults(handler=_run_rank)
+
+
+# ---------------------------------------------------------------------- fit
+def _parse_runs(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    runs = [r.strip() for r in text.split(",") if r.strip()]
+    if not runs:
+        raise InputError(f"--runs {text!r}: no run ids given")
+    return runs
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    curves = read_curves_csv(args.curves, runs=_parse_runs(args.runs))
+    observed = [c for c in curves if np.any(c.finite)]
+    if not observed:
+        raise InputError(f"{args.curves}: no run has a finite 'loss' value, so there is nothing to fit")
+    skipped = [c.run_id for c in curves if not np.any(c.finite)]
+    law = make_law(args.law)
+    progress = Progress(f"optlaws fit {args.law}", 1)
+    progress.advance(0, note=f"fitting {len(observed)} runs")
+    start = time.perf_counter()
+    law.fit(observed, seed=args.seed)
+    seconds = time.perf_counter() - start
+    progress.advance(1, note="done")
+    progress.close()
+    _write_law(law, args.out)
+    fit_loss = law.fit_info.get("loss")
+    loss_text = f"{float(fit_loss):.6g}" if isinstance(fit_loss, (int, float)) else "n/a"
+    points = sum(int(np.sum(c.finite)) for c in observed)
+    print(f"law: {law.name}")
+    print(f"runs: {len(observed)} ({points} points): {', '.join(c.run_id for c in observed)}")
+    if skipped:
+        print(f"skipped (no loss rows): {', '.join(skipped)}")
+    print(f"fit loss: {loss_text}")
+    print(f"seconds: {seconds:.2f}")
+    print(f"wrote: {args.out}")
+    return 0
+
+
+def _write_law(law: Law, out: str) -> None:
+    try:
+        law.save(out)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write law file ({exc.strerror})") from None
+
+
+# ---------------------------------------------------------------------- predict / rank
+def _group_by_sizes(curves: Sequence[Curve]) -> dict[tuple[float | None, float | None], list[int]]:
+    groups: dict[tuple[float | None, float | None], list[int]] = {}
+    for i, c in enumerate(curves):
+        groups.setdefault((c.model_size, c.tokens_per_step), []).append(i)
+    return groups
+
+
+def _check_law_sizes(law: Law, curves: Sequence[Curve], where: str) -> None:
+    for c in curves:
+        law.check_sizes(c.model_size, where=f"{where} run {c.run_id!r}")
+
+
+def _row_keys(path: str) -> list[tuple[str, int]]:
+    """``(run_id, step)`` of every data row of a curves file, in file order.
+
+    Called only after :func:`read_curves_csv` has validated the file."""
+    keys: list[tuple[str, int]] = []
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        cols = {c.strip(): i for i, c in enumerate(header)}
+        for record in reader:
+            if not record or all(not c.strip() for c in record):
+                continue
+            keys.append((record[cols["run_id"]].strip(), int(float(record[cols["step"]]))))
+    return keys
+
+
+def _finite_or_nan(x: float) -> str:
+    return repr(float(x)) if math.isfinite(x) else "nan"
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    law = load_law(args.law)
+    curves = read_curves_csv(args.schedules)
+    _check_law_sizes(law, curves, args.schedules)
+    keys = _row_keys(args.schedules)
+    steps_of: dict[str, list[int]] = {}
+    for run_id, step in keys:
+        steps_of.setdefault(run_id, []).append(step)
+    table: dict[tuple[str, int], tuple[float, float, float]] = {}
+    progress = Progress("optlaws predict", len(curves))
+    for c in curves:
+        steps = np.unique(np.asarray(steps_of[c.run_id], dtype=np.int64))
+        p = law.predict(c.schedule, steps, model_size=c.model_size, tokens_per_step=c.tokens_per_step)
+        for s, m, lo, hi in zip(steps.tolist(), *(np.asarray(a, dtype=np.float64) for a in p), strict=True):
+            table[(c.run_id, int(s))] = (float(m), float(lo), float(hi))
+        progress.advance(1)
+    progress.close()
+    rows = [[run_id, step, *(_finite_or_nan(v) for v in table[(run_id, step)])] for run_id, step in keys]
+    _write_rows(args.out, ["run_id", "step", "pred_loss", "pred_lo", "pred_hi"], rows)
+    return 0
+
+
+def _write_rows(out: str, header: list[str], rows: list[list[Any]]) -> None:
+    if out == "-":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write predictions ({exc.strerror})") from None
+
+
+def predict_final_losses(law: Law, curves: Sequence[Curve], where: str = "") -> Prediction:
+    """Predicted loss (nats) at the last step of each curve's schedule, in input order,
+    vectorised over the curves that share a model size and tokens per step."""
+    _check_law_sizes(law, curves, where or "schedules")
+    mean = np.full(len(curves), math.nan)
+    lo = np.full(len(curves), math.nan)
+    hi = np.full(len(curves), math.nan)
+    for (model_size, tokens), idx in _group_by_sizes(curves).items():
+        p = law.predict_final([curves[i].schedule for i in idx], model_size=model_size, tokens_per_step=tokens)
+        mean[idx], lo[idx], hi[idx] = p.mean, p.lo, p.hi
+    return Prediction(mean, lo, hi)
+
+
+def _rank_order(values: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Indices sorting ``values`` ascending, NaN last, ties in input order."""
+    key = np.where(np.isfinite(values), values, np.inf)
+    return np.argsort(key, kind="stable").astype(np.int64)
+
+
+def _run_rank(args: argparse.Namespace) -> int:
+    law = load_law(args.law)
+    curves = read_curves_csv(args.schedules)
+    pred = predict_final_losses(law, curves, args.schedules)
+    order = _rank_order(pred.mean)
+    width = max(len(c.run_id) for c in curves)
+    for rank, i in enumerate(order.tolist(), start=1):
+        print(
+            f"{rank} {curves[i].run_id:<{width}} {pred.mean[i]:.6f} {pred.lo[i]:.6f} {pred.hi[i]:.6f}"
+        )
+    return 0
