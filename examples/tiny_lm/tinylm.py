@@ -1,0 +1,290 @@
+"""A tiny byte-level decoder-only transformer trained on the Python standard library.
+
+Everything here runs offline: the corpus is the ``*.py`` sources of the running Python's
+standard library (``sysconfig.get_paths()["stdlib"]``), read in a fixed (sorted) file order,
+as bytes (vocabulary 256). Files are split into train and validation by a fixed rule (every
+``VAL_EVERY``-th file of the sorted list is validation), so the split never changes on one
+machine. The encoded corpus is cached as ``.npy`` files under ``cache_dir`` (default
+``examples/tiny_lm/.cache``, git-ignored, about 12 MB).
+
+:func:`train` trains a :class:`TinyGPT` for ``schedule.total_steps`` optimizer steps (AdamW)
+under any :class:`~optuna_optlaws.Schedule`, deterministically given ``config.seed``. The
+loss it reports along the way (``on_eval(step, loss)``) is the mean cross-entropy (nats per
+byte) on a fixed held-out set of ``config.eval_batches`` validation batches, measured right
+after optimizer step ``step`` (0-based; the LR used by that step is ``schedule.lr_at(step)``),
+every ``config.eval_every`` steps and at the last step. The final objective is the same loss
+on a larger fixed validation set (``config.final_eval_batches`` batches).
+
+Sizes are chosen so one run of ~600 steps takes ~10-20 s on one CPU thread; CUDA is used
+when present.
+"""
+
+from __future__ import annotations
+
+import math
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from optuna_optlaws import Schedule
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CACHE = HERE / ".cache"
+VAL_EVERY = 20
+"""Every 20th file (sorted order) of a corpus is held out for validation."""
+
+CORPORA = ("stdlib", "stdlib_tests")
+"""``stdlib``: the standard library's sources without its test suites (~12 MB).
+``stdlib_tests``: only the test suites (``test/``, ``tests/``, ``idle_test/``; ~19 MB), a
+second, shifted distribution for continual training and fine-tuning."""
+
+
+# ---------------------------------------------------------------------------- data
+def _is_test_path(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(p in ("test", "tests", "idle_test") or p.startswith("test_") for p in parts)
+
+
+def corpus_files(corpus: str = "stdlib") -> list[Path]:
+    """The corpus's source files, in their fixed (sorted relative path) order."""
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; known: {CORPORA}")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for p in sorted(root.rglob("*.py"), key=lambda q: q.relative_to(root).as_posix()):
+        rel = p.relative_to(root).as_posix()
+        if "site-packages" in rel or "dist-packages" in rel:
+            continue
+        if _is_test_path(rel) == (corpus == "stdlib_tests"):
+            out.append(p)
+    return out
+
+
+def load_corpus(corpus: str = "stdlib", cache_dir: Path | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) byte arrays (``uint8``) of a corpus, built once and cached."""
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    tr_path, va_path = cache / f"{corpus}_train.npy", cache / f"{corpus}_val.npy"
+    if tr_path.exists() and va_path.exists():
+        return np.load(tr_path), np.load(va_path)
+    train_parts: list[bytes] = []
+    val_parts: list[bytes] = []
+    for i, p in enumerate(corpus_files(corpus)):
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        (val_parts if i % VAL_EVERY == 0 else train_parts).append(data + b"\n")
+    train = np.frombuffer(b"".join(train_parts), dtype=np.uint8).copy()
+    val = np.frombuffer(b"".join(val_parts), dtype=np.uint8).copy()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(tr_path, train)
+    np.save(va_path, val)
+    return train, val
+
+
+def fixed_batches(data: np.ndarray, n_batches: int, batch_size: int, context: int, seed: int) -> torch.Tensor:
+    """``n_batches`` fixed batches of ``context + 1`` byte windows, shape
+    ``(n_batches, batch_size, context + 1)``, drawn with their own seed."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(data) - context - 1, size=n_batches * batch_size)
+    idx = starts[:, None] + np.arange(context + 1)[None, :]
+    return torch.from_numpy(data[idx].astype(np.int64)).view(n_batches, batch_size, context + 1)
+
+
+# ---------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """Model size, batch shape and measurement plan of one run.
+
+    ``context`` and ``batch_size`` are in bytes and sequences: one optimizer step
+    consumes ``batch_size * context`` tokens (bytes)."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    context: int = 64
+    batch_size: int = 16
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    """Seeds the initialisation and the order of training batches."""
+    eval_every: int = 25
+    """Steps between held-out loss measurements."""
+    eval_batches: int = 8
+    """Fixed validation batches of each periodic measurement."""
+    final_eval_batches: int = 64
+    """Fixed validation batches of the final objective."""
+    corpus: str = "stdlib"
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Bytes consumed per optimizer step."""
+        return self.batch_size * self.context
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(nn.Module):
+    """A pre-norm GPT over bytes: token and position embeddings, ``n_layers`` blocks,
+    a tied output layer."""
+
+    def __init__(self, cfg: TinyLMConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(256, cfg.d_model)
+        self.pos = nn.Parameter(torch.zeros(cfg.context, cfg.d_model))
+        self.blocks = nn.ModuleList(_Block(cfg.d_model, cfg.n_heads) for _ in range(cfg.n_layers))
+        self.ln = nn.LayerNorm(cfg.d_model)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos[: idx.shape[1]]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.ln(x) @ self.tok.weight.t()
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-byte cross-entropy (nats) of a ``(B, context + 1)`` batch."""
+        logits = self(batch[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
+
+
+def count_parameters(cfg: TinyLMConfig) -> int:
+    """N: the number of parameters of the model ``cfg`` describes."""
+    return sum(p.numel() for p in TinyGPT(cfg).parameters())
+
+
+def default_device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """What one run measured: held-out losses (nats/byte) at ``steps``, the LR each step
+    used, the final validation loss, and whether the run diverged (non-finite loss)."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    final_loss: float = math.nan
+    diverged: bool = False
+    seconds: float = 0.0
+    model_size: int = 0
+    tokens_per_step: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate(model: TinyGPT, batches: torch.Tensor) -> float:
+    """Mean loss (nats/byte) of ``model`` over fixed ``batches``."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for b in batches:
+        total += float(model.loss(b))
+    model.train(was_training)
+    return total / len(batches)
+
+
+def train(
+    schedule: Schedule,
+    cfg: TinyLMConfig | None = None,
+    *,
+    on_eval: Callable[[int, float], None] | None = None,
+    device: torch.device | str | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    return_state: bool = False,
+    cache_dir: Path | str | None = None,
+) -> TrainResult | tuple[TrainResult, dict[str, torch.Tensor]]:
+    """Train a fresh (or ``init_state``-initialised) :class:`TinyGPT` for
+    ``schedule.total_steps`` AdamW steps, the LR of step ``t`` being ``schedule.lr_at(t)``.
+
+    ``on_eval(step, loss)`` is called at every periodic measurement (it may raise, e.g.
+    ``optuna.TrialPruned``, to stop the run). A non-finite training or held-out loss stops
+    the run as diverged (``final_loss`` NaN). With ``return_state`` the trained weights
+    are returned too (for continual training)."""
+    cfg = cfg or TinyLMConfig()
+    dev = torch.device(device) if device is not None else default_device()
+    t0 = time.perf_counter()
+    train_data, val_data = load_corpus(cfg.corpus, cache_dir)
+    eval_b = fixed_batches(val_data, cfg.eval_batches, 32, cfg.context, seed=1234).to(dev)
+    torch.manual_seed(cfg.seed)
+    model = TinyGPT(cfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(dev)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "pos"]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and n != "pos")]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.0,
+        betas=(0.9, 0.95),
+    )
+    sched = schedule.to_torch(opt)
+    rng = np.random.default_rng(cfg.seed + 7919)
+    offsets = np.arange(cfg.context + 1)[None, :]
+    total = schedule.total_steps
+    res = TrainResult(
+        model_size=sum(p.numel() for p in model.parameters()),
+        tokens_per_step=cfg.tokens_per_step,
+        config=asdict(cfg),
+    )
+    for step in range(total):
+        starts = rng.integers(0, len(train_data) - cfg.context - 1, size=cfg.batch_size)
+        batch = torch.from_numpy(train_data[starts[:, None] + offsets].astype(np.int64)).to(dev)
+        loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if not math.isfinite(float(loss.detach())):
+            res.diverged = True
+            res.steps.append(step)
+            res.losses.append(math.nan)
+            if on_eval is not None:
+                on_eval(step, math.nan)
+            break
+        if (step + 1) % cfg.eval_every == 0 or step == total - 1:
+            val = evaluate(model, eval_b)
+            res.steps.append(step)
+            res.losses.append(val)
+            if not math.isfinite(val):
+                res.diverged = True
+            if on_eval is not None:
+                on_eval(step, val)
+            if res.diverged:
+                break
+    if not res.diverged:
+        final_b = fixed_batches(val_data, cfg.final_eval_batches, 32, cfg.context, seed=4321).to(dev)
+        res.final_loss = evaluate(model, final_b)
+    res.seconds = time.perf_counter() - t0
+    if return_state:
+        return res, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return res

@@ -1,0 +1,135 @@
+"""Training-loop glue for PyTorch: a trial's schedule as a torch LR scheduler, and a
+reporter that sends losses to Optuna and stops pruned trials.
+
+The only module of the package that imports torch at the top::
+
+    import optuna
+    from optuna_optlaws import suggest_schedule
+    from optuna_optlaws.torch import LossReporter, scheduler_for
+
+    def objective(trial: optuna.Trial) -> float:
+        suggest_schedule(trial, total_steps=1000, peak_lr=(1e-4, 1e-2))
+        opt = torch.optim.AdamW(model.parameters())
+        sched = scheduler_for(trial, opt)      # LR of step t after the t-th sched.step()
+        reporter = LossReporter(trial, every=25)
+        for step in range(1000):
+            loss = train_step(...)             # one optimizer.step()
+            sched.step()
+            reporter.step(loss, step)          # reports, may raise optuna.TrialPruned
+        return final_eval()
+
+Steps are optimizer steps, 0-based: ``step`` is the index of the optimizer step just taken
+(its LR was ``schedule.lr_at(step)``), and the loss passed with it is the loss measured
+after that step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from optuna_optlaws.schedules import Schedule
+
+if TYPE_CHECKING:
+    import optuna
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
+__all__ = ["LossReporter", "scheduler_for"]
+
+
+def _trial_schedule(trial: optuna.trial.BaseTrial) -> Schedule | None:
+    from optuna_optlaws import get_schedule
+
+    return get_schedule(trial)
+
+
+def scheduler_for(
+    trial_or_schedule: optuna.trial.BaseTrial | Schedule, optimizer: Optimizer, last_step: int = -1
+) -> LRScheduler:
+    """A torch LR scheduler that plays the schedule of a trial (the one attached by
+    ``suggest_schedule`` / ``set_schedule``) or a :class:`Schedule` given directly.
+
+    Every param group's LR is set to the schedule's LR: step 0's right away, step ``t``'s
+    after the ``t``-th ``scheduler.step()`` (call it once after each ``optimizer.step()``).
+    ``last_step`` resumes a run that has taken optimizer steps ``0..last_step``: the
+    optimizer then holds step ``last_step + 1``'s LR (torch's ``last_epoch`` convention).
+    Raises ``ValueError`` when the trial has no schedule attached."""
+    if isinstance(trial_or_schedule, Schedule):
+        schedule: Schedule | None = trial_or_schedule
+    else:
+        schedule = _trial_schedule(trial_or_schedule)
+        if schedule is None:
+            raise ValueError(
+                f"trial {getattr(trial_or_schedule, 'number', '?')} has no schedule attached; "
+                "call optuna_optlaws.suggest_schedule(trial, ...) or set_schedule(trial, schedule) first"
+            )
+    return schedule.to_torch(optimizer, last_step=last_step)
+
+
+def _as_float(loss: Any) -> float:
+    if isinstance(loss, torch.Tensor):
+        return float(loss.detach().float().mean().item())
+    return float(loss)
+
+
+class LossReporter:
+    """Reports a training run's loss to Optuna every ``every`` optimizer steps, and raises
+    ``optuna.TrialPruned`` as soon as the trial's pruner says so.
+
+    Call :meth:`step` after every optimizer step with the loss (nats; a float or a torch
+    scalar) and the 0-based step index. It reports ``trial.report(loss, step)`` when
+    ``(step + 1) % every == 0`` (so after ``every``, ``2 * every``, ... steps) and at the
+    last step of the run (``total_steps - 1``; ``total_steps`` defaults to the trial's
+    attached schedule's), then asks ``trial.should_prune()``. A non-finite loss is
+    reported at once, whatever the step, so a diverging run is seen immediately (Optuna
+    stores it as NaN/inf and a schedule-aware pruner prunes it).
+
+    :attr:`last_reported` holds the last ``(step, loss)`` sent, :attr:`n_reports` how many.
+    """
+
+    def __init__(
+        self,
+        trial: optuna.trial.BaseTrial,
+        every: int = 1,
+        *,
+        total_steps: int | None = None,
+        check_prune: bool = True,
+    ) -> None:
+        if int(every) < 1:
+            raise ValueError(f"LossReporter every={every!r} must be a positive number of steps")
+        self.trial = trial
+        self.every = int(every)
+        if total_steps is None:
+            sched = _trial_schedule(trial)
+            total_steps = sched.total_steps if sched is not None else None
+        self.total_steps = total_steps
+        self.check_prune = check_prune
+        self.last_reported: tuple[int, float] | None = None
+        self.n_reports = 0
+
+    def due(self, step: int) -> bool:
+        """Whether :meth:`step` reports at this 0-based optimizer step."""
+        return (step + 1) % self.every == 0 or (self.total_steps is not None and step == self.total_steps - 1)
+
+    def step(self, loss: Any, step: int) -> bool:
+        """Report ``loss`` at optimizer ``step`` if due; raise ``optuna.TrialPruned`` when
+        the pruner says to stop. Returns whether a report was made. ``loss`` is only
+        converted to a float (a device sync for a CUDA tensor) when a report is due."""
+        step = int(step)
+        if self.due(step):
+            value = _as_float(loss)
+        elif isinstance(loss, (int, float)) and not math.isfinite(loss):
+            value = float(loss)
+        else:
+            return False
+        self.trial.report(value, step)
+        self.last_reported = (step, value)
+        self.n_reports += 1
+        if self.check_prune and self.trial.should_prune():
+            import optuna
+
+            raise optuna.TrialPruned(f"pruned at optimizer step {step} (loss {value:.4g})")
+        return True

@@ -1,0 +1,135 @@
+"""optuna_optlaws.torch: a trial's schedule drives a real torch training loop, and
+LossReporter reports to Optuna and stops pruned trials."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from optuna_optlaws import Schedule  # noqa: E402
+from optuna_optlaws.torch import LossReporter, scheduler_for  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _regression_problem(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 8, generator=g)
+    w = torch.randn(8, 1, generator=g)
+    y = x @ w + 0.1 * torch.randn(256, 1, generator=g)
+    torch.manual_seed(seed)
+    return torch.nn.Linear(8, 1), x, y
+
+
+def _train(
+    schedule: Schedule, reporter: LossReporter | None = None, *, scheduler_source: object = None
+) -> tuple[list[float], list[float]]:
+    """A real small training loop: returns the LR used at each step and the losses."""
+    model, x, y = _regression_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=123.0)
+    sched = scheduler_for(scheduler_source if scheduler_source is not None else schedule, opt)  # type: ignore[arg-type]
+    used, losses = [], []
+    for step in range(schedule.total_steps):
+        used.append(opt.param_groups[0]["lr"])
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            after = torch.nn.functional.mse_loss(model(x), y)
+        losses.append(float(after))
+        if reporter is not None:
+            reporter.step(after, step)
+    return used, losses
+
+
+def test_scheduler_for_schedule_plays_every_step_and_loss_falls() -> None:
+    sched = Schedule.wsd(0.1, 60, warmup_steps=10, final_lr=0.001, cooldown_fraction=0.3)
+    used, losses = _train(sched)
+    np.testing.assert_allclose(used, sched.lrs(60), rtol=1e-12, atol=0)
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_scheduler_for_resumes_mid_run() -> None:
+    sched = Schedule.cosine(0.1, 50, warmup_steps=5)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    resumed = scheduler_for(sched, opt, last_step=19)
+    assert opt.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([20])[0]), rel=1e-12)
+    opt.step()
+    resumed.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([21])[0]), rel=1e-12)
+
+
+def test_reporter_reports_every_k_and_the_last_step() -> None:
+    sched = Schedule.cosine(0.05, 23, warmup_steps=3)
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    reporter = LossReporter(trial, every=5, total_steps=sched.total_steps)
+    _, losses = _train(sched, reporter)
+    study.tell(trial, losses[-1])
+    frozen = study.trials[0]
+    assert sorted(frozen.intermediate_values) == [4, 9, 14, 19, 22]
+    for step, value in frozen.intermediate_values.items():
+        assert value == pytest.approx(losses[step], rel=1e-6)
+    assert reporter.n_reports == 5
+    assert reporter.last_reported is not None and reporter.last_reported[0] == 22
+
+
+class _PruneAfter(optuna.pruners.BasePruner):
+    """Prunes once a trial has reported at or past ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        last = trial.last_step
+        return last is not None and last >= self.at
+
+
+def test_reporter_raises_trial_pruned_and_the_study_records_it() -> None:
+    sched = Schedule.constant(0.05, 100)
+    study = optuna.create_study(pruner=_PruneAfter(30))
+    seen: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        reporter = LossReporter(trial, every=10, total_steps=sched.total_steps)
+        _, losses = _train(sched, reporter)
+        seen.append(len(losses))
+        return losses[-1]
+
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert max(t.intermediate_values) == 39  # first report at or past step 30
+    assert seen == []  # the loop was stopped by the exception, not run to the end
+
+
+def test_reporter_reports_non_finite_loss_at_once_and_rejects_bad_every() -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    reporter = LossReporter(trial, every=100, total_steps=1000, check_prune=False)
+    assert reporter.step(1.0, 3) is False
+    assert reporter.step(math.nan, 4) is True
+    assert reporter.last_reported is not None and reporter.last_reported[0] == 4
+    with pytest.raises(ValueError):
+        LossReporter(trial, every=0, total_steps=10)
+
+
+def test_trial_schedule_drives_the_scheduler() -> None:
+    set_schedule = pytest.importorskip("optuna_optlaws.trial_schedule").set_schedule
+    sched = Schedule.linear(0.08, 40, warmup_steps=4, final_lr=0.0)
+    study = optuna.create_study()
+    trial = study.ask()
+    set_schedule(trial, sched)
+    reporter = LossReporter(trial, every=7)  # total_steps from the attached schedule
+    assert reporter.total_steps == 40
+    used, _ = _train(sched, reporter, scheduler_source=trial)
+    np.testing.assert_allclose(used, sched.lrs(40), rtol=1e-12)
+    assert reporter.last_reported is not None and reporter.last_reported[0] == 39
