@@ -58,14 +58,13 @@ def scheduler_for(
     optimizer then holds step ``last_step + 1``'s LR (torch's ``last_epoch`` convention).
     Raises ``ValueError`` when the trial has no schedule attached."""
     if isinstance(trial_or_schedule, Schedule):
-        schedule: Schedule | None = trial_or_schedule
-    else:
-        schedule = _trial_schedule(trial_or_schedule)
-        if schedule is None:
-            raise ValueError(
-                f"trial {getattr(trial_or_schedule, 'number', '?')} has no schedule attached; "
-                "call optuna_optlaws.suggest_schedule(trial, ...) or set_schedule(trial, schedule) first"
-            )
+        return trial_or_schedule.to_torch(optimizer, last_step=last_step)
+    schedule = _trial_schedule(trial_or_schedule)
+    if schedule is None:
+        raise ValueError(
+            f"trial {getattr(trial_or_schedule, 'number', '?')} has no schedule attached; "
+            "call optuna_optlaws.suggest_schedule(trial, ...) or set_schedule(trial, schedule) first"
+        )
     return schedule.to_torch(optimizer, last_step=last_step)
 
 
