@@ -1,0 +1,94 @@
+"""``optlaws replay``: benchmark pruners by replaying logged runs as Optuna trials."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+from optuna_optlaws._errors import InputError
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``replay`` subcommand."""
+    from optuna_optlaws.benchmarks.replay import GROUP_KEYS, PRUNERS
+
+    p = subparsers.add_parser(
+        "replay",
+        help="replay logged runs as Optuna trials to benchmark pruners",
+        description="Replay the runs of a curves file as trials of real Optuna studies (one study per "
+        "group of comparable runs and trial order) and measure, per pruner, the share of optimizer steps "
+        "trained, how often the best run survived, and the regret of the best kept run (nats).",
+    )
+    p.add_argument("curves", help="curves file (long CSV: run_id, step, lr, loss, ...)")
+    p.add_argument(
+        "--pruner",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"pruners to compare, any of {', '.join(PRUNERS)} (default: all; optlaws left out with a "
+        "warning when it is not available)",
+    )
+    p.add_argument("--orders", type=int, default=20, help="random trial orders per group (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trial orders (default 0)")
+    p.add_argument(
+        "--group-by",
+        default=",".join(GROUP_KEYS),
+        help="what runs of one study share: comma-separated from horizon, model_size; or none "
+        "(default horizon,model_size)",
+    )
+    p.add_argument("--report-every", type=int, default=None, metavar="STEPS",
+                   help="report grid spacing in steps (default: the median logged spacing)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. sqlite:///replay.db (default: in memory)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write README.md and results.json into DIR")
+    p.set_defaults(handler=_run)
+
+
+def _pruner_names(requested: list[str] | None) -> list[str]:
+    from optuna_optlaws.benchmarks.replay import PRUNERS
+
+    if requested is None:
+        names = list(PRUNERS)
+        try:
+            import optuna_optlaws.pruner  # noqa: F401
+        except ModuleNotFoundError:
+            print("warning: optuna_optlaws.pruner is not available; replaying without 'optlaws'", file=sys.stderr)
+            names.remove("optlaws")
+        return names
+    names = [n.strip() for item in requested for n in item.split(",") if n.strip()]
+    for n in names:
+        if n not in PRUNERS:
+            raise InputError(f"--pruner: unknown pruner {n!r}; known: {', '.join(PRUNERS)}")
+    return list(dict.fromkeys(names))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from optuna_optlaws.benchmarks.replay import format_table, run_replay, write_results
+    from optuna_optlaws.curves import read_curves_csv
+
+    group_by = [] if args.group_by.strip() == "none" else [k.strip() for k in args.group_by.split(",") if k.strip()]
+    if args.report_every is not None and args.report_every < 1:
+        raise InputError(f"--report-every must be >= 1, got {args.report_every}")
+    curves = read_curves_csv(args.curves)
+    results = run_replay(
+        curves,
+        _pruner_names(args.pruner),
+        orders=args.orders,
+        seed=args.seed,
+        group_by=group_by,
+        report_every=args.report_every,
+        storage=args.storage,
+    )
+    results["curves"] = args.curves
+    results["report_every"] = args.report_every
+    print(f"replay of {args.curves}: {len(results['groups'])} groups")
+    for g in results["groups"]:
+        print(f"  {g['group']}: {len(g['runs'])} runs, {g['orders']} orders, best {g['best_run']}")
+    print(format_table(results))
+    if args.out:
+        command = "optlaws replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 and \
+            sys.argv[1] == "replay" else "optlaws replay " + shlex.quote(args.curves)
+        write_results(args.out, results, command)
+        print(f"wrote {args.out}/README.md and results.json")
+    return 0

@@ -1,0 +1,538 @@
+"""Replay logged training runs as trials of a real Optuna study, to benchmark pruners.
+
+Each run of a curves file becomes one trial: its schedule is attached with
+:func:`optuna_optlaws.set_schedule`, its logged losses are reported in step order with
+``trial.report(loss, step)`` and ``trial.should_prune()`` is asked after each report. A
+pruned trial has trained the optimizer steps up to that report; an unpruned one completes
+with the run's final loss. Runs are grouped so that one study only holds comparable runs
+(same horizon and model size by default), and every group is replayed in many trial
+orders, because what a pruner prunes depends on what it has seen first.
+
+Logged steps differ slightly between runs (the MPL release logs cosine runs at
+2160 + 128 k and the others at 2176 + 128 k), and Optuna's pruners compare trials at
+*equal* steps; so each group reports on one common grid of steps (every ``report_every``
+steps from the first step all its runs have logged), each run's loss linearly
+interpolated between its own logged points. Where the runs share their logged steps the
+grid is exactly those steps and nothing is interpolated.
+
+Per pruner the benchmark measures: the share of optimizer steps trained (against no
+pruning), how often the best run of a group (lowest final loss) survived to completion,
+the regret (nats) of the best completed run against the group's best, and wall time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._progress import Progress
+from optuna_optlaws.curves import Curve
+
+if TYPE_CHECKING:
+    import optuna
+
+PRUNERS = ("optlaws", "median", "hyperband", "wilcoxon", "patient", "none")
+"""Pruner names the replay knows, in the order results are listed."""
+
+GROUP_KEYS = ("horizon", "model_size")
+"""What runs of one group share: ``horizon`` (total steps, within 10%) and/or ``model_size``."""
+
+WARMUP_SHARE = 0.2
+"""Share of a group's horizon (steps) before which Optuna's pruners may not prune
+(``n_warmup_steps`` of MedianPruner, ``n_startup_steps`` of WilcoxonPruner)."""
+
+MEDIAN_STARTUP_TRIALS = 2
+"""``n_startup_trials`` of MedianPruner: completed trials needed before it prunes (groups
+hold only 2 to 5 runs, so Optuna's default of 5 would never prune)."""
+
+PATIENCE_REPORTS = 5
+"""``patience`` of PatientPruner (in reports) around the same MedianPruner."""
+
+HYPERBAND_MIN_SHARE = 1 / 9
+"""HyperbandPruner's ``min_resource`` as a share of the horizon (rungs at T/9, T/3 with
+reduction factor 3; ``max_resource`` = the horizon in steps)."""
+
+_HORIZON_TOLERANCE = 1.1
+
+
+@dataclass(frozen=True)
+class ReplayGroup:
+    """Runs compared in one study: a label, the runs, and the common report grid (steps)."""
+
+    label: str
+    curves: tuple[Curve, ...]
+    report_steps: NDArray[np.int64]
+
+    @property
+    def horizon(self) -> int:
+        """The longest schedule of the group (steps)."""
+        return max(c.schedule.total_steps for c in self.curves)
+
+    @property
+    def best_index(self) -> int:
+        """Index of the run with the lowest finite final loss."""
+        finals = [c.final_loss if math.isfinite(c.final_loss) else math.inf for c in self.curves]
+        return int(np.argmin(finals))
+
+    def reports(self, index: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The (step, loss) reports of run ``index`` on the group's grid.
+
+        Losses are interpolated between the run's finite logged points; from its first
+        non-finite point on (a diverged run) the reports are NaN."""
+        curve = self.curves[index]
+        steps = self.report_steps[self.report_steps <= curve.last_step]
+        bad = ~curve.finite
+        first_bad = int(curve.steps[np.argmax(bad)]) if bad.any() else None
+        ok = curve.finite
+        values = np.interp(steps, curve.steps[ok], curve.losses[ok]) if ok.any() else np.full(steps.size, np.nan)
+        if first_bad is not None:
+            values = np.where(steps >= first_bad, np.nan, values)
+        return steps, values
+
+
+def _size_label(n: float | None) -> str:
+    if n is None:
+        return "N=?"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"N={n / scale:g}{unit}"
+    return f"N={n:g}"
+
+
+def _report_grid(curves: Sequence[Curve], report_every: int | None) -> NDArray[np.int64]:
+    observed = [c.steps[c.finite] for c in curves]
+    if any(o.size == 0 for o in observed):
+        raise InputError("replay: every run needs at least one finite logged loss")
+    start = max(int(o[0]) for o in observed)
+    end = max(int(c.steps[-1]) for c in curves)
+    if report_every is None:
+        gaps = np.concatenate([np.diff(c.steps) for c in curves if c.steps.size > 1] or [np.array([1])])
+        report_every = max(int(np.median(gaps)), 1)
+    # where all runs share their logged steps the grid is exactly those steps
+    shared = set(curves[0].steps.tolist())
+    for c in curves[1:]:
+        shared &= set(c.steps.tolist())
+    union = set().union(*(c.steps.tolist() for c in curves))
+    if shared == union:
+        return np.array(sorted(union), dtype=np.int64)
+    return np.arange(start, end + 1, report_every, dtype=np.int64)
+
+
+def group_curves(
+    curves: Sequence[Curve],
+    by: Sequence[str] = GROUP_KEYS,
+    *,
+    report_every: int | None = None,
+    min_runs: int = 2,
+) -> list[ReplayGroup]:
+    """Split runs into groups of comparable runs (same horizon and/or model size).
+
+    Horizons within 10% of each other count as one (the MPL runs end between 23,905 and
+    23,937 steps). Groups with fewer than ``min_runs`` runs are left out: nothing can be
+    pruned in a study of one trial."""
+    for k in by:
+        if k not in GROUP_KEYS:
+            raise InputError(f"replay: unknown --group-by key {k!r}; use {', '.join(GROUP_KEYS)} or none")
+    buckets: dict[tuple[Any, ...], list[Curve]] = {}
+    horizon_of: dict[str, int] = {}
+    if "horizon" in by:
+        ordered = sorted(curves, key=lambda c: c.schedule.total_steps)
+        bucket = 0
+        anchor = None
+        for c in ordered:
+            if anchor is not None and c.schedule.total_steps > anchor * _HORIZON_TOLERANCE:
+                bucket += 1
+                anchor = None
+            if anchor is None:
+                anchor = c.schedule.total_steps
+            horizon_of[c.run_id] = bucket
+    for c in curves:
+        key = tuple(
+            horizon_of[c.run_id] if k == "horizon" else (c.model_size or 0.0) for k in by
+        )
+        buckets.setdefault(key, []).append(c)
+    groups = []
+    for key in sorted(buckets, key=lambda k: tuple(float(x) for x in k)):
+        members = buckets[key]
+        if len(members) < min_runs:
+            continue
+        parts = []
+        if "model_size" in by:
+            parts.append(_size_label(members[0].model_size))
+        if "horizon" in by:
+            parts.append(f"T~{max(c.schedule.total_steps for c in members) / 1000:.1f}k")
+        label = " ".join(parts) or "all runs"
+        groups.append(ReplayGroup(label, tuple(members), _report_grid(members, report_every)))
+    if not groups:
+        grouped = ", ".join(by) or "none"
+        raise InputError(f"replay: no group has {min_runs} or more runs to compare (grouped by {grouped})")
+    return groups
+
+
+def make_pruner(name: str, group: ReplayGroup) -> optuna.pruners.BasePruner:
+    """A fresh pruner for one study of ``group``; Optuna's own pruners, step units in steps."""
+    import optuna
+
+    warmup = int(WARMUP_SHARE * group.horizon)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup)
+    if name == "patient":
+        inner = optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup)
+        return optuna.pruners.PatientPruner(inner, patience=PATIENCE_REPORTS)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(int(group.horizon * HYPERBAND_MIN_SHARE), 1),
+            max_resource=group.horizon,
+            reduction_factor=3,
+        )
+    if name == "wilcoxon":
+        startup = int(np.sum(group.report_steps < warmup))
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=max(startup, 2))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "optlaws":
+        try:
+            from optuna_optlaws.pruner import OptLawsPruner
+        except ModuleNotFoundError as exc:
+            raise InputError(f"replay: the optlaws pruner is not available ({exc})") from None
+        return OptLawsPruner()
+    raise InputError(f"replay: unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+
+
+def pruner_settings(name: str) -> str:
+    """One line saying how a pruner is configured in the replay (for the results table)."""
+    w = f"{WARMUP_SHARE:g} T"
+    return {
+        "median": f"MedianPruner(n_startup_trials={MEDIAN_STARTUP_TRIALS}, n_warmup_steps={w})",
+        "patient": f"PatientPruner(MedianPruner(n_startup_trials={MEDIAN_STARTUP_TRIALS}, n_warmup_steps={w}), "
+        f"patience={PATIENCE_REPORTS})",
+        "hyperband": "HyperbandPruner(min_resource=T/9, max_resource=T, reduction_factor=3)",
+        "wilcoxon": f"WilcoxonPruner(p_threshold=0.1, n_startup_steps=reports before {w})",
+        "none": "NopPruner()",
+        "optlaws": "OptLawsPruner() (default arguments)",
+    }.get(name, name)
+
+
+def _attach_schedule() -> Callable[[optuna.Trial, Curve], None]:
+    """``set_schedule`` of optuna_optlaws (with the run's sizes when it accepts them)."""
+    try:
+        from optuna_optlaws.trial_schedule import set_schedule
+    except ModuleNotFoundError:
+        # only the optlaws pruner reads the schedule, and it needs this module anyway
+        return lambda trial, curve: None
+    import inspect
+
+    accepted = set(inspect.signature(set_schedule).parameters)
+
+    def attach(trial: optuna.Trial, curve: Curve) -> None:
+        extra = {
+            k: getattr(curve, k)
+            for k in ("model_size", "tokens_per_step")
+            if k in accepted and getattr(curve, k) is not None
+        }
+        set_schedule(trial, curve.schedule, **extra)
+
+    return attach
+
+
+@dataclass
+class OrderOutcome:
+    """One replay of a group in one trial order: per run (group index), steps trained,
+    whether it completed, and the step it was pruned at (None when not pruned)."""
+
+    order: list[int]
+    steps_trained: list[int] = field(default_factory=list)
+    completed: list[bool] = field(default_factory=list)
+    pruned_at: list[int | None] = field(default_factory=list)
+
+
+def replay_order(
+    group: ReplayGroup,
+    order: Sequence[int],
+    pruner: optuna.pruners.BasePruner,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+) -> OrderOutcome:
+    """Replay the runs of ``group`` in ``order`` as trials of one new study with ``pruner``.
+
+    Results are indexed by the runs' positions in the group, not in the order."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="minimize",
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+        pruner=pruner,
+    )
+    attach = _attach_schedule()
+    n = len(group.curves)
+    trained = [0] * n
+    completed = [False] * n
+    pruned_at: list[int | None] = [None] * n
+    for index in order:
+        curve = group.curves[index]
+        trial = study.ask()
+        attach(trial, curve)
+        steps, values = group.reports(index)
+        stopped = None
+        for step, value in zip(steps.tolist(), values.tolist(), strict=True):
+            trial.report(value, step)
+            if trial.should_prune():
+                stopped = step
+                break
+        if stopped is not None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            trained[index] = stopped
+            pruned_at[index] = stopped
+        else:
+            final = curve.final_loss
+            if math.isfinite(final):
+                study.tell(trial, final)
+                completed[index] = True
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            trained[index] = curve.schedule.total_steps
+    return OrderOutcome(list(order), trained, completed, pruned_at)
+
+
+def trial_orders(n_runs: int, n_orders: int, seed: int) -> list[list[int]]:
+    """Distinct random trial orders: all ``n_runs!`` of them when that is at most
+    ``n_orders``, else ``n_orders`` distinct random permutations."""
+    if math.factorial(n_runs) <= n_orders:
+        return [list(p) for p in itertools.permutations(range(n_runs))]
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, ...]] = set()
+    orders: list[list[int]] = []
+    while len(orders) < n_orders:
+        p = tuple(int(i) for i in rng.permutation(n_runs))
+        if p not in seen:
+            seen.add(p)
+            orders.append(list(p))
+    return orders
+
+
+def _summarise(group: ReplayGroup, outcomes: Sequence[OrderOutcome]) -> dict[str, Any]:
+    finals = np.array([c.final_loss for c in group.curves])
+    best = group.best_index
+    full = sum(c.schedule.total_steps for c in group.curves)
+    regrets = []
+    for o in outcomes:
+        kept = [finals[i] for i in range(len(finals)) if o.completed[i] and math.isfinite(finals[i])]
+        regrets.append(min(kept) - finals[best] if kept else math.inf)
+    return {
+        "group": group.label,
+        "runs": [c.run_id for c in group.curves],
+        "best_run": group.curves[best].run_id,
+        "orders": len(outcomes),
+        "steps_trained": int(sum(sum(o.steps_trained) for o in outcomes)),
+        "steps_full": int(full * len(outcomes)),
+        "best_survived": int(sum(o.completed[best] for o in outcomes)),
+        "regrets": [float(r) for r in regrets],
+        "pruned_share_by_run": {
+            c.run_id: float(np.mean([o.pruned_at[i] is not None for o in outcomes])) for i, c in enumerate(group.curves)
+        },
+    }
+
+
+def _combine(per_group: Sequence[dict[str, Any]], wall: float) -> dict[str, Any]:
+    regrets = np.array([r for g in per_group for r in g["regrets"]])
+    trained = sum(g["steps_trained"] for g in per_group)
+    full = sum(g["steps_full"] for g in per_group)
+    orders = sum(g["orders"] for g in per_group)
+    finite = regrets[np.isfinite(regrets)]
+    return {
+        "steps_share": trained / full,
+        "best_survival": sum(g["best_survived"] for g in per_group) / orders,
+        "regret_mean": float(np.mean(regrets)) if regrets.size else math.nan,
+        "regret_worst": float(np.max(regrets)) if regrets.size else math.nan,
+        "regret_mean_finite": float(np.mean(finite)) if finite.size else math.nan,
+        "no_run_completed": int(np.sum(~np.isfinite(regrets))),
+        "group_orders": orders,
+        "wall_s": wall,
+    }
+
+
+def run_replay(
+    curves: Sequence[Curve],
+    pruners: Sequence[str] = PRUNERS,
+    *,
+    orders: int = 20,
+    seed: int = 0,
+    group_by: Sequence[str] = GROUP_KEYS,
+    report_every: int | None = None,
+    storage: str | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Replay ``curves`` under each pruner and return the results (JSON-ready).
+
+    ``orders``: trial orders per group (fewer when a group has fewer permutations);
+    ``storage``: an Optuna storage URL (default: in memory), every study named
+    ``replay-<pruner>-<group>-<order>``."""
+    import optuna
+
+    for name in pruners:
+        if name not in PRUNERS:
+            raise InputError(f"replay: unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+    if orders < 1:
+        raise InputError(f"replay: --orders must be >= 1, got {orders}")
+    groups = group_curves(curves, group_by, report_every=report_every)
+    plan = [(g, trial_orders(len(g.curves), orders, seed + gi)) for gi, g in enumerate(groups)]
+    n_studies = sum(len(o) for _, o in plan) * len(pruners)
+    bar = Progress("replay", n_studies, enabled=progress)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict[str, Any] = {
+        "orders_requested": orders,
+        "seed": seed,
+        "group_by": list(group_by),
+        "groups": [
+            {
+                "group": g.label,
+                "runs": [c.run_id for c in g.curves],
+                "final_losses": [c.final_loss for c in g.curves],
+                "best_run": g.curves[g.best_index].run_id,
+                "horizon_steps": g.horizon,
+                "report_steps": {
+                    "first": int(g.report_steps[0]),
+                    "last": int(g.report_steps[-1]),
+                    "count": int(g.report_steps.size),
+                },
+                "orders": len(o),
+            }
+            for g, o in plan
+        ],
+        "pruners": {},
+    }
+    try:
+        for name in pruners:
+            start = time.perf_counter()
+            per_group = []
+            for gi, (group, group_orders) in enumerate(plan):
+                outcomes = []
+                for oi, order in enumerate(group_orders):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        outcome = replay_order(
+                            group,
+                            order,
+                            make_pruner(name, group),
+                            storage=storage,
+                            study_name=f"replay-{name}-{gi}-{oi}" if storage else None,
+                            seed=seed + oi,
+                        )
+                    outcomes.append(outcome)
+                    bar.advance(note=f"{name} {group.label}")
+                per_group.append(_summarise(group, outcomes))
+            wall = time.perf_counter() - start
+            results["pruners"][name] = {
+                "settings": pruner_settings(name),
+                **_combine(per_group, wall),
+                "per_group": per_group,
+            }
+    finally:
+        bar.close()
+        optuna.logging.set_verbosity(verbosity)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The per-pruner summary as a Markdown table."""
+    lines = [
+        "| pruner | steps trained (vs no pruning) | best run survived | regret mean (nats) | regret worst (nats) "
+        "| wall (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results["pruners"].items():
+        lines.append(
+            f"| {name} | {100 * r['steps_share']:.1f}% | {100 * r['best_survival']:.1f}% "
+            f"({r['group_orders']} group-orders) | {r['regret_mean']:.4f} | {r['regret_worst']:.4f} "
+            f"| {r['wall_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_group_table(results: dict[str, Any]) -> str:
+    """Per group and pruner: steps share, best-run survival, worst regret (Markdown)."""
+    lines = ["| group | runs | best run | orders | pruner | steps trained | best survived | regret worst (nats) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for gi, g in enumerate(results["groups"]):
+        for name, r in results["pruners"].items():
+            pg = r["per_group"][gi]
+            lines.append(
+                f"| {g['group']} | {len(g['runs'])} | {g['best_run']} | {pg['orders']} | {name} | "
+                f"{100 * pg['steps_trained'] / pg['steps_full']:.1f}% | {pg['best_survived']}/{pg['orders']} | "
+                f"{max(pg['regrets']):.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | Path, results: dict[str, Any], command: str) -> None:
+    """Write ``results.json`` and a ``README.md`` (the command, the tables) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = _finite_or_none({"command": command, **results})
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default, allow_nan=False) + "\n")
+    groups = ", ".join(f"{g['group']} ({len(g['runs'])} runs, {g['orders']} orders)" for g in results["groups"])
+    settings = "\n".join(f"- `{name}`: {r['settings']}" for name, r in results["pruners"].items())
+    text = f"""# Pruner replay: {results.get('curves', '')}
+
+Written by the command below; do not edit by hand.
+
+```
+{command}
+```
+
+Each logged run is replayed as a trial of a real Optuna study (`trial.report(loss, step)` then
+`trial.should_prune()` on each report); a study holds only one group of comparable runs, and each
+group is replayed in several trial orders (all orders when a group has few enough runs).
+Steps trained: optimizer steps trained up to the pruning report, or the whole horizon; share of
+the steps of no pruning. Best run survived: the group's lowest-final-loss run completed.
+Regret: final loss of the best completed run minus the group's best final loss (nats; inf
+when every run of a study was pruned or failed).
+
+Groups: {groups}. Reports every {results.get('report_every') or 'logged'} steps on a grid common to each group.
+
+{format_table(results)}
+
+Pruner settings (T: the group's horizon in steps):
+
+{settings}
+
+## Per group
+
+{format_group_table(results)}
+"""
+    (out / "README.md").write_text(text)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (strict JSON has no inf)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
