@@ -1,0 +1,520 @@
+"""The shared fitting harness: robust multi-start least squares, a Laplace posterior,
+predictive intervals, and conditioning on an observed prefix.
+
+Every parametric law (the baselines and the Opt-Law) fits and predicts through these
+functions, so the statistics live in one place.
+
+Parameters
+    A law declares its parameters as a :class:`ParamSpace` of :class:`Param` (name,
+    bounds, ``log=True`` for a positive parameter optimised as its log, ``init`` range
+    for random starts). The optimiser works in *internal* coordinates ``z`` (``log`` of
+    log-parameters, the value itself otherwise); laws only ever see natural values
+    ``theta`` (a float array in the space's order).
+
+Fitting: :func:`fit_least_squares`
+    ``residuals(theta) -> r`` gives one residual per observation (laws use
+    ``log(observed) - log(predicted)``, nats of log-loss); optionally
+    ``jacobian(theta) -> dr/dtheta`` (shape ``(n_obs, n_params)``, natural coordinates;
+    finite differences otherwise). The harness runs
+    :func:`scipy.optimize.least_squares` (``trf``, bounds, Huber loss with scale
+    ``huber_delta``) from the law's own starts plus ``n_random`` seeded random starts
+    drawn in the ``init`` ranges, keeps the lowest robust cost, and returns a
+    :class:`FitResult`. Deterministic for a given ``seed``.
+
+Laplace posterior: :class:`Posterior` (``FitResult.posterior``)
+    Gaussian in internal coordinates around the optimum, covariance
+    ``(J^T J / s^2 + P0)^-1``: ``J`` the residual Jacobian at the optimum, ``s^2`` the
+    residual variance ``sum r^2 / (n - p)`` inflated by ``(1 + rho) / (1 - rho)`` for the
+    lag-1 autocorrelation ``rho`` of residuals along each curve (neighbouring points of a
+    loss curve are not independent), and ``P0`` a weak prior precision (a Gaussian of a
+    quarter of each ``init`` range) so that parameters the data cannot identify get wide,
+    not zero, variance. ``Posterior.noise`` is the per-point residual standard deviation
+    (log-loss), used to widen predictive intervals for new observations.
+
+Predictive intervals: :func:`predictive`
+    ``predict_log(theta) -> log loss at the target steps`` (natural ``theta``).
+    ``method="delta"`` (default, fast: ``p + 1`` evaluations, or one with an analytic
+    ``predict_log_jac``) linearises around the optimum; ``method="draws"`` pushes
+    ``n_draws`` seeded parameter draws through the law. Either way the predictive
+    log-loss has variance ``var_params + noise^2`` and the result is a
+    :class:`~optuna_optlaws.laws._base.Prediction` with the point prediction as ``mean``
+    and the central ``level`` interval ``[lo, hi]`` (nats).
+
+Conditioning on an observed prefix: :func:`condition_on_prefix`
+    Given a prediction at target steps and the run's own observed prefix (its steps, its
+    losses, and the law's unconditioned prediction there), estimate the run's offset
+    ``b`` (in log-loss) as the mean residual over its most recent points, and shift each
+    target by ``w(t) b`` with ``w(t) = exp(-(t - t_last) / tau)``, ``tau = persistence x
+    t_last`` (steps; ``w = 1`` at and before the last observed step). The interval is the
+    Gaussian conditional: its log half-width is scaled by
+    ``sqrt(1 - w^2 + w^2 se_b^2 / v)``, ``v`` the prior predictive variance and ``se_b``
+    the offset's standard error. All laws call this one function.
+
+Progress: fits with several starts report through :class:`optuna_optlaws._progress.Progress`
+(stderr, only on a terminal).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import optimize, stats
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._progress import Progress
+from optuna_optlaws.laws._base import Prediction
+
+FloatArray = NDArray[np.float64]
+ResidualFn = Callable[[FloatArray], FloatArray]
+JacobianFn = Callable[[FloatArray], FloatArray]
+
+
+# ---------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Param:
+    """One fitted parameter: bounds (natural units), log transform, random-start range."""
+
+    name: str
+    lower: float = -math.inf
+    upper: float = math.inf
+    log: bool = False
+    """Optimise ``log(value)`` (the parameter must be > 0; bounds must be > 0 or inf)."""
+    init: tuple[float, float] | None = None
+    """Range (natural units) random starts are drawn from (log-uniform for ``log``);
+    defaults to the bounds, which must then be finite."""
+
+    def __post_init__(self) -> None:
+        if self.log and self.lower < 0:
+            raise ValueError(f"parameter {self.name}: log parameter needs lower >= 0")
+        if not self.lower < self.upper:
+            raise ValueError(f"parameter {self.name}: lower must be < upper")
+
+    def init_range(self) -> tuple[float, float]:
+        """The random-start range in natural units."""
+        if self.init is not None:
+            return self.init
+        lo = self.lower if not (self.log and self.lower == 0) else 1e-8
+        if not (math.isfinite(lo) and math.isfinite(self.upper)):
+            raise ValueError(f"parameter {self.name}: give an init range for unbounded parameters")
+        return lo, self.upper
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """An ordered set of :class:`Param`; converts natural <-> internal coordinates."""
+
+    params: tuple[Param, ...]
+
+    def __init__(self, params: Sequence[Param]) -> None:
+        object.__setattr__(self, "params", tuple(params))
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names, in order."""
+        return [p.name for p in self.params]
+
+    @property
+    def size(self) -> int:
+        """Number of parameters."""
+        return len(self.params)
+
+    @property
+    def _log(self) -> NDArray[np.bool_]:
+        return np.array([p.log for p in self.params], dtype=bool)
+
+    def to_internal(self, theta: Sequence[float] | FloatArray) -> FloatArray:
+        """Natural values -> internal coordinates ``z``."""
+        t = np.asarray(theta, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return np.where(self._log, np.log(np.maximum(t, 1e-300)), t)
+
+    def to_natural(self, z: FloatArray) -> FloatArray:
+        """Internal coordinates ``z`` (any leading shape) -> natural values."""
+        z = np.asarray(z, dtype=np.float64)
+        return np.where(self._log, np.exp(np.clip(z, -700, 700)), z)
+
+    def dtheta_dz(self, theta: FloatArray) -> FloatArray:
+        """Diagonal of ``d theta / d z`` at ``theta``."""
+        return np.where(self._log, np.asarray(theta, dtype=np.float64), 1.0)
+
+    def bounds_internal(self) -> tuple[FloatArray, FloatArray]:
+        """Lower and upper bounds in internal coordinates."""
+        lo = np.array([p.lower for p in self.params], dtype=np.float64)
+        hi = np.array([p.upper for p in self.params], dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            lo = np.where(self._log, np.log(np.maximum(lo, 0.0)), lo)
+            hi = np.where(self._log, np.log(hi), hi)
+        return lo, hi
+
+    def init_internal(self) -> tuple[FloatArray, FloatArray]:
+        """Random-start ranges in internal coordinates."""
+        rng = [p.init_range() for p in self.params]
+        lo = np.array([r[0] for r in rng], dtype=np.float64)
+        hi = np.array([r[1] for r in rng], dtype=np.float64)
+        return self.to_internal(lo), self.to_internal(hi)
+
+    def clip_internal(self, z: FloatArray) -> FloatArray:
+        """``z`` moved strictly inside the bounds."""
+        lo, hi = self.bounds_internal()
+        span = np.where(np.isfinite(hi - lo), hi - lo, 1.0)
+        eps = 1e-9 * np.maximum(span, 1.0)
+        return np.clip(z, lo + eps, hi - eps)
+
+    def as_dict(self, theta: FloatArray) -> dict[str, float]:
+        """``{name: value}`` of natural values."""
+        return {p.name: float(v) for p, v in zip(self.params, theta, strict=True)}
+
+    def from_mapping(self, values: Mapping[str, Any], where: str = "params") -> FloatArray:
+        """Natural values from ``{name: value}``; KeyError/ValueError on missing or bad."""
+        out = np.empty(self.size)
+        for i, p in enumerate(self.params):
+            v = float(values[p.name])
+            if not math.isfinite(v):
+                raise ValueError(f"{where}: parameter {p.name} is not finite")
+            out[i] = v
+        return out
+
+
+# ---------------------------------------------------------------------- posterior
+@dataclass
+class Posterior:
+    """Laplace posterior of a fit: Gaussian in internal coordinates."""
+
+    space: ParamSpace
+    z: FloatArray
+    """Optimum, internal coordinates."""
+    cov: FloatArray
+    """Covariance of ``z`` (internal coordinates)."""
+    noise: float
+    """Per-observation residual standard deviation (log-loss, nats)."""
+
+    @property
+    def theta(self) -> FloatArray:
+        """Optimum in natural units."""
+        return self.space.to_natural(self.z)
+
+    def std_natural(self) -> FloatArray:
+        """Approximate standard deviation of each parameter, natural units (delta method)."""
+        return np.sqrt(np.maximum(np.diag(self.cov), 0.0)) * np.abs(self.space.dtheta_dz(self.theta))
+
+    def draws(self, n: int, seed: int = 0) -> FloatArray:
+        """``n`` parameter draws (natural units, shape ``(n, p)``), clipped to the bounds."""
+        rng = np.random.default_rng(seed)
+        zs = rng.multivariate_normal(self.z, self.cov, size=n, method="eigh")
+        return self.space.to_natural(self.space.clip_internal(zs))
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready dict (exact float round trip)."""
+        return {"z": self.z.tolist(), "cov": self.cov.tolist(), "noise": float(self.noise)}
+
+    @classmethod
+    def from_state(cls, space: ParamSpace, state: Mapping[str, Any]) -> Posterior:
+        """Rebuild from :meth:`to_state`; ValueError on a bad shape."""
+        z = np.asarray(state["z"], dtype=np.float64)
+        cov = np.asarray(state["cov"], dtype=np.float64)
+        noise = float(state["noise"])
+        if z.shape != (space.size,) or cov.shape != (space.size, space.size):
+            raise ValueError(f"posterior needs {space.size} parameters, got shape {z.shape} / {cov.shape}")
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(cov)) and math.isfinite(noise) and noise >= 0):
+            raise ValueError("posterior holds non-finite values")
+        return cls(space=space, z=z, cov=cov, noise=noise)
+
+
+@dataclass
+class FitResult:
+    """The best of a multi-start fit."""
+
+    posterior: Posterior
+    cost: float
+    """Robust (Huber) cost at the optimum, as scipy reports it."""
+    rmse: float
+    """Root mean square residual (log-loss)."""
+    n_obs: int
+    starts: int
+    seconds: float
+    success: bool
+    autocorr: float
+    """Lag-1 autocorrelation of residuals along curves (used to inflate the covariance)."""
+    start_costs: list[float] = field(default_factory=list)
+
+    @property
+    def theta(self) -> FloatArray:
+        """Best parameters, natural units."""
+        return self.posterior.theta
+
+    def info(self) -> dict[str, Any]:
+        """Diagnostics for a law file's ``fit_info``."""
+        return {
+            "cost": self.cost,
+            "rmse_log_loss": self.rmse,
+            "n_obs": self.n_obs,
+            "starts": self.starts,
+            "seconds": round(self.seconds, 3),
+            "success": self.success,
+            "residual_autocorr": self.autocorr,
+            "param_std": self.posterior.space.as_dict(self.posterior.std_natural()),
+        }
+
+
+def _lag1_autocorr(r: FloatArray, groups: NDArray[np.int64] | None) -> float:
+    if r.size < 3:
+        return 0.0
+    if groups is None:
+        groups = np.zeros(r.size, dtype=np.int64)
+    same = groups[1:] == groups[:-1]
+    if not np.any(same):
+        return 0.0
+    rc = np.zeros_like(r)
+    for g in np.unique(groups):
+        m = groups == g
+        rc[m] = r[m] - r[m].mean()
+    den = float(np.sum(rc**2))
+    if den <= 0:
+        return 0.0
+    return float(np.clip(np.sum(rc[1:][same] * rc[:-1][same]) / den, 0.0, 0.95))
+
+
+def _jac_internal(
+    space: ParamSpace, z: FloatArray, residuals: ResidualFn, jacobian: JacobianFn | None
+) -> FloatArray:
+    theta = space.to_natural(z)
+    if jacobian is not None:
+        return np.asarray(jacobian(theta), dtype=np.float64) * space.dtheta_dz(theta)[None, :]
+    r0 = residuals(theta)
+    J = np.empty((r0.size, z.size))
+    _, hi = space.bounds_internal()
+    for j in range(z.size):
+        h = 1e-6 * max(1.0, abs(z[j]))
+        zp = z.copy()
+        if zp[j] + h > hi[j]:
+            h = -h
+        zp[j] += h
+        J[:, j] = (residuals(space.to_natural(zp)) - r0) / h
+    return J
+
+
+def laplace_posterior(
+    space: ParamSpace,
+    z: FloatArray,
+    residuals: ResidualFn,
+    jacobian: JacobianFn | None = None,
+    groups: NDArray[np.int64] | None = None,
+) -> tuple[Posterior, float]:
+    """The Laplace posterior at the optimum ``z`` (see the module docstring) and the
+    residuals' lag-1 autocorrelation."""
+    theta = space.to_natural(z)
+    r = np.asarray(residuals(theta), dtype=np.float64)
+    n, p = r.size, z.size
+    J = _jac_internal(space, z, residuals, jacobian)
+    s2 = float(np.sum(r**2) / max(n - p, 1))
+    rho = _lag1_autocorr(r, groups)
+    s2_eff = max(s2 * (1 + rho) / (1 - rho), 1e-300)
+    ilo, ihi = space.init_internal()
+    width = np.maximum(np.abs(ihi - ilo) / 4.0, 1e-6)
+    precision = J.T @ J / s2_eff + np.diag(1.0 / width**2)
+    try:
+        cov = np.linalg.inv(precision)
+    except np.linalg.LinAlgError:
+        cov = np.linalg.pinv(precision)
+    cov = 0.5 * (cov + cov.T)
+    return Posterior(space=space, z=z.copy(), cov=cov, noise=math.sqrt(s2)), rho
+
+
+# ---------------------------------------------------------------------- fitting
+def fit_least_squares(
+    space: ParamSpace,
+    residuals: ResidualFn,
+    *,
+    jacobian: JacobianFn | None = None,
+    starts: Sequence[Sequence[float]] = (),
+    n_random: int = 4,
+    seed: int = 0,
+    huber_delta: float = 1e-3,
+    groups: NDArray[np.int64] | None = None,
+    max_nfev: int = 200,
+    label: str = "fit",
+) -> FitResult:
+    """Robust multi-start nonlinear least squares; see the module docstring.
+
+    ``starts``: the law's own initial guesses (natural units); ``n_random`` more are drawn
+    (seeded) in the parameters' ``init`` ranges. ``groups``: curve index of each residual
+    (for the autocorrelation inflation of the covariance). ``huber_delta``: Huber scale
+    (log-loss units). Raises InputError when no start gives a finite residual."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    ilo, ihi = space.init_internal()
+    zs = [space.clip_internal(space.to_internal(s)) for s in starts]
+    zs += [space.clip_internal(rng.uniform(ilo, ihi)) for _ in range(n_random)]
+    if not zs:
+        raise ValueError("fit_least_squares needs at least one start")
+    lo, hi = space.bounds_internal()
+
+    def fun(z: FloatArray) -> FloatArray:
+        r = np.asarray(residuals(space.to_natural(z)), dtype=np.float64)
+        return np.where(np.isfinite(r), r, 1e3)
+
+    jac: Any = "2-point"
+    if jacobian is not None:
+
+        def jac(z: FloatArray) -> FloatArray:
+            th = space.to_natural(z)
+            J = np.asarray(jacobian(th), dtype=np.float64) * space.dtheta_dz(th)[None, :]
+            return np.where(np.isfinite(J), J, 0.0)
+
+    best: Any = None
+    costs: list[float] = []
+    progress = Progress(label, len(zs))
+    for z0 in zs:
+        r0 = fun(z0)
+        if not np.all(np.abs(r0) < 1e3):
+            costs.append(math.inf)
+            progress.advance()
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                res = optimize.least_squares(
+                    fun, z0, jac=jac, bounds=(lo, hi), loss="huber", f_scale=huber_delta,
+                    x_scale="jac", max_nfev=max_nfev, method="trf",
+                )
+            except (ValueError, np.linalg.LinAlgError):
+                costs.append(math.inf)
+                progress.advance()
+                continue
+        costs.append(float(res.cost))
+        if best is None or res.cost < best.cost:
+            best = res
+        progress.advance(note=f"best cost {best.cost:.4g}")
+    progress.close()
+    if best is None:
+        raise InputError(f"{label}: no starting point gave finite predictions; check the curves' losses")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        post, rho = laplace_posterior(space, best.x, residuals, jacobian, groups)
+    r = fun(best.x)
+    return FitResult(
+        posterior=post,
+        cost=float(best.cost),
+        rmse=float(np.sqrt(np.mean(r**2))),
+        n_obs=int(r.size),
+        starts=len(zs),
+        seconds=time.perf_counter() - t0,
+        success=bool(best.success),
+        autocorr=rho,
+        start_costs=costs,
+    )
+
+
+# ---------------------------------------------------------------------- prediction
+def _z_quantile(level: float) -> float:
+    return float(stats.norm.ppf(0.5 + level / 2.0))
+
+
+def predictive(
+    posterior: Posterior,
+    predict_log: Callable[[FloatArray], FloatArray],
+    *,
+    predict_log_jac: Callable[[FloatArray], FloatArray] | None = None,
+    level: float = 0.9,
+    method: str = "delta",
+    n_draws: int = 200,
+    seed: int = 0,
+    noise: bool = True,
+) -> Prediction:
+    """Predictive mean and central ``level`` interval (nats) of a fitted law.
+
+    ``predict_log(theta)``: log-loss at the target steps (natural ``theta``);
+    ``predict_log_jac(theta)``: its Jacobian ``d log L / d theta`` (shape
+    ``(n_targets, p)``), optional. ``noise``: add the per-observation residual noise
+    (an interval for a new observed loss; False gives the interval of the law's mean)."""
+    theta = posterior.theta
+    m = np.asarray(predict_log(theta), dtype=np.float64)
+    noise_var = posterior.noise**2 if noise else 0.0
+    zq = _z_quantile(level)
+    if method == "delta":
+        if predict_log_jac is not None:
+            G = np.asarray(predict_log_jac(theta), dtype=np.float64) * posterior.space.dtheta_dz(theta)[None, :]
+        else:
+            G = np.empty((m.size, theta.size))
+            for j in range(theta.size):
+                h = 1e-6 * max(1.0, abs(posterior.z[j]))
+                z = posterior.z.copy()
+                z[j] += h
+                G[:, j] = (np.asarray(predict_log(posterior.space.to_natural(z))) - m) / h
+        G = np.where(np.isfinite(G), G, 0.0)
+        var = np.einsum("ij,jk,ik->i", G, posterior.cov, G) + noise_var
+        half = zq * np.sqrt(np.maximum(var, 0.0))
+        lo, hi = m - half, m + half
+    elif method == "draws":
+        thetas = posterior.draws(n_draws, seed=seed)
+        preds = np.stack([np.asarray(predict_log(t), dtype=np.float64) for t in thetas])
+        preds = preds[np.all(np.isfinite(preds), axis=1)]
+        if preds.shape[0] < 2:
+            preds = m[None, :]
+        if noise_var > 0:
+            rng = np.random.default_rng(seed + 1)
+            preds = preds + rng.normal(0.0, math.sqrt(noise_var), size=preds.shape)
+        q = (1 - level) / 2
+        lo = np.quantile(preds, q, axis=0)
+        hi = np.quantile(preds, 1 - q, axis=0)
+        lo, hi = np.minimum(lo, m), np.maximum(hi, m)
+    else:
+        raise ValueError(f"unknown interval method {method!r} (delta or draws)")
+    return Prediction(np.exp(m), np.exp(lo), np.exp(hi))
+
+
+def condition_on_prefix(
+    prediction: Prediction,
+    target_steps: NDArray[np.int64],
+    prefix_steps: NDArray[np.int64],
+    prefix_losses: FloatArray,
+    prefix_pred: FloatArray,
+    *,
+    noise: float,
+    level: float = 0.9,
+    window: float = 0.2,
+    min_points: int = 3,
+    persistence: float = 1.0,
+) -> Prediction:
+    """Condition a law's prediction on the run's own observed prefix; see module docstring.
+
+    ``prediction``: unconditioned, at ``target_steps``. ``prefix_steps/prefix_losses``:
+    the run's observations (non-finite ones are ignored); ``prefix_pred``: the law's
+    unconditioned mean loss at ``prefix_steps``. ``noise``: per-point residual standard
+    deviation (log-loss) included in ``prediction``'s interval (0 if it holds none).
+    ``window``: the offset is averaged over the points in the last
+    ``window`` fraction of the observed steps (at least ``min_points`` points).
+    ``persistence``: the offset's decay horizon, in units of the last observed step."""
+    ok = np.isfinite(prefix_losses) & (prefix_losses > 0) & np.isfinite(prefix_pred) & (prefix_pred > 0)
+    if not np.any(ok):
+        return prediction
+    ps = np.asarray(prefix_steps)[ok]
+    r = np.log(prefix_losses[ok]) - np.log(prefix_pred[ok])
+    t_last = float(ps.max())
+    recent = ps >= t_last * (1 - window)
+    if recent.sum() < min_points:
+        recent = np.zeros_like(recent)
+        recent[np.argsort(ps)[-min_points:]] = True
+    rr = r[recent]
+    b = float(np.mean(rr))
+    k = rr.size
+    se_b2 = (noise**2 if k < 2 else max(float(np.var(rr, ddof=1)), noise**2)) / k
+    tau = max(persistence * t_last, 1.0)
+    t = np.asarray(target_steps, dtype=np.float64)
+    w = np.exp(-np.maximum(t - t_last, 0.0) / tau)
+    zq = _z_quantile(level)
+    m = np.log(prediction.mean)
+    lo_h = m - np.log(prediction.lo)
+    hi_h = np.log(prediction.hi) - m
+    v = np.maximum(((lo_h + hi_h) / (2 * zq)) ** 2, 1e-300)
+    n2 = np.minimum(noise**2, v)
+    shrink = np.sqrt(((v - n2) * (1 - w**2) + n2 + w**2 * se_b2) / v)
+    mc = m + w * b
+    return Prediction(np.exp(mc), np.exp(mc - lo_h * shrink), np.exp(mc + hi_h * shrink))
