@@ -1,0 +1,159 @@
+"""Tests of the pruner replay benchmark (``optlaws replay``) on vendored and synthetic curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from optuna_optlaws.benchmarks.replay import (
+    group_curves,
+    make_pruner,
+    replay_order,
+    run_replay,
+    trial_orders,
+)
+from optuna_optlaws.cli import main
+from optuna_optlaws.curves import Curve, read_curves_csv, write_curves_csv
+from optuna_optlaws.schedules import Schedule
+
+MPL = Path(str(resources.files("optuna_optlaws") / "data" / "mpl_luo2025.csv"))
+
+
+@pytest.fixture(scope="module")
+def mpl_curves() -> list[Curve]:
+    return read_curves_csv(MPL)
+
+
+def _synthetic(late_bloomer: bool = True) -> list[Curve]:
+    """Four runs of 1000 steps, reported every 50 steps: three parallel power laws and
+    (optionally) a run that is the worst until step 800 and then drops to the best."""
+    steps = np.arange(50, 1001, 50)
+    curves = []
+    for i, offset in enumerate((0.0, 0.1, 0.2)):
+        losses = 3.0 + offset + 2.0 * (steps / 50.0) ** -0.5
+        curves.append(Curve(f"run{i}", Schedule.constant(1e-3, 1001), steps, losses, model_size=1e6))
+    if late_bloomer:
+        losses = 3.3 + 2.0 * (steps / 50.0) ** -0.5
+        losses = np.where(steps > 800, losses - 0.4 * (steps - 800) / 200, losses)
+        curves.append(Curve("wsd", Schedule.wsd(1e-3, 1001, cooldown_fraction=0.2), steps, losses, model_size=1e6))
+    return curves
+
+
+def test_mpl_groups_share_horizon_and_size(mpl_curves: list[Curve]) -> None:
+    groups = group_curves(mpl_curves)
+    assert len(groups) == 9
+    for g in groups:
+        sizes = {c.model_size for c in g.curves}
+        horizons = [c.schedule.total_steps for c in g.curves]
+        assert len(sizes) == 1
+        assert max(horizons) <= 1.1 * min(horizons)
+    by_label = {g.label: g for g in groups}
+    g400 = by_label["N=400M T~23.9k"]
+    assert sorted(c.run_id for c in g400.curves) == sorted(
+        ["400M_constant_24000", "400M_cosine_24000", "400M_wsd_20000_24000", "400M_wsdld_20000_24000"]
+    )
+    assert g400.curves[g400.best_index].run_id == "400M_wsd_20000_24000"
+    # by model size only: 9 runs per size in one study
+    assert [len(g.curves) for g in group_curves(mpl_curves, ["model_size"])] == [9, 9, 9]
+
+
+def test_common_grid_interpolates_offset_logs(mpl_curves: list[Curve]) -> None:
+    g = next(g for g in group_curves(mpl_curves) if g.label == "N=400M T~23.9k")
+    assert np.all(np.diff(g.report_steps) == 128)
+    cos = next(i for i, c in enumerate(g.curves) if "cosine" in c.run_id)
+    curve = g.curves[cos]
+    assert curve.steps[0] == 2160  # cosine runs are logged 16 steps off the others
+    steps, values = g.reports(cos)
+    assert steps[0] == 2176
+    lo, hi = sorted(curve.losses[:2])
+    assert lo <= values[0] <= hi
+    # a run logged on the grid reports its own logged losses
+    const = next(i for i, c in enumerate(g.curves) if "constant" in c.run_id)
+    steps, values = g.reports(const)
+    logged = dict(zip(g.curves[const].steps.tolist(), g.curves[const].losses.tolist(), strict=True))
+    assert all(math.isclose(logged[s], v) for s, v in zip(steps.tolist(), values.tolist(), strict=True))
+
+
+def test_trial_orders_are_distinct_and_exhaustive_when_few() -> None:
+    assert len(trial_orders(3, 20, 0)) == 6
+    orders = trial_orders(5, 20, 1)
+    assert len(orders) == 20 and len({tuple(o) for o in orders}) == 20
+    assert all(sorted(o) == list(range(5)) for o in orders)
+
+
+def test_no_pruning_trains_everything() -> None:
+    res = run_replay(_synthetic(), ["none"], orders=5, progress=False)
+    r = res["pruners"]["none"]
+    assert r["steps_share"] == 1.0 and r["best_survival"] == 1.0 and r["regret_worst"] == 0.0
+
+
+def test_median_prunes_parallel_losers_but_never_a_uniform_best() -> None:
+    res = run_replay(_synthetic(late_bloomer=False), ["median"], orders=6, progress=False)
+    r = res["pruners"]["median"]
+    assert r["best_survival"] == 1.0
+    assert r["steps_share"] < 1.0
+    # the worst run is pruned whenever two better runs completed before it
+    assert r["per_group"][0]["pruned_share_by_run"]["run2"] > 0
+
+
+def test_median_prunes_a_late_bloomer_in_some_orders() -> None:
+    res = run_replay(_synthetic(), ["median", "none"], orders=24, progress=False)
+    med = res["pruners"]["median"]
+    assert res["groups"][0]["best_run"] == "wsd"
+    assert 0.0 < med["best_survival"] < 1.0
+    assert med["regret_worst"] > 0.0
+    assert med["steps_share"] < res["pruners"]["none"]["steps_share"]
+
+
+def test_pruned_steps_are_counted_at_the_pruning_report() -> None:
+    curves = _synthetic(late_bloomer=False)
+    group = group_curves(curves)[0]
+    # best two first: the worst run is pruned at the first report at or after warmup (int(0.2 * 1001) = 200)
+    out = replay_order(group, [0, 1, 2], make_pruner("median", group))
+    assert out.completed == [True, True, False]
+    assert out.pruned_at[2] == 200
+    assert out.steps_trained == [1001, 1001, 200]
+
+
+def test_replay_uses_storage_and_attaches_schedules(tmp_path: Path) -> None:
+    pytest.importorskip("optuna_optlaws.trial_schedule")
+    from optuna_optlaws.trial_schedule import get_schedule, get_sizes
+
+    curves = _synthetic()
+    group = group_curves(curves)[0]
+    url = f"sqlite:///{tmp_path / 'replay.db'}"
+    replay_order(group, [3, 0, 1, 2], make_pruner("none", group), storage=url, study_name="r")
+    study = optuna.load_study(study_name="r", storage=url)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert get_schedule(trials[0]) == curves[3].schedule
+    assert get_sizes(trials[0])[0] == 1e6
+    assert trials[1].intermediate_values[1000] == pytest.approx(curves[0].final_loss)
+
+
+def test_cli_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "curves.csv"
+    write_curves_csv(path, _synthetic())
+    out = tmp_path / "out"
+    code = main(["replay", str(path), "--pruner", "median", "none", "--orders", "3", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| median |" in printed and "| none |" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["pruners"]) == {"median", "none"}
+    assert data["pruners"]["none"]["steps_share"] == 1.0
+    readme = (out / "README.md").read_text()
+    assert "optlaws replay" in readme and "| median |" in readme
+
+
+def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "curves.csv"
+    write_curves_csv(path, _synthetic())
+    assert main(["replay", str(path), "--pruner", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
