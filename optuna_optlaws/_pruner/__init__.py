@@ -1,0 +1,1 @@
+"""OptLawsPruner internals: the frontier and one prune check."""

@@ -1,0 +1,140 @@
+"""One prune check: evidence gates, divergence, the law's conditioned prediction, the frontier.
+
+:func:`check` is a pure function of what the study's storage holds (the trial's reports
+and schedule, the other trials, the stored law) plus this process's record of the
+trial's previous check (used only to *notice* bad evidence, never to prune), so any
+worker, or a restarted one, reaches the same decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._pruner._frontier import Frontier, frontier, has_evidence
+from optuna_optlaws._study_state import LawState, group_key, raw_points, trial_sizes, usable_points
+from optuna_optlaws.curves import Curve
+from optuna_optlaws.divergence.online import detect_divergence
+from optuna_optlaws.schedules import Schedule
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The pruner's thresholds (see :class:`~optuna_optlaws.OptLawsPruner`)."""
+
+    margin: float
+    min_reports: int
+    min_fraction: float
+    n_min_trials: int
+
+
+@dataclass
+class Decision:
+    """The outcome of a check: prune or not, why, the prediction (nats) and notes on bad
+    evidence (each a short text to record on the trial)."""
+
+    prune: bool = False
+    reason: str | None = None
+    pred: tuple[float, float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+    frontier: Frontier | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the previous check of a trial saw: number of reports and the last step."""
+
+    n_reports: int
+    last_step: int
+
+
+def check(
+    storage: Any,
+    trials: Sequence[FrozenTrial],
+    me: FrozenTrial,
+    schedule: Schedule,
+    gates: Gates,
+    get_law: Callable[[], LawState],
+    previous: Seen | None,
+) -> tuple[Decision, Seen | None]:
+    """Decide whether ``me`` (a running trial with ``schedule``) should be pruned now.
+
+    ``get_law`` is called (it may fit the law) only when the law's prediction is needed:
+    the trial has enough evidence, or the prediction is to be recorded. Returns the decision and what this
+    check saw (for the next check's bad-evidence notes)."""
+    out = Decision()
+    steps, losses = raw_points(me)
+    if steps.size == 0:
+        return out, previous
+    seen = Seen(int(steps.size), int(steps[-1]))
+    total = schedule.total_steps
+
+    sig = detect_divergence(steps, losses)
+    if sig is not None:
+        out.prune = True
+        out.reason = f"diverged: {sig.reason}"
+        return out, seen
+
+    law_ok = True
+    if previous is not None:
+        if seen.n_reports == previous.n_reports:
+            out.notes.append(f"no new report since the last check at step {previous.last_step} (repeated step?)")
+            law_ok = False
+        elif seen.last_step == previous.last_step:
+            out.notes.append(
+                f"a report arrived out of order (behind step {previous.last_step}); not pruning on it"
+            )
+            law_ok = False
+    if seen.last_step >= total:
+        out.notes.append(f"step {seen.last_step} is past the schedule's end ({total} steps); not pruning on it")
+        law_ok = False
+    ok_steps, ok_losses = usable_points(schedule, steps, losses)
+    if ok_steps.size and not has_evidence(
+        ok_steps.size, int(ok_steps[-1]), total, gates.min_reports, gates.min_fraction
+    ):
+        law_ok = False
+    if ok_steps.size == 0 or not law_ok:
+        return out, seen
+    law_state = get_law()
+    if law_state.note:
+        out.notes.append(law_state.note)
+    if law_state.law is None:
+        return out, seen
+
+    model_size, tokens_per_step = trial_sizes(me)
+    prefix = Curve(f"trial_{me.number}", schedule, ok_steps, ok_losses, model_size, tokens_per_step)
+    try:
+        pred = law_state.law.predict(
+            schedule, [total - 1], model_size=model_size, tokens_per_step=tokens_per_step, observed=prefix
+        )
+        mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
+    except InputError as exc:
+        out.notes.append(f"law cannot predict this trial: {exc}")
+        return out, seen
+    except (ValueError, FloatingPointError, ArithmeticError) as exc:
+        out.notes.append(f"law prediction failed: {type(exc).__name__}: {exc}")
+        return out, seen
+    if not all(math.isfinite(v) for v in (mean, lo, hi)) or lo > hi:
+        out.notes.append(f"law predicted a non-finite or inverted interval ({mean}, {lo}, {hi}); not pruning")
+        return out, seen
+    out.pred = (mean, lo, hi)
+
+    group = group_key(schedule, model_size, tokens_per_step)
+    front = frontier(
+        storage, trials, group, me.number, min_reports=gates.min_reports, min_fraction=gates.min_fraction
+    )
+    out.frontier = front
+    if front.n_complete < gates.n_min_trials or not math.isfinite(front.value):
+        return out, seen
+    if lo > front.value + gates.margin:
+        out.prune = True
+        out.reason = (
+            f"predicted final loss {mean:.4f} [{lo:.4f}, {hi:.4f}] at step {total - 1}: "
+            f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}"
+        )
+    return out, seen

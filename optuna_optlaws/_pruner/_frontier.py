@@ -1,0 +1,114 @@
+"""The frontier a trial must be able to beat: the best final loss of its (N, D) group.
+
+The frontier of a group is the lower of
+
+* the best final loss (nats, the loss at the last reported step) of a COMPLETE trial of
+  the group, and
+* the best final loss a RUNNING trial of the group is predicted to reach for sure: the
+  upper end ``optlaws_pred_hi`` of its latest prediction, counted only once that trial
+  itself has enough evidence (``min_reports`` reports and ``min_fraction`` of its
+  schedule).
+
+Final losses of finished trials never change, so they are computed once per trial and
+cached in process memory.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._study_state import group_key, raw_points, trial_schedule, trial_sizes
+
+PRED_FINAL = "optlaws_pred_final"
+PRED_LO = "optlaws_pred_lo"
+PRED_HI = "optlaws_pred_hi"
+PRUNE_REASON = "optlaws_prune_reason"
+WARNING = "optlaws_warning"
+"""User attributes the pruner writes (plain floats; the reason and warning are text)."""
+
+_FINISHED: weakref.WeakKeyDictionary[Any, dict[int, tuple[tuple[Any, ...] | None, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""storage -> {trial id: (group, final loss)} of COMPLETE trials."""
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The group's frontier (nats; ``inf`` when there is none), where it comes from
+    (``"trial <n>"`` complete, ``"trial <n> (running, predicted)"``) and how many COMPLETE
+    trials of the group have a final loss."""
+
+    value: float
+    source: str
+    n_complete: int
+
+
+def completed_final(storage: Any, trial: FrozenTrial) -> tuple[tuple[Any, ...] | None, float]:
+    """``(group, final loss)`` of a COMPLETE trial (group ``None`` without a schedule;
+    final loss NaN when its last report is not finite)."""
+    cache = _FINISHED.setdefault(storage, {})
+    hit = cache.get(trial._trial_id)
+    if hit is not None:
+        return hit
+    try:
+        schedule = trial_schedule(trial)
+    except InputError:
+        schedule = None
+    group = None if schedule is None else group_key(schedule, *trial_sizes(trial))
+    _, losses = raw_points(trial)
+    final = float(losses[-1]) if losses.size and math.isfinite(losses[-1]) else math.nan
+    cache[trial._trial_id] = (group, final)
+    return group, final
+
+
+def has_evidence(n_reports: int, last_step: int, total_steps: int, min_reports: int, min_fraction: float) -> bool:
+    """Whether a curve with ``n_reports`` reports up to ``last_step`` (of ``total_steps``)
+    is enough evidence to act on."""
+    return n_reports >= min_reports and (last_step + 1) >= min_fraction * total_steps
+
+
+def frontier(
+    storage: Any,
+    trials: Sequence[FrozenTrial],
+    group: tuple[Any, ...],
+    exclude_number: int,
+    *,
+    min_reports: int,
+    min_fraction: float,
+) -> Frontier:
+    """The frontier of ``group`` among ``trials`` (leaving out trial ``exclude_number``)."""
+    best, source, n_complete = math.inf, "", 0
+    for t in trials:
+        if t.number == exclude_number:
+            continue
+        if t.state == TrialState.COMPLETE:
+            g, final = completed_final(storage, t)
+            if g != group or not math.isfinite(final):
+                continue
+            n_complete += 1
+            if final < best:
+                best, source = final, f"trial {t.number}"
+        elif t.state == TrialState.RUNNING:
+            hi = t.user_attrs.get(PRED_HI)
+            if not isinstance(hi, (int, float)) or not math.isfinite(hi) or hi >= best:
+                continue
+            try:
+                schedule = trial_schedule(t)
+            except InputError:
+                continue
+            if schedule is None or group_key(schedule, *trial_sizes(t)) != group:
+                continue
+            steps, _ = raw_points(t)
+            if steps.size == 0 or not has_evidence(
+                steps.size, int(steps[-1]), schedule.total_steps, min_reports, min_fraction
+            ):
+                continue
+            best, source = float(hi), f"trial {t.number} (running, predicted)"
+    return Frontier(best, source, n_complete)

@@ -1,0 +1,1 @@
+"""OptLawsSampler internals: the schedule search space, candidates and the acquisition."""

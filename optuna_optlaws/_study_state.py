@@ -1,0 +1,334 @@
+"""The study's fitted law, kept in the study's storage and cached in process memory.
+
+Both :class:`~optuna_optlaws.OptLawsSampler` and :class:`~optuna_optlaws.OptLawsPruner`
+need a law fitted on every curve the study holds (complete, pruned, failed and running
+trials that carry a schedule). This module is the one place that
+
+* turns Optuna trials into :class:`~optuna_optlaws.curves.Curve` objects
+  (:func:`trial_curve`), cut at the first diverging point and at the schedule's end;
+* summarises the study's data cheaply (:class:`DataSummary`: which trials are finished,
+  how many loss points there are) and decides whether that summary changed
+  *meaningfully* since the stored fit: a trial finished, or the number of points grew
+  by ``refit_growth`` (a fraction);
+* fits the law (``seed`` fixed, so any worker fitting the same data gets the same law),
+  and stores it in the study's system attributes under ``optlaws:law:<name>`` together
+  with the summary and fingerprint of the data it was fitted on, so a second worker, or a
+  restarted one, reuses exactly that law and makes the same decisions;
+* caches the parsed law in process memory keyed by that fingerprint, so a check that
+  needs no refit costs one read of the study's system attributes and a dict lookup;
+* treats a corrupt stored law as missing: it refits and says so (``LawState.note``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws.curves import Curve
+from optuna_optlaws.divergence.online import detect_divergence
+from optuna_optlaws.laws import Law, load_law, make_law
+from optuna_optlaws.laws._base import _json_default
+from optuna_optlaws.schedules import Schedule
+from optuna_optlaws.trial_schedule import MODEL_SIZE_KEY, SCHEDULE_KEY, TOKENS_PER_STEP_KEY
+
+LAW_KEY_PREFIX = "optlaws:law:"
+"""Study system attribute ``optlaws:law:<law name>``: the stored fit (see :class:`LawStore`)."""
+
+CURVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+"""Trials whose curves the law is fitted on."""
+
+_log = optuna.logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------- trials -> curves
+@functools.lru_cache(maxsize=4096)
+def parse_schedule(text: str) -> Schedule:
+    """The schedule stored as JSON on a trial (parsed once per distinct JSON string)."""
+    return Schedule.from_json(text)
+
+
+def trial_schedule(trial: FrozenTrial) -> Schedule | None:
+    """The trial's schedule, or ``None`` without one; :class:`InputError` when corrupt."""
+    text = trial.system_attrs.get(SCHEDULE_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InputError(f"trial {trial.number}: stored schedule is not a JSON string")
+    return parse_schedule(text)
+
+
+def trial_sizes(trial: FrozenTrial) -> tuple[float | None, float | None]:
+    """``(model_size, tokens_per_step)`` stored with the trial's schedule."""
+    attrs = trial.system_attrs
+    n, tps = attrs.get(MODEL_SIZE_KEY), attrs.get(TOKENS_PER_STEP_KEY)
+    return (
+        float(n) if isinstance(n, (int, float)) else None,
+        float(tps) if isinstance(tps, (int, float)) else None,
+    )
+
+
+def group_key(schedule: Schedule, model_size: float | None, tokens_per_step: float | None) -> tuple[Any, ...]:
+    """The (N, D) group of a run: model size and data size (tokens, or steps when the
+    tokens per step are unknown). Only runs of one group are compared with each other."""
+    d = schedule.total_steps * tokens_per_step if tokens_per_step is not None else float(schedule.total_steps)
+    return (model_size, tokens_per_step is not None, d)
+
+
+def raw_points(trial: FrozenTrial) -> tuple[np.ndarray, np.ndarray]:
+    """The trial's intermediate values as sorted ``(steps, losses)`` arrays."""
+    iv = trial.intermediate_values
+    if not iv:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    steps = np.fromiter(iv.keys(), dtype=np.int64, count=len(iv))
+    losses = np.fromiter(iv.values(), dtype=np.float64, count=len(iv))
+    if steps.size > 1 and np.any(np.diff(steps) < 0):
+        order = np.argsort(steps, kind="stable")
+        steps, losses = steps[order], losses[order]
+    return steps, losses
+
+
+def usable_points(schedule: Schedule, steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points a law may see: within the schedule, before the first diverging point,
+    finite."""
+    keep = steps < schedule.total_steps
+    steps, losses = steps[keep], losses[keep]
+    sig = detect_divergence(steps, losses)
+    if sig is not None:
+        keep = steps < sig.step
+        steps, losses = steps[keep], losses[keep]
+    fin = np.isfinite(losses)
+    return steps[fin], losses[fin]
+
+
+def trial_curve(trial: FrozenTrial, max_points: int | None = None) -> Curve | None:
+    """The trial as a :class:`Curve` (run id ``trial_<number>``), or ``None`` when it has
+    no schedule or no usable point. ``max_points`` thins the curve to at most that many
+    points (evenly spaced in report index, the last one always kept)."""
+    try:
+        schedule = trial_schedule(trial)
+    except InputError:
+        return None
+    if schedule is None:
+        return None
+    steps, losses = usable_points(schedule, *raw_points(trial))
+    if steps.size == 0:
+        return None
+    if max_points is not None and steps.size > max_points:
+        idx = np.unique(np.linspace(0, steps.size - 1, max_points).round().astype(np.int64))
+        steps, losses = steps[idx], losses[idx]
+    n, tps = trial_sizes(trial)
+    return Curve(f"trial_{trial.number}", schedule, steps, losses, model_size=n, tokens_per_step=tps)
+
+
+# ---------------------------------------------------------------------- data summary
+@dataclass(frozen=True)
+class DataSummary:
+    """What the law would be fitted on, in a few numbers.
+
+    ``finished``: numbers of the finished trials with a schedule and reports;
+    ``n_complete``: how many of them are COMPLETE; ``points``: reports over all trials with
+    a schedule; ``fingerprint``: a hash of every (trial, state, reports, last step)."""
+
+    finished: tuple[int, ...]
+    n_complete: int
+    points: int
+    fingerprint: str
+
+    @classmethod
+    def of(cls, trials: Sequence[FrozenTrial]) -> DataSummary:
+        """Summarise ``trials`` (cost: O(number of trials))."""
+        finished: list[int] = []
+        items: list[tuple[int, int, int, int]] = []
+        n_complete = points = 0
+        for t in trials:
+            if t.state not in CURVE_STATES or not t.intermediate_values:
+                continue
+            if SCHEDULE_KEY not in t.system_attrs:
+                continue
+            n = len(t.intermediate_values)
+            points += n
+            if t.state.is_finished():
+                finished.append(t.number)
+                n_complete += t.state == TrialState.COMPLETE
+            items.append((t.number, int(t.state), n, t.last_step or 0))
+        digest = hashlib.sha1(repr(sorted(items)).encode()).hexdigest()[:16]
+        return cls(tuple(sorted(finished)), n_complete, points, digest)
+
+
+# ---------------------------------------------------------------------- stored fit
+@dataclass
+class LawState:
+    """The law a check should use, and where it came from.
+
+    ``source`` is ``"study"`` (fitted on this study), ``"prior"`` (the user's prior law,
+    the study has too little data) or ``"none"``; ``note`` says what went wrong, if
+    anything (a corrupt stored law, a failed fit), for the caller to record on the trial."""
+
+    law: Law | None
+    source: str
+    fingerprint: str = ""
+    note: str | None = None
+    refitted: bool = False
+
+
+_Memory = dict[tuple[int, str], tuple[str, "Law | None"]]
+_MEMORY: weakref.WeakKeyDictionary[Any, _Memory] = weakref.WeakKeyDictionary()
+"""storage -> {(study id, law name): (stored fingerprint, parsed law)}: parsed laws
+cached in this process."""
+
+
+def resolve_prior(prior: str | Path | Law | None, where: str) -> Law | None:
+    """A ``prior=`` argument (a law file path or a fitted :class:`Law`) as a fitted law."""
+    if prior is None:
+        return None
+    law = prior if isinstance(prior, Law) else load_law(str(prior))
+    if not law.is_fitted:
+        raise InputError(f"{where}: prior law {law.name!r} is not fitted")
+    return law
+
+
+class LawStore:
+    """Fits, stores and fetches one study's law of one name.
+
+    ``law_name``: a registered law (``optlaw``, ``multipower``, ``momentum``).
+    ``min_complete``: COMPLETE curves the study needs before a law is fitted on it
+    (before that, ``prior`` is used, if any). ``refit_growth``: refit when the number of
+    reported points grew by this fraction since the stored fit (a finished trial always
+    triggers a refit). ``max_points``: each curve is thinned to at most this many points
+    for the fit. ``seed``: the fit's seed (fixed so every worker fits alike)."""
+
+    def __init__(
+        self,
+        law_name: str,
+        *,
+        prior: Law | None = None,
+        min_complete: int = 3,
+        refit_growth: float = 0.25,
+        max_points: int = 128,
+        seed: int = 0,
+    ) -> None:
+        self.law_name = law_name
+        self.prior = prior
+        self.min_complete = min_complete
+        self.refit_growth = refit_growth
+        self.max_points = max_points
+        self.seed = seed
+        self.n_fits = 0
+        """Fits made by this process (for benchmarks)."""
+        self.fit_seconds = 0.0
+
+    @property
+    def key(self) -> str:
+        """The study system attribute holding the stored fit."""
+        return LAW_KEY_PREFIX + self.law_name
+
+    def get(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> LawState:
+        """The law to use now for ``study`` whose trials are ``trials``; fits and stores it
+        first when the data changed meaningfully since the stored fit."""
+        summary = DataSummary.of(trials)
+        storage, study_id = study._storage, study._study_id
+        stored = storage.get_study_system_attrs(study_id).get(self.key)
+        memory = _MEMORY.setdefault(storage, {})
+        note = None
+        law: Law | None = None
+        fingerprint = ""
+        if stored is not None:
+            try:
+                fingerprint, law = self._parse(stored, memory, study_id)
+            except Exception as exc:  # a corrupt stored law must never stop the study
+                note = f"stored law {self.key!r} is corrupt ({_short(exc)}); refitted"
+                _log.warning(note)
+                stored = None
+        if summary.n_complete < self.min_complete:
+            if self.prior is not None:
+                return LawState(self.prior, "prior", note=note)
+            return LawState(None, "none", note=note)
+        if stored is not None and not self._changed(stored, summary):
+            if law is None:  # a failed fit on this same data: do not retry until it changes
+                return self._fallback(note or f"law fit failed: {stored.get('error', '?')}")
+            return LawState(law, "study", fingerprint, note)
+        return self._fit_and_store(study, trials, summary, memory, note)
+
+    # ------------------------------------------------------------------ internals
+    def _parse(self, stored: Any, memory: _Memory, study_id: int) -> tuple[str, Law | None]:
+        if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), str):
+            raise InputError("not a stored fit")
+        fp = stored["fingerprint"]
+        for field in ("finished", "points"):
+            if field not in stored:
+                raise InputError(f"missing {field!r}")
+        cached = memory.get((study_id, self.law_name))
+        if cached is not None and cached[0] == fp:
+            return fp, cached[1]
+        text = stored.get("law")
+        law = None if text is None else Law.from_dict(json.loads(text), where=self.key)
+        if law is not None and not law.is_fitted:
+            raise InputError("stored law is not fitted")
+        memory[(study_id, self.law_name)] = (fp, law)
+        return fp, law
+
+    def _changed(self, stored: dict[str, Any], summary: DataSummary) -> bool:
+        if tuple(stored["finished"]) != summary.finished:
+            return True
+        return summary.points >= (1.0 + self.refit_growth) * float(stored["points"]) and summary.points > int(
+            stored["points"]
+        )
+
+    def _fallback(self, note: str | None) -> LawState:
+        if self.prior is not None:
+            return LawState(self.prior, "prior", note=note)
+        return LawState(None, "none", note=note)
+
+    def _fit_and_store(
+        self,
+        study: optuna.Study,
+        trials: Sequence[FrozenTrial],
+        summary: DataSummary,
+        memory: _Memory,
+        note: str | None,
+    ) -> LawState:
+        curves = [c for c in (trial_curve(t, self.max_points) for t in trials if t.state in CURVE_STATES) if c]
+        record: dict[str, Any] = {
+            "fingerprint": summary.fingerprint,
+            "finished": list(summary.finished),
+            "points": summary.points,
+            "n_curves": len(curves),
+            "law": None,
+        }
+        t0 = time.perf_counter()
+        law: Law | None = None
+        try:
+            law = make_law(self.law_name).fit(curves, seed=self.seed)
+            record["law"] = json.dumps(law.to_dict(), separators=(",", ":"), default=_json_default)
+        except Exception as exc:  # a failed fit must never stop the study
+            law = None
+            record["law"] = None
+            record["error"] = _short(exc)
+            note = f"law {self.law_name!r} fit on {len(curves)} curves failed ({_short(exc)})"
+            _log.warning(note)
+        elapsed = time.perf_counter() - t0
+        self.n_fits += 1
+        self.fit_seconds += elapsed
+        record["fit_seconds"] = round(elapsed, 4)
+        study._storage.set_study_system_attr(study._study_id, self.key, record)
+        memory[(study._study_id, self.law_name)] = (summary.fingerprint, law)
+        if law is None:
+            return self._fallback(note)
+        return LawState(law, "study", summary.fingerprint, note, refitted=True)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

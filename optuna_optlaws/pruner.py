@@ -1,0 +1,187 @@
+"""OptLawsPruner: prune a trial when its schedule, given its curve so far, cannot win.
+
+At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
+``trial.should_prune()``, the pruner
+
+1. prunes a diverging run at once (NaN/inf loss, a spike, a sustained rise: see
+   :func:`optuna_optlaws.divergence.online.detect_divergence`), with its reason;
+2. otherwise, once the trial has enough evidence (``min_reports`` reports and
+   ``min_fraction`` of its schedule), predicts its final loss with the study's fitted law
+   conditioned on the observed prefix, and prunes when the lower end of the 90% interval
+   is above the *frontier* plus ``margin`` nats. The frontier is the best final loss of a
+   COMPLETE trial of the same (N, D) group, or the best final loss a running trial of the
+   group is predicted to reach (the upper end of its interval), whichever is lower; it
+   needs ``n_min_trials`` COMPLETE trials in the group.
+
+User attributes written on the trial: ``optlaws_pred_final``, ``optlaws_pred_lo``,
+``optlaws_pred_hi`` (plain floats, nats, the latest prediction of the final loss),
+``optlaws_prune_reason`` (text, when pruned) and ``optlaws_warning`` (text: bad evidence
+that was ignored, a corrupt stored law that was refitted, a law that could not predict).
+
+Bad evidence never prunes and never stops the study: a repeated or out-of-order step, a
+step past the schedule's end, a corrupt stored law or a failed fit are recorded in
+``optlaws_warning``. A trial without a schedule (see :func:`~optuna_optlaws.suggest_schedule`
+and :func:`~optuna_optlaws.set_schedule`) is never pruned by the law: the pruner warns once
+and asks ``fallback`` (if given).
+
+State lives in the study's storage (the fitted law under the study system attribute
+``optlaws:law:<law>``, refitted only when the data changed meaningfully), so every worker
+and a restarted one take the same decisions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._pruner._decision import Decision, Gates, Seen, check
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING
+from optuna_optlaws._study_state import LawState, LawStore, resolve_prior, trial_schedule
+from optuna_optlaws.laws import DEFAULT_LAW, law_class
+
+if TYPE_CHECKING:
+    from optuna_optlaws.laws import Law
+
+__all__ = ["OptLawsPruner"]
+
+
+class OptLawsPruner(BasePruner):
+    """A schedule-aware pruner driven by a fitted loss-vs-schedule law.
+
+    Args:
+        law: Name of the law fitted on the study's curves (``"optlaw"``, ``"multipower"``,
+            ``"momentum"``).
+        prior: A fitted law (a :class:`~optuna_optlaws.laws.Law` or a law file path) used
+            until the study has ``n_min_trials`` COMPLETE curves of its own.
+        margin: Nats the predicted lower end must exceed the frontier by before pruning.
+        min_reports: Reports a trial needs before the law may prune it.
+        min_fraction: Fraction of its schedule's ``total_steps`` a trial must have reached
+            before the law may prune it.
+        n_min_trials: COMPLETE trials of the trial's (N, D) group needed before the law
+            prunes (and COMPLETE curves in the study before the law is fitted on it).
+        fallback: Pruner asked about trials without a schedule (and in maximisation
+            studies); ``None`` never prunes them.
+        refit_growth: Refit the law when the study's reported points grew by this
+            fraction since the last fit (a finished trial always triggers a refit).
+        max_fit_points: Each curve is thinned to at most this many points for the fit.
+        seed: Seed of the law's fit (the same on every worker).
+    """
+
+    def __init__(
+        self,
+        law: str = DEFAULT_LAW,
+        *,
+        prior: str | Path | Law | None = None,
+        margin: float = 0.01,
+        min_reports: int = 5,
+        min_fraction: float = 0.2,
+        n_min_trials: int = 3,
+        fallback: BasePruner | None = None,
+        refit_growth: float = 0.25,
+        max_fit_points: int = 128,
+        seed: int = 0,
+    ) -> None:
+        law_class(law, where="OptLawsPruner(law=...)")
+        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+            raise InputError(f"OptLawsPruner: margin={margin!r} must be a finite number of nats >= 0")
+        if not (isinstance(min_reports, int) and min_reports >= 1):
+            raise InputError(f"OptLawsPruner: min_reports={min_reports!r} must be an int >= 1")
+        if not (isinstance(min_fraction, (int, float)) and 0.0 <= min_fraction <= 1.0):
+            raise InputError(f"OptLawsPruner: min_fraction={min_fraction!r} must lie in [0, 1]")
+        if not (isinstance(n_min_trials, int) and n_min_trials >= 1):
+            raise InputError(f"OptLawsPruner: n_min_trials={n_min_trials!r} must be an int >= 1")
+        if not (isinstance(refit_growth, (int, float)) and refit_growth >= 0):
+            raise InputError(f"OptLawsPruner: refit_growth={refit_growth!r} must be >= 0")
+        if fallback is not None and not isinstance(fallback, BasePruner):
+            raise InputError(f"OptLawsPruner: fallback={fallback!r} is not an Optuna pruner")
+        self._gates = Gates(float(margin), min_reports, float(min_fraction), n_min_trials)
+        self._store = LawStore(
+            law,
+            prior=resolve_prior(prior, "OptLawsPruner(prior=...)"),
+            min_complete=n_min_trials,
+            refit_growth=float(refit_growth),
+            max_points=max_fit_points,
+            seed=seed,
+        )
+        self._fallback = fallback
+        self._warned: set[str] = set()
+        self._seen: weakref.WeakKeyDictionary[Any, dict[int, Seen]] = weakref.WeakKeyDictionary()
+
+    @property
+    def law_store(self) -> LawStore:
+        """The fitted-law store (fit counts and seconds, for benchmarks)."""
+        return self._store
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` should be pruned now (see the class docstring)."""
+        if study.direction != StudyDirection.MINIMIZE:
+            self._warn_once("direction", "OptLawsPruner predicts losses: it prunes only minimisation studies")
+            return self._ask_fallback(study, trial)
+        trials = study.get_trials(deepcopy=False)
+        me = _find(trials, trial)
+        try:
+            schedule = trial_schedule(me)
+        except InputError as exc:
+            self._record(study, me, Decision(notes=[f"stored schedule is corrupt: {exc}"]))
+            return self._ask_fallback(study, trial)
+        if schedule is None:
+            self._warn_once(
+                "schedule",
+                f"trial {me.number} has no schedule (use suggest_schedule or set_schedule): "
+                "OptLawsPruner leaves such trials to its fallback pruner",
+            )
+            return self._ask_fallback(study, trial)
+        seen = self._seen.setdefault(study._storage, {})
+
+        def get_law() -> LawState:
+            return self._store.get(study, trials)
+
+        decision, now = check(study._storage, trials, me, schedule, self._gates, get_law, seen.get(me._trial_id))
+        if now is not None:
+            seen[me._trial_id] = now
+        self._record(study, me, decision)
+        return decision.prune
+
+    # ------------------------------------------------------------------ helpers
+    def _ask_fallback(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return bool(self._fallback.prune(study, trial)) if self._fallback is not None else False
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def _record(self, study: optuna.Study, me: FrozenTrial, decision: Decision) -> None:
+        storage, tid, attrs = study._storage, me._trial_id, me.user_attrs
+        if decision.pred is not None:
+            for key, value in zip((PRED_FINAL, PRED_LO, PRED_HI), decision.pred, strict=True):
+                if attrs.get(key) != value:
+                    storage.set_trial_user_attr(tid, key, float(value))
+        old = attrs.get(WARNING)
+        old = old if isinstance(old, str) else ""
+        new = [n for n in decision.notes if n not in old]
+        if new:
+            text = "; ".join([old, *new] if old else new)
+            storage.set_trial_user_attr(tid, WARNING, text if len(text) <= 2000 else "..." + text[-1997:])
+        if decision.prune and decision.reason:
+            storage.set_trial_user_attr(tid, PRUNE_REASON, decision.reason)
+
+
+def _find(trials: list[FrozenTrial], trial: FrozenTrial) -> FrozenTrial:
+    """The storage's fresh copy of ``trial`` among ``trials`` (ordered by number)."""
+    n = trial.number
+    if 0 <= n < len(trials) and trials[n].number == n:
+        return trials[n]
+    for t in trials:
+        if t.number == n:
+            return t
+    return trial

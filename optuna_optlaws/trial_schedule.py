@@ -1,0 +1,188 @@
+"""Attach an LR schedule to an Optuna trial: suggest one from a search space, or set one.
+
+The schedule is stored in the trial's system attributes in the study's storage, so the
+pruner and sampler in any worker process read the same schedule; the schedule parameters
+are suggested through Optuna's own distributions, so they show up in the dashboard like
+any other parameter::
+
+    def objective(trial):
+        schedule = suggest_schedule(trial, total_steps=2000, warmup_steps=(0, 200),
+                                    model_size=25e6, tokens_per_step=65536)
+        scheduler = schedule.to_torch(optimizer)
+        for step in range(schedule.total_steps):
+            ...
+            trial.report(loss, step)          # step = optimizer step
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import BaseTrial, FrozenTrial
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._sampler._space import ScheduleSpace
+from optuna_optlaws.schedules import Schedule
+
+SCHEDULE_KEY = "optlaws:schedule"
+"""Trial system attribute: the trial's schedule as JSON (:meth:`Schedule.to_json`)."""
+
+SPACE_KEY = "optlaws:space"
+"""Trial system attribute: the search space the schedule was suggested from (a dict)."""
+
+STUDY_SPACE_PREFIX = "optlaws:space:"
+"""Study system attribute ``optlaws:space:<name>``: the search spaces seen in the study."""
+
+MODEL_SIZE_KEY = "optlaws:model_size"
+"""Trial system attribute: N, the model's number of parameters."""
+
+TOKENS_PER_STEP_KEY = "optlaws:tokens_per_step"
+"""Trial system attribute: tokens per optimizer step (D = steps x tokens_per_step)."""
+
+
+def suggest_schedule(
+    trial: BaseTrial,
+    *,
+    families: Sequence[str] = ("cosine", "wsd", "linear", "constant"),
+    peak_lr: float | tuple[float, float] = (1e-4, 1e-2),
+    warmup_steps: int | tuple[int, int] = 0,
+    cooldown_fraction: float | tuple[float, float] = (0.1, 0.5),
+    final_lr_ratio: float | tuple[float, float] = (0.0, 0.1),
+    total_steps: int | tuple[int, int] = 1000,
+    cooldowns: Sequence[str] = ("linear",),
+    name: str = "lr",
+    model_size: float | None = None,
+    tokens_per_step: float | None = None,
+) -> Schedule:
+    """Suggest an LR schedule and attach it to ``trial``.
+
+    Every range is an inclusive ``(low, high)`` pair or a single fixed value. Parameters
+    are named ``f"{name}_<field>"``: ``family`` (categorical), ``peak_lr`` (log-uniform, LR
+    units), ``warmup_steps`` and ``total_steps`` (ints, optimizer steps),
+    ``cooldown_fraction`` (WSD only: fraction of ``total_steps`` spent in the cooldown),
+    ``cooldown`` (WSD cooldown shape, when more than one is allowed) and ``final_lr_ratio``
+    (cosine, linear, WSD: final LR / peak LR).
+
+    ``model_size`` (N, parameters) and ``tokens_per_step`` (tokens per optimizer step)
+    are stored with the schedule: trials are compared by the pruner only within the same
+    (N, D) group, and the law predicts with them.
+
+    With :class:`~optuna_optlaws.OptLawsSampler` the parameters are proposed jointly by
+    the fitted law; any other sampler samples them like ordinary parameters.
+    """
+    space = ScheduleSpace.create(
+        name=name,
+        families=families,
+        peak_lr=peak_lr,
+        warmup_steps=warmup_steps,
+        cooldown_fraction=cooldown_fraction,
+        final_lr_ratio=final_lr_ratio,
+        total_steps=total_steps,
+        cooldowns=cooldowns,
+    )
+    _set_trial_attr(trial, SPACE_KEY, space.to_dict())
+    _register_study_space(trial, space)
+    values = space.fixed_values()
+    field_of = {space.param(f): f for f in values}
+    for pname, dist in space.distributions(None).items():
+        values[field_of[pname]] = _suggest(trial, pname, dist)
+    for pname, dist in space.distributions(str(values["family"])).items():
+        values[field_of[pname]] = _suggest(trial, pname, dist)
+    schedule = space.build(values)
+    set_schedule(trial, schedule, model_size=model_size, tokens_per_step=tokens_per_step)
+    return schedule
+
+
+def set_schedule(
+    trial: BaseTrial,
+    schedule: Schedule,
+    *,
+    model_size: float | None = None,
+    tokens_per_step: float | None = None,
+) -> None:
+    """Attach any schedule (a named family or a logged ``Schedule.from_knots``) to
+    ``trial``, with optional model size N (parameters) and tokens per optimizer step."""
+    if not isinstance(schedule, Schedule):
+        raise InputError(f"set_schedule: expected a Schedule, got {type(schedule).__name__}")
+    _set_trial_attr(trial, SCHEDULE_KEY, schedule.to_json())
+    for key, value, what in (
+        (MODEL_SIZE_KEY, model_size, "model_size"),
+        (TOKENS_PER_STEP_KEY, tokens_per_step, "tokens_per_step"),
+    ):
+        if value is None:
+            continue
+        try:
+            fvalue = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"set_schedule: {what}={value!r} is not a number") from None
+        if not math.isfinite(fvalue) or fvalue <= 0:
+            raise InputError(f"set_schedule: {what}={value!r} must be a finite number > 0")
+        _set_trial_attr(trial, key, fvalue)
+
+
+def get_schedule(trial: BaseTrial | FrozenTrial) -> Schedule | None:
+    """The schedule attached to ``trial`` (a live trial or a ``FrozenTrial``), or ``None``.
+
+    Raises :class:`InputError` when the stored schedule is corrupt."""
+    text = _system_attrs(trial).get(SCHEDULE_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InputError(f"trial {trial.number}: stored schedule is not a JSON string")
+    return Schedule.from_json(text)
+
+
+def get_sizes(trial: BaseTrial | FrozenTrial) -> tuple[float | None, float | None]:
+    """``(model_size, tokens_per_step)`` stored with the trial's schedule (``None`` if unset)."""
+    attrs = _system_attrs(trial)
+    out: list[float | None] = []
+    for key in (MODEL_SIZE_KEY, TOKENS_PER_STEP_KEY):
+        value = attrs.get(key)
+        out.append(float(value) if isinstance(value, (int, float)) else None)
+    return out[0], out[1]
+
+
+def get_space(trial: BaseTrial | FrozenTrial) -> ScheduleSpace | None:
+    """The search space ``trial``'s schedule was suggested from, or ``None``."""
+    data = _system_attrs(trial).get(SPACE_KEY)
+    return None if data is None else ScheduleSpace.from_dict(data)
+
+
+def _suggest(trial: BaseTrial, name: str, dist: BaseDistribution) -> Any:
+    """Suggest through the trial's public API, so every trial type works."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)  # type: ignore[arg-type]
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+    raise TypeError(f"unexpected distribution {dist!r}")
+
+
+def _system_attrs(trial: BaseTrial | FrozenTrial) -> dict[str, Any]:
+    if isinstance(trial, optuna.Trial):
+        return trial.storage.get_trial_system_attrs(trial._trial_id)
+    return dict(getattr(trial, "system_attrs", {}))
+
+
+def _set_trial_attr(trial: BaseTrial, key: str, value: Any) -> None:
+    if isinstance(trial, optuna.Trial):
+        trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+    elif isinstance(trial, FrozenTrial):
+        trial.system_attrs[key] = value
+    # FixedTrial and other trials without storage: nothing to store.
+
+
+def _register_study_space(trial: BaseTrial, space: ScheduleSpace) -> None:
+    if not isinstance(trial, optuna.Trial):
+        return
+    key = STUDY_SPACE_PREFIX + space.name
+    storage, study_id = trial.storage, trial.study._study_id
+    if storage.get_study_system_attrs(study_id).get(key) != space.to_dict():
+        storage.set_study_system_attr(study_id, key, space.to_dict())
