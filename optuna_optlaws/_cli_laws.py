@@ -89,13 +89,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise InputError(f"{args.curves}: no run has a finite 'loss' value, so there is nothing to fit")
     skipped = [c.run_id for c in curves if not np.any(c.finite)]
     law = make_law(args.law)
-    progress = Progress(f"optlaws fit {args.law}", 1)
-    progress.advance(0, note=f"fitting {len(observed)} runs")
     start = time.perf_counter()
-    law.fit(observed, seed=args.seed)
+    try:
+        law.fit(observed, seed=args.seed)  # the fitting harness shows progress on a terminal
+    except InputError as exc:
+        raise InputError(f"{args.curves}: {exc}") from None
     seconds = time.perf_counter() - start
-    progress.advance(1, note="done")
-    progress.close()
     _write_law(law, args.out)
     fit_loss = law.fit_info.get("loss")
     loss_text = f"{float(fit_loss):.6g}" if isinstance(fit_loss, (int, float)) else "n/a"
