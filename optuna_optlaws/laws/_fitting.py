@@ -339,6 +339,7 @@ def fit_least_squares(
     huber_delta: float = 1e-3,
     groups: NDArray[np.int64] | None = None,
     max_nfev: int = 200,
+    agree: int = 0,
     label: str = "fit",
 ) -> FitResult:
     """Robust multi-start nonlinear least squares; see the module docstring.
@@ -346,7 +347,9 @@ def fit_least_squares(
     ``starts``: the law's own initial guesses (natural units); ``n_random`` more are drawn
     (seeded) in the parameters' ``init`` ranges. ``groups``: curve index of each residual
     (for the autocorrelation inflation of the covariance). ``huber_delta``: Huber scale
-    (log-loss units). Raises InputError when no start gives a finite residual."""
+    (log-loss units). ``agree``: when > 0, stop once that many starts have reached the
+    best cost (relative 1e-6), skipping the remaining starts (the law's own starts come
+    first). Raises InputError when no start gives a finite residual."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     ilo, ihi = space.init_internal()
@@ -392,6 +395,8 @@ def fit_least_squares(
         if best is None or res.cost < best.cost:
             best = res
         progress.advance(note=f"best cost {best.cost:.4g}")
+        if agree > 0 and sum(c <= best.cost * (1 + 1e-6) + 1e-300 for c in costs) >= agree:
+            break
     progress.close()
     if best is None:
         raise InputError(f"{label}: no starting point gave finite predictions; check the curves' losses")

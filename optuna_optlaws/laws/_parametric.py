@@ -83,6 +83,8 @@ class ParametricLaw(Law):
     """``delta`` (linearised Laplace, fast) or ``draws`` (parameter draws)."""
     max_nfev: int = 300
     """Evaluation budget of each start."""
+    agree: int = 2
+    """Stop the multi-start once this many starts reach the best cost (0: run all)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,7 +99,9 @@ class ParametricLaw(Law):
     def _predict_loss_jac(
         self, theta: FloatArray, feats: ScheduleFeatures, steps: NDArray[np.int64]
     ) -> FloatArray:
-        """``d loss / d theta`` at ``steps``, shape ``(len(steps), p)``."""
+        """``d loss / d theta`` at ``steps``, shape ``(len(steps), p)``. The harness calls
+        it right before :meth:`_predict_loss` at the same point, so a law may memoise
+        shared work."""
         raise NotImplementedError
 
     def _initial_guesses(self, obs: Observations, feats: Sequence[ScheduleFeatures]) -> list[list[float]]:
@@ -135,8 +139,8 @@ class ParametricLaw(Law):
                 rows = []
                 for f, sl in zip(feats, slices, strict=True):
                     st = obs.steps[sl]
-                    pred = self._predict_loss(theta, f, st)
-                    rows.append(-self._predict_loss_jac(theta, f, st) / pred[:, None])
+                    jac = self._predict_loss_jac(theta, f, st)
+                    rows.append(-jac / self._predict_loss(theta, f, st)[:, None])
                 return np.concatenate(rows)
 
         starts = self._initial_guesses(obs, feats)
@@ -150,6 +154,7 @@ class ParametricLaw(Law):
             huber_delta=self.huber_delta,
             groups=obs.curve_index,
             max_nfev=self.max_nfev,
+            agree=self.agree,
             label=f"fit {self.name}",
         )
         self._set_fit(result, curves)
@@ -214,8 +219,8 @@ class ParametricLaw(Law):
         if self.has_jacobian:
 
             def log_jac(theta: FloatArray) -> FloatArray:
-                pred = self._predict_loss(theta, feats, st)
-                return self._predict_loss_jac(theta, feats, st) / pred[:, None]
+                jac = self._predict_loss_jac(theta, feats, st)
+                return jac / self._predict_loss(theta, feats, st)[:, None]
 
         return predictive(
             post, predict_log, predict_log_jac=log_jac, level=self.interval_level,
