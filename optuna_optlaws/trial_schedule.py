@@ -86,6 +86,7 @@ def suggest_schedule(
         total_steps=total_steps,
         cooldowns=cooldowns,
     )
+    _set_sizes(trial, model_size, tokens_per_step)  # before suggesting: the sampler reads them
     _set_trial_attr(trial, SPACE_KEY, space.to_dict())
     _register_study_space(trial, space)
     values = space.fixed_values()
@@ -111,6 +112,10 @@ def set_schedule(
     if not isinstance(schedule, Schedule):
         raise InputError(f"set_schedule: expected a Schedule, got {type(schedule).__name__}")
     _set_trial_attr(trial, SCHEDULE_KEY, schedule.to_json())
+    _set_sizes(trial, model_size, tokens_per_step)
+
+
+def _set_sizes(trial: BaseTrial, model_size: float | None, tokens_per_step: float | None) -> None:
     for key, value, what in (
         (MODEL_SIZE_KEY, model_size, "model_size"),
         (TOKENS_PER_STEP_KEY, tokens_per_step, "tokens_per_step"),
@@ -120,9 +125,9 @@ def set_schedule(
         try:
             fvalue = float(value)
         except (TypeError, ValueError):
-            raise InputError(f"set_schedule: {what}={value!r} is not a number") from None
+            raise InputError(f"trial schedule: {what}={value!r} is not a number") from None
         if not math.isfinite(fvalue) or fvalue <= 0:
-            raise InputError(f"set_schedule: {what}={value!r} must be a finite number > 0")
+            raise InputError(f"trial schedule: {what}={value!r} must be a finite number > 0")
         _set_trial_attr(trial, key, fvalue)
 
 

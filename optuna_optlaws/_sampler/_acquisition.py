@@ -1,0 +1,107 @@
+"""Proposing a schedule: quasi-random candidates scored by a law's predictive distribution.
+
+* :func:`startup_point`: the ``index``-th point of a seeded scrambled Sobol sequence over
+  the search space: a space-filling start while the study's law knows too little.
+* :func:`propose`: draw ``n_candidates`` Sobol points (seeded by the sampler's seed and
+  the trial number), turn them into schedules, score all of them with one
+  ``law.predict_final`` call, and pick by the acquisition:
+
+  - ``"lcb"`` (lower confidence bound): minimise ``mean - kappa * sigma``, where
+    ``sigma`` is the predictive standard deviation read off the law's central 90%
+    interval, ``(hi - lo) / (2 * 1.645)`` nats;
+  - ``"thompson"``: minimise one draw ``mean + sigma * z`` per candidate
+    (``z`` standard normal, seeded), i.e. Thompson sampling from the law's marginal
+    predictive distribution.
+
+Cost: building ``n`` schedules plus one ``predict_final`` call on them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._sampler._space import ScheduleSpace
+from optuna_optlaws.laws import Law
+
+ACQUISITIONS = ("lcb", "thompson")
+"""Acquisition functions :func:`propose` knows."""
+
+_Z90 = 1.6448536269514722
+"""Standard normal quantile of 0.95: half-width of a central 90% interval in sigmas."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A proposed schedule as field values, and its score under the law (NaN at startup):
+    the predicted final loss ``mean`` and ``sigma`` (nats), and where it came from."""
+
+    values: dict[str, Any]
+    mean: float = math.nan
+    sigma: float = math.nan
+    source: str = "startup"
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _sobol(dims: int, n: int, seed: int, skip: int = 0) -> np.ndarray:
+    from scipy.stats import qmc
+
+    sob = qmc.Sobol(dims, scramble=True, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # balance warnings for n not a power of two
+        if skip:
+            sob.fast_forward(skip)
+        return np.asarray(sob.random(n), dtype=np.float64)
+
+
+def startup_point(space: ScheduleSpace, seed: int, index: int) -> Proposal:
+    """The ``index``-th point of the seeded Sobol sequence over ``space``."""
+    u = _sobol(space.unit_dims, 1, _seed_of(seed, 0x5EED), skip=index)
+    return Proposal(space.from_unit(u)[0])
+
+
+def propose(
+    space: ScheduleSpace,
+    law: Law,
+    *,
+    seed: int,
+    trial_number: int,
+    n_candidates: int,
+    acquisition: str,
+    kappa: float,
+    model_size: float | None,
+    tokens_per_step: float | None,
+) -> Proposal:
+    """The best of ``n_candidates`` quasi-random schedules under ``acquisition``.
+
+    Raises :class:`InputError` when the law cannot predict these schedules (for example
+    a model size it has no term for)."""
+    u = _sobol(space.unit_dims, n_candidates, _seed_of(seed, trial_number))
+    values = space.from_unit(u)
+    schedules = [space.build(v) for v in values]
+    pred = law.predict_final(schedules, model_size=model_size, tokens_per_step=tokens_per_step)
+    mean = np.asarray(pred.mean, dtype=np.float64)
+    sigma = np.maximum(np.asarray(pred.hi, dtype=np.float64) - np.asarray(pred.lo, dtype=np.float64), 0.0) / (
+        2 * _Z90
+    )
+    ok = np.isfinite(mean) & np.isfinite(sigma)
+    if not ok.any():
+        raise InputError(f"law {law.name!r} predicted no finite final loss for {n_candidates} candidate schedules")
+    if acquisition == "lcb":
+        score = mean - kappa * sigma
+    elif acquisition == "thompson":
+        z = np.random.default_rng(_seed_of(seed, trial_number, 0x7405)).standard_normal(mean.size)
+        score = mean + sigma * z
+    else:
+        raise InputError(f"unknown acquisition {acquisition!r}; known: {', '.join(ACQUISITIONS)}")
+    score = np.where(ok, score, np.inf)
+    best = int(np.argmin(score))
+    return Proposal(values[best], float(mean[best]), float(sigma[best]), f"law:{acquisition}")

@@ -1,0 +1,147 @@
+"""Synthetic training runs and study drivers shared by the sampler/pruner/storage tests.
+
+The synthetic loss is an analytic function of the whole LR schedule (no law is fitted to
+make it): a power law in the LR area plus a noise floor proportional to an exponential
+moving average of the LR (so decaying the LR lowers the loss, as in real runs), plus an
+optional penalty for a peak LR far from ``best_peak``::
+
+    L(t) = 2.5 + 2.0 (1 + S1(t) / 0.05)^(-0.6) + 60 EMA_100(lr)(t) + u (ln(peak / best_peak))^2
+
+Run as a script, this module is a worker process for the storage tests::
+
+    python tests/_study_helpers.py run STORAGE_URL STUDY N_TRIALS [--law momentum] [--seed 0]
+    python tests/_study_helpers.py check STORAGE_URL STUDY TRIAL_NUMBER
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+import numpy as np
+import optuna
+
+from optuna_optlaws.schedules import Schedule
+
+TOTAL_STEPS = 600
+REPORT_EVERY = 20
+TEST_LAW = "momentum"
+"""A fast baseline law: the tests check the plumbing, not the law's accuracy."""
+
+
+def synth_loss(schedule: Schedule, steps: np.ndarray, *, peak_penalty: float = 0.0, best_peak: float = 3e-3) -> np.ndarray:
+    """The synthetic loss (nats) of ``schedule`` at ``steps``."""
+    from scipy.signal import lfilter
+
+    lrs = schedule.lrs()
+    s1 = np.cumsum(lrs)
+    a = 0.99
+    ema = lfilter([1 - a], [1, -a], lrs, zi=[a * lrs[0]])[0]
+    u = peak_penalty * math.log(schedule.peak_lr / best_peak) ** 2
+    loss = 2.5 + 2.0 * (1 + s1 / 0.05) ** -0.6 + 60.0 * ema + u
+    return np.asarray(loss[np.asarray(steps, dtype=np.int64)], dtype=np.float64)
+
+
+def report_steps(total: int = TOTAL_STEPS, every: int = REPORT_EVERY) -> np.ndarray:
+    """Report steps of a run: every ``every`` steps and the last step."""
+    return np.unique(np.append(np.arange(0, total, every), total - 1))
+
+
+def run_curve(trial: optuna.Trial, schedule: Schedule, *, peak_penalty: float = 0.0) -> float:
+    """Report the synthetic curve of ``schedule`` step by step, asking the pruner each time."""
+    steps = report_steps(schedule.total_steps)
+    losses = synth_loss(schedule, steps, peak_penalty=peak_penalty)
+    for step, loss in zip(steps.tolist(), losses.tolist(), strict=True):
+        trial.report(loss, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return float(losses[-1])
+
+
+def schedule_objective(peak_penalty: float = 0.0, **space: Any) -> Any:
+    """An objective suggesting a schedule (``suggest_schedule(**space)``) and running it."""
+    from optuna_optlaws import suggest_schedule
+
+    kwargs = {"total_steps": TOTAL_STEPS, "warmup_steps": 30, "peak_lr": (3e-4, 3e-2), **space}
+
+    def objective(trial: optuna.Trial) -> float:
+        schedule = suggest_schedule(trial, **kwargs)
+        return run_curve(trial, schedule, peak_penalty=peak_penalty)
+
+    return objective
+
+
+def fixed_objective(schedules: list[Schedule]) -> Any:
+    """An objective running ``schedules[trial.number]`` (attached with set_schedule)."""
+    from optuna_optlaws import set_schedule
+
+    def objective(trial: optuna.Trial) -> float:
+        schedule = schedules[trial.number % len(schedules)]
+        set_schedule(trial, schedule)
+        return run_curve(trial, schedule)
+
+    return objective
+
+
+def study_record(study: optuna.Study) -> list[dict[str, Any]]:
+    """What the tests compare across processes: per trial, state, params and the
+    pruner's attributes (rounded to 12 digits)."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = {k: (round(v, 12) if isinstance(v, float) else v) for k, v in t.user_attrs.items()}
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "last_step": t.last_step,
+                "params": {k: (round(v, 12) if isinstance(v, float) else v) for k, v in t.params.items()},
+                "attrs": attrs,
+            }
+        )
+    return out
+
+
+def make_components(law: str, seed: int) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """The sampler and pruner every worker of the storage tests uses."""
+    from optuna_optlaws import OptLawsPruner, OptLawsSampler
+
+    sampler = OptLawsSampler(law, seed=seed, n_startup_trials=3, n_candidates=32)
+    pruner = OptLawsPruner(law, n_min_trials=2, min_fraction=0.2, margin=0.01)
+    return sampler, pruner
+
+
+def _main(argv: list[str]) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("storage")
+    run.add_argument("study")
+    run.add_argument("n_trials", type=int)
+    run.add_argument("--law", default=TEST_LAW)
+    run.add_argument("--seed", type=int, default=0)
+    chk = sub.add_parser("check")
+    chk.add_argument("storage")
+    chk.add_argument("study")
+    chk.add_argument("trial", type=int)
+    chk.add_argument("--law", default=TEST_LAW)
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        sampler, pruner = make_components(args.law, args.seed)
+        study = optuna.load_study(study_name=args.study, storage=args.storage, sampler=sampler, pruner=pruner)
+        study.optimize(schedule_objective(peak_penalty=0.05), n_trials=args.n_trials)
+        return 0
+    _, pruner = make_components(args.law, 0)
+    study = optuna.load_study(study_name=args.study, storage=args.storage, pruner=pruner)
+    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, args.trial))
+    decision = pruner.prune(study, trial)
+    attrs = study._storage.get_trial(trial._trial_id).user_attrs
+    print(json.dumps({"prune": decision, "attrs": attrs}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
