@@ -304,3 +304,40 @@ def test_size_the_law_cannot_extrapolate_to(
 def test_missing_required_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str], mpl_csv: Path) -> None:
     code, _, err = run_main(capsys, "fit", str(mpl_csv))
     assert code == 2 and "--out" in err
+
+
+# ---------------------------------------------------------------------- bench laws
+def test_bench_laws_on_a_tiny_subset(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    code, stdout, err = run_main(
+        capsys, "bench", "laws", "--out", str(out), "--laws", FAST_LAW, "--sizes", "25M", "--no-cross-size",
+        "--candidates", "5", "--candidate-steps", "1000", "--shared-data", str(tmp_path / "absent"),
+    )
+    assert code == 0, err
+    assert "wrote" in stdout
+    results = json.loads((out / "results.json").read_text())
+    ev = results["mpl"]["25M"][FAST_LAW]
+    assert ev["status"] == "ok"
+    assert [r["run_id"] for r in ev["runs"]] == [
+        "25M_cosine_72000", "25M_constant_72000", "25M_wsd_20000_24000", "25M_wsdld_20000_24000",
+        "25M_wsdcon_3", "25M_wsdcon_18",
+    ]
+    s = ev["summary"]
+    assert 0 < s["rel_err_pct"] < 5 and 0 <= s["mean_final_err"] <= s["worst_final_err"] < 0.5
+    assert 0 <= s["coverage"] <= 1 and -1 <= s["spearman"] <= 1
+    worst = max(abs(r["final_error"]) for r in ev["runs"])
+    assert worst == pytest.approx(s["worst_final_err"])
+    assert "skipped" in results["tissue"]
+    assert results["timing"][FAST_LAW]["status"] == "ok"
+    assert results["timing"][FAST_LAW]["finite_predictions"] == 5
+    readme = (out / "README.md").read_text()
+    assert f"optlaws bench laws --out {out} --laws momentum --sizes 25M" in readme
+    assert "| momentum |" in readme and "Skipped:" in readme
+    assert (out / "mpl_25M.png").stat().st_size > 1000
+
+
+def test_bench_laws_bad_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "bench", "laws", "--out", str(tmp_path), "--sizes", "7B")
+    assert_one_line_error(code, err, "--sizes", "'7B'")
+    code, _, err = run_main(capsys, "bench", "laws", "--out", str(tmp_path), "--laws", "quadratic")
+    assert_one_line_error(code, err, "--laws", "'quadratic'")

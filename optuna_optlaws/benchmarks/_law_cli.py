@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 
@@ -28,4 +27,4 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from optuna_optlaws.benchmarks.law_accuracy import main_from_args
 
-    return main_from_args(args, " ".join(["optlaws", *sys.argv[1:]]))
+    return main_from_args(args, "optlaws bench laws")

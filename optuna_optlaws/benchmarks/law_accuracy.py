@@ -616,8 +616,20 @@ def _split(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def main_from_args(args: argparse.Namespace, command: str) -> int:
-    """Run the benchmark from parsed options and print the targets table."""
+def command_line(prefix: str, args: argparse.Namespace) -> str:
+    """The command that reruns the benchmark with these options (all of them spelt out)."""
+    parts = [prefix, "--out", str(args.out), "--laws", args.laws, "--sizes", args.sizes,
+             "--shared-data", str(args.shared_data), "--candidates", str(args.candidates),
+             "--candidate-steps", str(args.candidate_steps)]
+    flags = ("no-cross-size", "no-timing", "no-plots")
+    parts += [f"--{flag}" for flag in flags if getattr(args, flag.replace("-", "_"))]
+    return " ".join(parts)
+
+
+def main_from_args(args: argparse.Namespace, prefix: str) -> int:
+    """Run the benchmark from parsed options (``prefix``: how it was invoked, e.g.
+    ``optlaws bench laws``) and print the targets table."""
+    command = command_line(prefix, args)
     if args.candidates < 1 or args.candidate_steps < 2:
         raise InputError("--candidates must be >= 1 and --candidate-steps >= 2")
     results = run(
@@ -642,10 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m optuna_optlaws.benchmarks.law_accuracy``."""
     parser = argparse.ArgumentParser(prog="python -m optuna_optlaws.benchmarks.law_accuracy", description=__doc__)
     add_arguments(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        return main_from_args(args, " ".join(["python -m optuna_optlaws.benchmarks.law_accuracy", *argv]))
+        return main_from_args(args, "python -m optuna_optlaws.benchmarks.law_accuracy")
     except InputError as exc:
         print(f"law_accuracy: error: {exc}", file=sys.stderr)
         return 2
