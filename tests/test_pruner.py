@@ -1,0 +1,237 @@
+"""OptLawsPruner on real Optuna studies: divergence, evidence gates, bad reports, stored law."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, synth_loss
+
+from optuna_optlaws import InputError, OptLawsPruner, Schedule, set_schedule
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, frontier
+from optuna_optlaws._study_state import LAW_KEY_PREFIX
+from optuna_optlaws.curves import Curve
+from optuna_optlaws.laws import make_law
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+GOOD = Schedule.cosine(3e-3, TOTAL_STEPS, 30, 3e-5)
+GOOD2 = Schedule.wsd(3e-3, TOTAL_STEPS, 30, 0.0, 0.3)
+GOOD3 = Schedule.linear(2.5e-3, TOTAL_STEPS, 30, 0.0)
+BAD = Schedule.constant(3e-4, TOTAL_STEPS, 30)
+"""BAD ends about 0.45 nats above GOOD on the synthetic loss."""
+
+
+def _pruner(**kw: object) -> OptLawsPruner:
+    args: dict = {"n_min_trials": 3, "min_fraction": 0.2, "min_reports": 5, "margin": 0.01, **kw}
+    return OptLawsPruner(TEST_LAW, **args)
+
+
+def _run(study: optuna.Study, schedule: Schedule | None, losses: np.ndarray | None = None) -> tuple[str, int]:
+    """Run one trial through ask/report/should_prune/tell; return (state, last step)."""
+    trial = study.ask()
+    if schedule is not None:
+        set_schedule(trial, schedule)
+    steps = report_steps(TOTAL_STEPS)
+    if losses is None:
+        assert schedule is not None
+        losses = synth_loss(schedule, steps)
+    for step, loss in zip(steps.tolist(), losses.tolist(), strict=True):
+        trial.report(loss, step)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return "PRUNED", step
+    study.tell(trial, float(losses[-1]))
+    return "COMPLETE", int(steps[-1])
+
+
+def _study_with_good_trials(pruner: OptLawsPruner, storage: str | None = None) -> optuna.Study:
+    study = optuna.create_study(storage=storage, pruner=pruner)
+    for s in (GOOD, GOOD2, GOOD3):
+        assert _run(study, s)[0] == "COMPLETE"
+    return study
+
+
+def test_prunes_diverging_run_at_once_with_reason() -> None:
+    study = optuna.create_study(pruner=_pruner())
+    losses = synth_loss(GOOD, report_steps()).copy()
+    losses[4] = math.nan  # step 80: before any evidence gate or completed trial
+    assert _run(study, GOOD, losses) == ("PRUNED", 80)
+    reason = study.trials[0].user_attrs[PRUNE_REASON]
+    assert reason.startswith("diverged") and "NaN" in reason and "80" in reason
+
+    spike = synth_loss(GOOD, report_steps()).copy()
+    spike[10:] = 50.0  # a blow-up
+    assert _run(study, GOOD, spike) == ("PRUNED", 200)
+    assert "diverged" in study.trials[1].user_attrs[PRUNE_REASON]
+
+
+class _SpyPruner(optuna.pruners.BasePruner):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        self.calls += 1
+        return (trial.last_step or 0) >= 300
+
+
+def test_without_schedule_never_prunes_by_law_and_delegates_to_fallback() -> None:
+    spy = _SpyPruner()
+    study = _study_with_good_trials(_pruner(fallback=spy))
+    bad = synth_loss(BAD, report_steps())
+    with pytest.warns(UserWarning, match="has no schedule") as record:
+        assert _run(study, None, bad) == ("PRUNED", 300)  # the fallback's decision, not the law's
+        assert _run(study, None, bad) == ("PRUNED", 300)
+    assert sum("has no schedule" in str(w.message) for w in record) == 1  # warned once
+    assert spy.calls == 2 * 16
+    assert PRED_FINAL not in study.trials[-1].user_attrs
+
+    nofallback = _study_with_good_trials(_pruner())
+    nan_run = bad.copy()
+    nan_run[3] = math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _run(nofallback, None, nan_run)[0] == "COMPLETE"
+
+
+def test_prunes_a_bad_schedule_only_after_enough_evidence_and_keeps_good_ones() -> None:
+    study = _study_with_good_trials(_pruner(min_fraction=0.3, min_reports=8))
+    state, step = _run(study, BAD)
+    assert state == "PRUNED"
+    assert step + 1 >= 0.3 * TOTAL_STEPS and len(study.trials[-1].intermediate_values) >= 8
+    attrs = study.trials[-1].user_attrs
+    assert "frontier" in attrs[PRUNE_REASON]
+    assert all(type(attrs[k]) is float for k in (PRED_FINAL, PRED_LO, PRED_HI))
+    assert attrs[PRED_LO] <= attrs[PRED_FINAL] <= attrs[PRED_HI]
+    assert attrs[PRED_LO] > min(t.value for t in study.trials if t.value is not None) + 0.01
+    # a schedule as good as the frontier is never pruned
+    assert _run(study, Schedule.cosine(3.2e-3, TOTAL_STEPS, 30, 0.0))[0] == "COMPLETE"
+    assert PRED_FINAL in study.trials[-1].user_attrs
+
+
+def test_never_prunes_with_too_few_completed_trials() -> None:
+    study = optuna.create_study(pruner=_pruner(n_min_trials=3))
+    for s in (GOOD, GOOD2):
+        _run(study, s)
+    # a prior-free study with 2 < 3 complete trials: no law, no pruning, no prediction
+    assert _run(study, BAD)[0] == "COMPLETE"
+    assert PRED_FINAL not in study.trials[-1].user_attrs
+
+
+def test_bad_reports_are_recorded_and_never_prune() -> None:
+    study = _study_with_good_trials(_pruner(min_reports=8))
+    steps = report_steps()
+    losses = dict(zip(steps.tolist(), synth_loss(BAD, steps).tolist(), strict=True))
+    trial = study.ask()
+    set_schedule(trial, BAD)
+    for step in (0, 20, 40, 80, 100, 120, 140):  # 7 reports: one short of the gate
+        trial.report(losses[step], step)
+        assert trial.should_prune() is False
+    # the 8th report arrives out of order (step 60 after 140): the gate opens, but not on it
+    trial.report(losses[60], 60)
+    assert trial.should_prune() is False
+    # a repeated step (Optuna ignores the second report): no new evidence
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial.report(losses[60], 60)
+    assert trial.should_prune() is False
+    # the next proper report is pruned: the law would have pruned at the bad ones
+    trial.report(losses[160], 160)
+    assert trial.should_prune() is True
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    note = study.trials[-1].user_attrs[WARNING]
+    assert "out of order" in note and "repeated" in note
+
+    trial = study.ask()
+    set_schedule(trial, BAD)
+    for step in (0, 20, 40, 60, 80, 100, 120, 140):
+        trial.report(losses[step], step)
+    trial.report(losses[580], TOTAL_STEPS + 50)  # a step past the schedule's end
+    assert trial.should_prune() is False
+    study.tell(trial, losses[580])
+    assert "past the schedule's end" in study.trials[-1].user_attrs[WARNING]
+    assert PRUNE_REASON not in study.trials[-1].user_attrs
+    # the study goes on
+    assert _run(study, GOOD)[0] == "COMPLETE"
+
+
+@pytest.mark.parametrize("corruption", ["not json", "wrong params"])
+def test_corrupt_stored_law_is_refitted_and_recorded(corruption: str) -> None:
+    pruner = _pruner()
+    study = _study_with_good_trials(pruner)
+    _run(study, GOOD)  # 4 complete; the law is fitted during this trial's checks
+    key = LAW_KEY_PREFIX + TEST_LAW
+    storage = study._storage
+    stored = dict(storage.get_study_system_attrs(study._study_id)[key])
+    assert stored["law"] is not None and stored["finished"] == [0, 1, 2]
+    # data unchanged since the fit would reuse it: corrupt it
+    _run(study, GOOD2)  # refit on 4 finished
+    stored = dict(storage.get_study_system_attrs(study._study_id)[key])
+    fits = pruner.law_store.n_fits
+    stored["law"] = "{not json" if corruption == "not json" else '{"law": "momentum", "format_version": 1, "params": 3}'
+    storage.set_study_system_attr(study._study_id, key, stored)
+    from optuna_optlaws import _study_state
+
+    _study_state._MEMORY.clear()  # as a fresh worker would
+    trial = study.ask()
+    set_schedule(trial, GOOD3)
+    steps = report_steps()
+    for step, loss in zip(steps[:12].tolist(), synth_loss(GOOD3, steps[:12]).tolist(), strict=True):
+        trial.report(loss, step)
+        assert trial.should_prune() is False
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert "corrupt" in frozen.user_attrs[WARNING]
+    assert pruner.law_store.n_fits == fits + 1
+    fixed = storage.get_study_system_attrs(study._study_id)[key]
+    assert fixed["law"] != stored["law"] and PRED_FINAL in frozen.user_attrs
+
+
+def test_prior_law_predicts_before_the_study_has_data(tmp_path: Path) -> None:
+    steps = report_steps()
+    curves = [Curve(f"r{i}", s, steps, synth_loss(s, steps)) for i, s in enumerate((GOOD, GOOD2, GOOD3, BAD))]
+    path = tmp_path / "prior.json"
+    make_law(TEST_LAW).fit(curves).save(path)
+    study = optuna.create_study(pruner=_pruner(prior=str(path)))
+    assert _run(study, BAD)[0] == "COMPLETE"  # no completed trial: the frontier is unknown
+    attrs = study.trials[0].user_attrs
+    assert abs(attrs[PRED_FINAL] - float(synth_loss(BAD, [TOTAL_STEPS - 1])[0])) < 0.05
+    with pytest.raises(InputError, match="cannot read law file"):
+        OptLawsPruner(TEST_LAW, prior=tmp_path / "missing.json")
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(InputError, match="unknown law"):
+        OptLawsPruner("nolaw")
+    with pytest.raises(InputError, match="margin"):
+        OptLawsPruner(TEST_LAW, margin=-1.0)
+    with pytest.raises(InputError, match="min_fraction"):
+        OptLawsPruner(TEST_LAW, min_fraction=2.0)
+
+
+def test_maximisation_study_is_left_to_the_fallback() -> None:
+    study = optuna.create_study(direction="maximize", pruner=_pruner())
+    losses = synth_loss(GOOD, report_steps()).copy()
+    losses[4] = math.nan
+    with pytest.warns(UserWarning, match="minimisation"):
+        assert _run(study, GOOD, losses)[0] == "COMPLETE"
+
+
+def test_frontier_counts_a_confident_running_trial() -> None:
+    study = _study_with_good_trials(_pruner())
+    best_complete = min(t.value for t in study.trials)
+    running = study.ask()
+    set_schedule(running, GOOD)
+    for step in report_steps()[:12].tolist():
+        running.report(2.9, step)
+    study._storage.set_trial_user_attr(running._trial_id, PRED_HI, best_complete - 0.2)
+    group = (None, False, float(TOTAL_STEPS))
+    front = frontier(study._storage, study.get_trials(deepcopy=False), group, -1, min_reports=5, min_fraction=0.2)
+    assert front.value == pytest.approx(best_complete - 0.2) and "running" in front.source
+    assert front.n_complete == 3
+    # too little evidence on the running trial: it does not count
+    front = frontier(study._storage, study.get_trials(deepcopy=False), group, -1, min_reports=20, min_fraction=0.2)
+    assert front.value == pytest.approx(best_complete)
