@@ -32,7 +32,9 @@ TEST_LAW = "momentum"
 """A fast baseline law: the tests check the plumbing, not the law's accuracy."""
 
 
-def synth_loss(schedule: Schedule, steps: np.ndarray, *, peak_penalty: float = 0.0, best_peak: float = 3e-3) -> np.ndarray:
+def synth_loss(
+    schedule: Schedule, steps: np.ndarray, *, peak_penalty: float = 0.0, best_peak: float = 3e-3
+) -> np.ndarray:
     """The synthetic loss (nats) of ``schedule`` at ``steps``."""
     from scipy.signal import lfilter
 
@@ -136,7 +138,8 @@ def _main(argv: list[str]) -> int:
         return 0
     _, pruner = make_components(args.law, 0)
     study = optuna.load_study(study_name=args.study, storage=args.storage, pruner=pruner)
-    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, args.trial))
+    storage = study._storage
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, args.trial))
     decision = pruner.prune(study, trial)
     attrs = study._storage.get_trial(trial._trial_id).user_attrs
     print(json.dumps({"prune": decision, "attrs": attrs}, sort_keys=True))

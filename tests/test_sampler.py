@@ -1,0 +1,145 @@
+"""OptLawsSampler on real Optuna studies: search space, seeds, startup, prior, inner sampler."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, schedule_objective, synth_loss
+
+from optuna_optlaws import InputError, OptLawsSampler, get_schedule
+from optuna_optlaws._sampler._acquisition import _sobol
+from optuna_optlaws.curves import Curve
+from optuna_optlaws.laws import make_law
+from optuna_optlaws.sampler import PROPOSAL_KEY
+from optuna_optlaws.trial_schedule import get_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE: dict[str, Any] = {"warmup_steps": (0, 60), "peak_lr": (3e-4, 3e-2)}
+
+
+def _sampler(**kw: Any) -> OptLawsSampler:
+    args: dict[str, Any] = {"seed": 0, "n_startup_trials": 3, "n_candidates": 64, **kw}
+    return OptLawsSampler(TEST_LAW, **args)
+
+
+def _params(study: optuna.Study) -> list[dict[str, Any]]:
+    return [t.params for t in study.trials]
+
+
+def test_suggestions_lie_in_the_space_startup_then_law() -> None:
+    study = optuna.create_study(sampler=_sampler())
+    study.optimize(schedule_objective(), n_trials=6)
+    sources = [t.system_attrs[PROPOSAL_KEY]["source"] for t in study.trials]
+    assert sources == ["startup"] * 3 + ["law:lcb"] * 3
+    for t in study.trials:
+        for name, dist in t.distributions.items():
+            assert dist._contains(dist.to_internal_repr(t.params[name])), (name, t.params[name])
+        space = get_space(t)
+        assert space is not None
+        assert get_schedule(t) == space.build(space.values_from_params(t.params))
+        if t.system_attrs[PROPOSAL_KEY]["source"] != "startup":
+            assert np.isfinite(t.system_attrs[PROPOSAL_KEY]["pred_final"])
+    # the startup points are space-filling: different families and peaks
+    assert len({t.params["lr_family"] for t in study.trials[:3]}) >= 2
+
+
+def test_seeded_runs_reproduce() -> None:
+    runs = []
+    for seed in (7, 7, 8):
+        study = optuna.create_study(sampler=_sampler(seed=seed))
+        study.optimize(schedule_objective(), n_trials=5)
+        runs.append(_params(study))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_prior_law_makes_the_first_suggestions_among_its_best() -> None:
+    steps = report_steps()
+    space_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    space_study.optimize(schedule_objective(), n_trials=1)
+    space = get_space(space_study.trials[0])
+    assert space is not None
+    train = [space.build(v) for v in space.from_unit(_sobol(space.unit_dims, 6, 11))]
+    prior = make_law(TEST_LAW).fit([Curve(f"r{i}", s, steps, synth_loss(s, steps)) for i, s in enumerate(train)])
+    # the prior's ranking of 256 random schedules of the same space
+    reference = [space.build(v) for v in space.from_unit(np.random.default_rng(5).random((256, space.unit_dims)))]
+    ref_pred = prior.predict_final(reference).mean
+    cut = float(np.quantile(ref_pred, 0.1))
+
+    study = optuna.create_study(sampler=_sampler(prior=prior, n_candidates=128))
+    study.optimize(schedule_objective(), n_trials=3)
+    chosen = [get_schedule(t) for t in study.trials]
+    chosen_pred = prior.predict_final([s for s in chosen if s is not None]).mean
+    assert all(t.system_attrs[PROPOSAL_KEY]["source"] == "law:lcb" for t in study.trials)
+    assert np.all(chosen_pred <= cut), (chosen_pred, cut)
+
+    # without the prior, the same sampler starts with space-filling points
+    plain = optuna.create_study(sampler=_sampler(n_candidates=128))
+    plain.optimize(schedule_objective(), n_trials=3)
+    plain_pred = prior.predict_final([get_schedule(t) for t in plain.trials]).mean  # type: ignore[misc]
+    assert np.mean(plain_pred) > np.mean(chosen_pred)
+
+
+class _SpySampler(optuna.samplers.RandomSampler):
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.names: list[str] = []
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        self.names.append(param_name)
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def test_other_parameters_go_to_the_inner_sampler() -> None:
+    spy = _SpySampler()
+    study = optuna.create_study(sampler=_sampler(inner_sampler=spy))
+    inner = schedule_objective()
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("weight_decay", 0.0, 0.1)
+        return inner(trial)
+
+    study.optimize(objective, n_trials=4)
+    assert spy.names == ["weight_decay"] * 4
+
+
+def test_multivariate_inner_sampler_never_sees_schedule_params() -> None:
+    inner = optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=2)
+    sampler = _sampler(inner_sampler=inner)
+    study = optuna.create_study(sampler=sampler)
+    base = schedule_objective(families=("cosine", "wsd"))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("dropout", 0.0, 0.3)
+        return base(trial)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TPE's experimental-multivariate warning
+        study.optimize(objective, n_trials=5)
+        trial = study.ask()
+        space = sampler.infer_relative_search_space(study, study._storage.get_trial(trial._trial_id))
+    assert "dropout" in space and not any(k.startswith("lr_") for k in space)
+
+
+def test_thompson_acquisition_stays_in_space() -> None:
+    study = optuna.create_study(sampler=_sampler(acquisition="thompson"))
+    study.optimize(schedule_objective(families=("wsd",), cooldown_fraction=(0.1, 0.4), **SPACE), n_trials=5)
+    assert study.trials[-1].system_attrs[PROPOSAL_KEY]["source"] == "law:thompson"
+    for t in study.trials:
+        assert 0.1 <= t.params["lr_cooldown_fraction"] <= 0.4
+        assert 0 <= t.params["lr_warmup_steps"] <= 60
+        assert get_schedule(t).total_steps == TOTAL_STEPS  # type: ignore[union-attr]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(InputError, match="acquisition"):
+        OptLawsSampler(TEST_LAW, acquisition="ei")
+    with pytest.raises(InputError, match="unknown law"):
+        OptLawsSampler("nolaw")
+    with pytest.raises(InputError, match="n_candidates"):
+        OptLawsSampler(TEST_LAW, n_candidates=0)
