@@ -1,0 +1,1 @@
+"""Private helpers of :mod:`optuna_optlaws.dashboard`: trial data and plotly figures."""

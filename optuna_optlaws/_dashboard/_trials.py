@@ -1,0 +1,89 @@
+"""A study's trials as training curves, with what the pruner recorded about them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from optuna_optlaws.curves import Curve
+
+if TYPE_CHECKING:
+    import optuna
+
+PRED_ATTRS = ("optlaws_pred_final", "optlaws_pred_lo", "optlaws_pred_hi")
+"""User attributes where the pruner records its latest predicted final loss (nats)."""
+
+REASON_ATTR = "optlaws_prune_reason"
+"""User attribute where the pruner records why it pruned a trial."""
+
+
+@dataclass(frozen=True)
+class TrialCurve:
+    """One trial with an attached schedule: its reported losses as a :class:`Curve`
+    (run id ``trial <number>``), its state name, final value and the pruner's record."""
+
+    number: int
+    trial_id: int
+    state: str
+    curve: Curve
+    value: float | None
+    pred_final: tuple[float, float, float] | None
+    prune_reason: str | None
+
+    @property
+    def label(self) -> str:
+        """Short label for legends: ``#<number>`` and the schedule family (none for logged knots)."""
+        family = self.curve.schedule.family
+        return f"#{self.number}" if family == "knots" else f"#{self.number} {family}"
+
+    @property
+    def last_loss(self) -> float:
+        """The last reported loss (nats), NaN when nothing was reported."""
+        return self.curve.final_loss
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def trial_curves(study: optuna.Study) -> list[TrialCurve]:
+    """Every trial of ``study`` that has a schedule attached (``suggest_schedule`` or
+    ``set_schedule``), in trial-number order; its intermediate values become the curve."""
+    from optuna_optlaws.trial_schedule import get_schedule, get_sizes
+
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        schedule = get_schedule(t)
+        if schedule is None:
+            continue
+        steps = np.array(sorted(t.intermediate_values), dtype=np.int64)
+        losses = np.array([t.intermediate_values[int(s)] for s in steps], dtype=np.float64)
+        model_size, tokens_per_step = get_sizes(t)
+        curve = Curve(
+            run_id=f"trial {t.number}",
+            schedule=schedule,
+            steps=steps,
+            losses=losses,
+            model_size=model_size,
+            tokens_per_step=tokens_per_step,
+        )
+        preds = [_float_or_none(t.user_attrs.get(k)) for k in PRED_ATTRS]
+        pred = (preds[0], preds[1], preds[2]) if all(p is not None for p in preds) else None
+        reason = t.user_attrs.get(REASON_ATTR)
+        out.append(
+            TrialCurve(
+                number=t.number,
+                trial_id=t._trial_id,
+                state=t.state.name,
+                curve=curve,
+                value=_float_or_none(t.value) if t.values is not None and len(t.values) == 1 else None,
+                pred_final=pred,  # type: ignore[arg-type]
+                prune_reason=None if reason is None else str(reason),
+            )
+        )
+    return out
