@@ -1,0 +1,316 @@
+"""A live Optuna study of LR schedules on the tiny LM: OptLaws against Optuna's own tools.
+
+Each trial trains the tiny byte-level LM of ``tinylm.py`` (same seed, so the same
+initialisation and batch order, in every trial: only the schedule differs) under a
+schedule from :func:`optuna_optlaws.suggest_schedule`, reports the held-out loss every
+``eval_every`` optimizer steps through :class:`optuna_optlaws.torch.LossReporter`, and
+returns the final validation loss (nats per byte) on a larger fixed held-out set.
+
+Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
+
+* ``optlaws``: :class:`~optuna_optlaws.OptLawsSampler` + :class:`~optuna_optlaws.OptLawsPruner`;
+* ``tpe-median``: ``TPESampler`` + ``MedianPruner``;
+* ``tpe``: ``TPESampler``, no pruning.
+
+After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
+steps trained in all, the trials pruned, and the command. Usage (repository root)::
+
+    python examples/tiny_lm/study.py --quick                       # ~2-3 min: optlaws arm, 6 trials x 200 steps
+    nice -n 10 python examples/tiny_lm/study.py --trials 30        # the full study, all three arms
+    optuna-dashboard sqlite:///studies/tiny_lm/tiny_lm.db          # look at it
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from optuna_optlaws import OptLawsPruner, OptLawsSampler, suggest_schedule
+from optuna_optlaws.torch import LossReporter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tinylm import TinyLMConfig, count_parameters, default_device, train
+
+ROOT = Path(__file__).resolve().parents[2]
+ARMS = ("optlaws", "tpe-median", "tpe")
+STEPS_ATTR = "steps_trained"
+"""User attribute of every trial: optimizer steps it actually trained."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The schedule search space of the study (all trials: same horizon)."""
+
+    families: tuple[str, ...] = ("cosine", "wsd", "linear", "constant")
+    peak_lr: tuple[float, float] = (1e-3, 3e-2)
+    warmup_fraction: tuple[float, float] = (0.0, 0.1)
+    cooldown_fraction: tuple[float, float] = (0.05, 0.5)
+    final_lr_ratio: tuple[float, float] = (0.0, 0.1)
+
+
+def make_objective(steps: int, cfg: TinyLMConfig, space: SearchSpace, device: torch.device) -> Any:
+    """The study's objective: one training run of ``steps`` optimizer steps."""
+    n_params = count_parameters(cfg)
+    warmup = (int(space.warmup_fraction[0] * steps), int(space.warmup_fraction[1] * steps))
+
+    def objective(trial: optuna.Trial) -> float:
+        schedule = suggest_schedule(
+            trial,
+            families=space.families,
+            peak_lr=space.peak_lr,
+            warmup_steps=warmup,
+            cooldown_fraction=space.cooldown_fraction,
+            final_lr_ratio=space.final_lr_ratio,
+            total_steps=steps,
+            model_size=n_params,
+            tokens_per_step=cfg.tokens_per_step,
+        )
+        reporter = LossReporter(trial, every=cfg.eval_every, total_steps=schedule.total_steps)
+        trained = 0
+
+        def on_eval(step: int, loss: float) -> None:
+            nonlocal trained
+            trained = step + 1
+            reporter.step(loss, step)
+
+        try:
+            res = train(schedule, cfg, on_eval=on_eval, device=device)
+        finally:
+            trial.set_user_attr(STEPS_ATTR, trained)
+        assert not isinstance(res, tuple)
+        trial.set_user_attr("train_seconds", round(res.seconds, 2))
+        if res.diverged:
+            trial.set_user_attr("diverged", True)
+            return math.nan  # recorded as FAIL: a diverged run has no final loss
+        return res.final_loss
+
+    return objective
+
+
+def make_study(arm: str, storage: str, seed: int, steps: int, resume: bool, law: str = "optlaw") -> optuna.Study:
+    """The arm's study (deleted and recreated unless ``resume``)."""
+    name = f"tiny_lm-{arm}"
+    if arm == "optlaws":
+        sampler: optuna.samplers.BaseSampler = OptLawsSampler(law, seed=seed)
+        pruner: optuna.pruners.BasePruner = OptLawsPruner(law, seed=seed)
+    elif arm == "tpe-median":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 10)
+    elif arm == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = optuna.pruners.NopPruner()
+    else:
+        raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
+    if not resume:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)
+    return optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True
+    )
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    """Per-arm figures: best final loss, optimizer steps trained, pruned/failed counts."""
+    S = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == S.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    best = min(complete, key=lambda t: t.value) if complete else None  # type: ignore[arg-type,return-value]
+    steps = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials)
+    # optimizer steps spent before the best trial finished (budget to reach the best)
+    steps_to_best = 0
+    if best is not None:
+        steps_to_best = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials if t.number <= best.number)
+    seconds = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None and t.datetime_start is not None
+    )
+    return {
+        "study": study.study_name,
+        "trials": len(trials),
+        "complete": len(complete),
+        "pruned": sum(t.state == S.PRUNED for t in trials),
+        "failed": sum(t.state == S.FAIL for t in trials),
+        "best_value": best.value if best is not None else None,
+        "best_trial": best.number if best is not None else None,
+        "best_params": best.params if best is not None else None,
+        "steps_trained": steps,
+        "steps_to_best": steps_to_best,
+        "seconds": round(seconds, 1),
+        "command": study.user_attrs.get("command", ""),
+    }
+
+
+def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """``README.md`` of the study folder (and ``summary.json``), from the stored studies."""
+    lines = [
+        "# Live study: LR schedules of the tiny LM (generated)",
+        "",
+        "Written by `examples/tiny_lm/study.py`; do not edit by hand.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Storage: `{meta['storage']}` (one study per arm, `tiny_lm-<arm>`; open it with `optuna-dashboard`).",
+        f"Each trial: {meta['steps']} optimizer steps of the tiny LM (N = {meta['model_size']} parameters,",
+        f"{meta['tokens_per_step']} bytes per step, seed {meta['train_seed']} in every trial); held-out loss",
+        f"reported every {meta['eval_every']} steps; objective = final validation loss (nats/byte) on a",
+        "larger fixed held-out set. Search space: "
+        + ", ".join(f"{k}={v}" for k, v in meta["space"].items())
+        + f". Sampler seed {meta['seed']}. Machine: {meta['machine']}.",
+        "",
+        "| arm | trials | complete | pruned | failed | best final loss | best trial | optimizer steps trained "
+        "| steps until best | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, r in results.items():
+        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
+        lines.append(
+            f"| {arm} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {best} | "
+            f"{r['best_trial']} | {r['steps_trained']} | {r['steps_to_best']} | {r['seconds']:.0f} |"
+        )
+    lines += ["", "Commands that produced each arm:", ""]
+    lines += [f"- {arm}: `{r['command']}`" for arm, r in results.items()]
+    lines.append("")
+    ref = results.get("tpe")
+    if ref is not None and ref["best_value"] is not None:
+        lines.append("Against the no-pruning arm (`tpe`): target = best within 0.5% with at most half the steps.")
+        lines.append("")
+        for arm, r in results.items():
+            if arm == "tpe" or r["best_value"] is None:
+                continue
+            gap = (r["best_value"] - ref["best_value"]) / ref["best_value"] * 100
+            frac = r["steps_trained"] / max(ref["steps_trained"], 1)
+            ok = gap <= 0.5 and frac <= 0.5
+            lines.append(
+                f"- {arm}: best {gap:+.2f}% vs tpe, {frac:.2f} x its optimizer steps: target "
+                f"{'met' if ok else 'NOT met'}."
+            )
+        lines.append("")
+    noise = meta.get("noise")
+    if noise:
+        lines += [
+            f"Seed noise: the best `tpe` schedule retrained with training seeds {noise['seeds']}: final losses "
+            f"{', '.join(f'{v:.4f}' for v in noise['values'])} (std {noise['std']:.4f} nats). Within one study the",
+            "seed is fixed, so schedules are compared on the same initialisation and batch order.",
+            "",
+        ]
+    lines += ["Best parameters per arm:", ""]
+    for arm, r in results.items():
+        lines.append(f"- {arm}: `{json.dumps(r['best_params'], sort_keys=True)}`")
+    lines.append("")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps({"meta": meta, "arms": results}, indent=1), encoding="utf-8")
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arm", action="append", choices=ARMS, help="arm(s) to run (repeatable; default: all three)")
+    ap.add_argument("--trials", type=int, default=30, help="trials per arm (default 30)")
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps per trial (default 600)")
+    ap.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<out-dir>/tiny_lm.db)")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "studies" / "tiny_lm", help="report folder")
+    ap.add_argument("--quick", action="store_true", help="short version: optlaws arm, 6 trials x 200 steps")
+    ap.add_argument("--law", default="optlaw", help="law of the optlaws arm (default optlaw)")
+    ap.add_argument("--seed", type=int, default=0, help="sampler/pruner seed (default 0)")
+    ap.add_argument("--train-seed", type=int, default=0, help="training seed of every trial (default 0)")
+    ap.add_argument("--noise-seeds", type=int, default=0, help="retrain the best tpe schedule with N other seeds")
+    ap.add_argument("--resume", action="store_true", help="continue the arms' studies instead of starting over")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.arm = args.arm or ["optlaws"]
+        if "--trials" not in argv:
+            args.trials = 6
+        if "--steps" not in argv:
+            args.steps = 200
+    arms = args.arm or list(ARMS)
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{os.path.relpath(out_dir / 'tiny_lm.db')}"
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = default_device()
+    cfg = replace(TinyLMConfig(), seed=args.train_seed)
+    if args.steps < 4 * cfg.eval_every:
+        cfg = replace(cfg, eval_every=max(1, args.steps // 8))
+    space = SearchSpace()
+    objective = make_objective(args.steps, cfg, space, device)
+    command = "python examples/tiny_lm/study.py " + shlex.join(argv)
+    results: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law)
+        study.set_user_attr("command", command)
+        t0 = time.perf_counter()
+        todo = args.trials - len(study.trials) if args.resume else args.trials
+
+        def log(study: optuna.Study, trial: optuna.trial.FrozenTrial, arm: str = arm, t0: float = t0) -> None:
+            value = f"{trial.value:.4f}" if trial.value is not None else "-"
+            print(
+                f"[{arm}] trial {trial.number}: {trial.state.name} value {value} "
+                f"steps {trial.user_attrs.get(STEPS_ATTR)} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+
+        if todo > 0:
+            study.optimize(objective, n_trials=todo, callbacks=[log], catch=())
+        results[arm] = summarize(study)
+    # keep the summaries of arms stored earlier in the same storage (e.g. run one arm at a time)
+    for arm in ARMS:
+        if arm in results:
+            continue
+        with contextlib.suppress(KeyError):
+            results[arm] = summarize(optuna.load_study(study_name=f"tiny_lm-{arm}", storage=storage))
+    results = {a: results[a] for a in ARMS if a in results}
+    noise = None
+    if args.noise_seeds > 0 and "tpe" in results and results["tpe"]["best_trial"] is not None:
+        from optuna_optlaws import get_schedule
+
+        best = optuna.load_study(study_name="tiny_lm-tpe", storage=storage).best_trial
+        sched = get_schedule(best)
+        assert sched is not None
+        seeds = [args.train_seed + i for i in range(args.noise_seeds + 1)]
+        values = [float(best.value)]  # type: ignore[arg-type]
+        for s in seeds[1:]:
+            r = train(sched, replace(cfg, seed=s), device=device)
+            assert not isinstance(r, tuple)
+            values.append(r.final_loss)
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        noise = {"seeds": seeds, "values": values, "std": std}
+    meta = {
+        "command": command,
+        "storage": storage,
+        "steps": args.steps,
+        "model_size": count_parameters(cfg),
+        "tokens_per_step": cfg.tokens_per_step,
+        "train_seed": args.train_seed,
+        "eval_every": cfg.eval_every,
+        "seed": args.seed,
+        "space": {k: v for k, v in vars(space).items()},
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {device}, {args.threads} thread(s)",
+        "noise": noise,
+    }
+    path = write_report(out_dir, results, meta)
+    print(path.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
