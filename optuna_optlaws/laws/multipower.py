@@ -11,10 +11,13 @@ warmup's LR area, so that ``S1(t) + S_W`` is the whole LR area up to step ``t``
 
 LD is summed only over the steps where the LR changes after the warmup, vectorised over
 the target steps. Where the LR changes at (nearly) every step (cosine, linear), changes
-are merged into blocks of at most ``block`` consecutive steps that never straddle a
-target step, each block evaluated once at its drop-weighted mean position: a midpoint
-rule whose error is far below the data's noise (``block=1`` is the exact sum; the tests
-compare both). Predicting 550 steps of a 72k-step cosine takes a few milliseconds.
+are merged into blocks that never straddle a target step, each evaluated once at its
+drop-weighted mean position (a midpoint rule). Blocks are at most ``block`` steps wide
+and at most ``dist / 4`` wide at ``dist`` steps before the next target, so ``S_k(t)``
+varies little within a block: against the exact sum (``block=1``), errors are ~1e-7 nats
+on cosine/linear/WSD schedules and ~5e-5 nats right after a drop of 2/3 of the LR within
+20 steps, far below the data's noise (tests compare both). Predicting 550 steps of a
+72k-step cosine, interval included, takes about 0.2 s (the exact sum about 2 s).
 
 Fitting follows the authors' recipe as closely as the shared harness allows: Huber loss
 (delta = 1e-3) on ``log(observed) - log(predicted)`` summed over all points, initial
@@ -55,6 +58,9 @@ DEFAULT_BLOCK = 16
 _REF_PEAK = 3e-4
 """Peak LR of the authors' runs, the reference their initial B and C belong to."""
 
+_NEAR = 4
+"""Blocks at distance ``dist`` steps before a target are at most ``dist / _NEAR`` wide."""
+
 _CHUNK = 262_144
 """Largest (targets x blocks) matrix evaluated at once."""
 
@@ -74,10 +80,16 @@ def _drop_blocks(
     eta_k = feats.eta[k]
     if block <= 1:
         return k, s_prev, eta_k, d
-    # group: same number of targets below k, and same block of `block` steps
+    # group: same number of targets below k (a block never straddles a target), and
+    # within that, blocks of width 2^level <= block, level growing with the distance to
+    # the next target, so that S_k(t) varies by at most ~1/_NEAR within a block
     below = np.searchsorted(targets, k, side="left")
-    key = below.astype(np.int64) * (feats.n // block + 2) + k // block
-    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    nxt = targets[np.minimum(below, targets.size - 1)]
+    dist = np.where(below < targets.size, nxt - k, feats.n)
+    level = np.floor(np.log2(dist / _NEAR + 1.0)).astype(np.int64)
+    width = np.minimum(np.left_shift(1, np.minimum(level, 30)), block)
+    key = np.stack([below, level, k // width])
+    start = np.flatnonzero(np.r_[True, np.any(key[:, 1:] != key[:, :-1], axis=0)])
     w = np.abs(d)
     wsum = np.add.reduceat(w, start)
     safe = np.where(wsum > 0, wsum, 1.0)
