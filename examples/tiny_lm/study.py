@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-seed", type=int, default=0, help="training seed of every trial (default 0)")
     ap.add_argument("--noise-seeds", type=int, default=0, help="retrain the best tpe schedule with N other seeds")
     ap.add_argument("--resume", action="store_true", help="continue the arms' studies instead of starting over")
+    ap.add_argument("--tiny", action="store_true", help="a toy model (d_model 32, batch 8 x 32): smoke tests only")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = default_device()
     cfg = replace(TinyLMConfig(), seed=args.train_seed)
+    if args.tiny:
+        cfg = replace(cfg, d_model=32, n_heads=2, context=32, batch_size=8, eval_batches=2, final_eval_batches=4)
     if args.steps < 4 * cfg.eval_every:
         cfg = replace(cfg, eval_every=max(1, args.steps // 8))
     space = SearchSpace()
