@@ -183,10 +183,9 @@ class LawState:
     refitted: bool = False
 
 
-_Memory = dict[tuple[int, str], tuple[str, "Law | None"]]
-_MEMORY: weakref.WeakKeyDictionary[Any, _Memory] = weakref.WeakKeyDictionary()
-"""storage -> {(study id, law name): (stored fingerprint, parsed law)}: parsed laws
-cached in this process."""
+_MEMORY: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], _Fit]] = weakref.WeakKeyDictionary()
+"""storage -> {(study id, law name): the stored fit as last seen}: parsed laws cached in
+this process."""
 
 
 def resolve_prior(prior: str | Path | Law | None, where: str) -> Law | None:
@@ -236,69 +235,72 @@ class LawStore:
 
     def get(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> LawState:
         """The law to use now for ``study`` whose trials are ``trials``; fits and stores it
-        first when the data changed meaningfully since the stored fit."""
+        first when the data changed meaningfully since the stored fit.
+
+        The storage is read only when this process's last view of the stored fit would
+        now call for a refit (every worker applies the same rule to the same data, so
+        until then the stored fit cannot have changed, short of corruption)."""
         summary = DataSummary.of(trials)
+        if summary.n_complete < self.min_complete:
+            return self._fallback(None)
         storage, study_id = study._storage, study._study_id
-        stored = storage.get_study_system_attrs(study_id).get(self.key)
         memory = _MEMORY.setdefault(storage, {})
+        fit = memory.get((study_id, self.law_name))
+        if fit is not None and not self._changed(fit, summary):
+            return self._state_of(fit, None)
         note = None
-        law: Law | None = None
-        fingerprint = ""
+        stored = storage.get_study_system_attrs(study_id).get(self.key)
         if stored is not None:
             try:
-                fingerprint, law = self._parse(stored, memory, study_id)
+                fit = self._parse(stored, fit)
             except Exception as exc:  # a corrupt stored law must never stop the study
                 note = f"stored law {self.key!r} is corrupt ({_short(exc)}); refitted"
                 _log.warning(note)
-                stored = None
-        if summary.n_complete < self.min_complete:
-            if self.prior is not None:
-                return LawState(self.prior, "prior", note=note)
-            return LawState(None, "none", note=note)
-        if stored is not None and not self._changed(stored, summary):
-            if law is None:  # a failed fit on this same data: do not retry until it changes
-                return self._fallback(note or f"law fit failed: {stored.get('error', '?')}")
-            return LawState(law, "study", fingerprint, note)
-        return self._fit_and_store(study, trials, summary, memory, note)
+                fit = None
+            else:
+                memory[(study_id, self.law_name)] = fit
+                if not self._changed(fit, summary):
+                    return self._state_of(fit, None)
+        fit = self._fit_and_store(study, trials, summary)
+        memory[(study_id, self.law_name)] = fit
+        state = self._state_of(fit, note)
+        state.refitted = True
+        return state
 
     # ------------------------------------------------------------------ internals
-    def _parse(self, stored: Any, memory: _Memory, study_id: int) -> tuple[str, Law | None]:
+    def _parse(self, stored: Any, cached: _Fit | None) -> _Fit:
         if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), str):
             raise InputError("not a stored fit")
         fp = stored["fingerprint"]
-        for field in ("finished", "points"):
-            if field not in stored:
-                raise InputError(f"missing {field!r}")
-        cached = memory.get((study_id, self.law_name))
-        if cached is not None and cached[0] == fp:
-            return fp, cached[1]
+        try:
+            finished = tuple(int(n) for n in stored["finished"])
+            points = int(stored["points"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"bad data summary ({exc!r})") from None
+        if cached is not None and cached.fingerprint == fp:
+            return cached
         text = stored.get("law")
         law = None if text is None else Law.from_dict(json.loads(text), where=self.key)
         if law is not None and not law.is_fitted:
             raise InputError("stored law is not fitted")
-        memory[(study_id, self.law_name)] = (fp, law)
-        return fp, law
+        return _Fit(fp, finished, points, law, str(stored.get("error", "")))
 
-    def _changed(self, stored: dict[str, Any], summary: DataSummary) -> bool:
-        if tuple(stored["finished"]) != summary.finished:
+    def _changed(self, fit: _Fit, summary: DataSummary) -> bool:
+        if fit.finished != summary.finished:
             return True
-        return summary.points >= (1.0 + self.refit_growth) * float(stored["points"]) and summary.points > int(
-            stored["points"]
-        )
+        return summary.points >= (1.0 + self.refit_growth) * fit.points and summary.points > fit.points
+
+    def _state_of(self, fit: _Fit, note: str | None) -> LawState:
+        if fit.law is None:  # a failed fit on this data: not retried until the data change
+            return self._fallback(note or f"law fit failed: {fit.error or '?'}")
+        return LawState(fit.law, "study", fit.fingerprint, note)
 
     def _fallback(self, note: str | None) -> LawState:
         if self.prior is not None:
             return LawState(self.prior, "prior", note=note)
         return LawState(None, "none", note=note)
 
-    def _fit_and_store(
-        self,
-        study: optuna.Study,
-        trials: Sequence[FrozenTrial],
-        summary: DataSummary,
-        memory: _Memory,
-        note: str | None,
-    ) -> LawState:
+    def _fit_and_store(self, study: optuna.Study, trials: Sequence[FrozenTrial], summary: DataSummary) -> _Fit:
         curves = [c for c in (trial_curve(t, self.max_points) for t in trials if t.state in CURVE_STATES) if c]
         record: dict[str, Any] = {
             "fingerprint": summary.fingerprint,
@@ -309,24 +311,32 @@ class LawStore:
         }
         t0 = time.perf_counter()
         law: Law | None = None
+        error = ""
         try:
             law = make_law(self.law_name).fit(curves, seed=self.seed)
             record["law"] = json.dumps(law.to_dict(), separators=(",", ":"), default=_json_default)
         except Exception as exc:  # a failed fit must never stop the study
             law = None
-            record["law"] = None
-            record["error"] = _short(exc)
-            note = f"law {self.law_name!r} fit on {len(curves)} curves failed ({_short(exc)})"
-            _log.warning(note)
+            error = record["error"] = f"law {self.law_name!r} fit on {len(curves)} curves failed ({_short(exc)})"
+            _log.warning(error)
         elapsed = time.perf_counter() - t0
         self.n_fits += 1
         self.fit_seconds += elapsed
         record["fit_seconds"] = round(elapsed, 4)
         study._storage.set_study_system_attr(study._study_id, self.key, record)
-        memory[(study._study_id, self.law_name)] = (summary.fingerprint, law)
-        if law is None:
-            return self._fallback(note)
-        return LawState(law, "study", summary.fingerprint, note, refitted=True)
+        return _Fit(summary.fingerprint, summary.finished, summary.points, law, error)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """A stored fit as this process last saw it: the data summary it was fitted on and
+    the parsed law (``None`` when the fit failed, with ``error``)."""
+
+    fingerprint: str
+    finished: tuple[int, ...]
+    points: int
+    law: Law | None
+    error: str = ""
 
 
 def _short(exc: BaseException) -> str:

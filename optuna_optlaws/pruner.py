@@ -73,6 +73,9 @@ class OptLawsPruner(BasePruner):
         refit_growth: Refit the law when the study's reported points grew by this
             fraction since the last fit (a finished trial always triggers a refit).
         max_fit_points: Each curve is thinned to at most this many points for the fit.
+        record_tol: The prediction attributes are rewritten only when one of them moved by
+            more than this many nats since they were last written (each write is a storage
+            transaction); on pruning they are always written. ``0`` writes every change.
         seed: Seed of the law's fit (the same on every worker).
     """
 
@@ -88,6 +91,7 @@ class OptLawsPruner(BasePruner):
         fallback: BasePruner | None = None,
         refit_growth: float = 0.25,
         max_fit_points: int = 128,
+        record_tol: float = 1e-3,
         seed: int = 0,
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
@@ -101,6 +105,8 @@ class OptLawsPruner(BasePruner):
             raise InputError(f"OptLawsPruner: n_min_trials={n_min_trials!r} must be an int >= 1")
         if not (isinstance(refit_growth, (int, float)) and refit_growth >= 0):
             raise InputError(f"OptLawsPruner: refit_growth={refit_growth!r} must be >= 0")
+        if not (isinstance(record_tol, (int, float)) and record_tol >= 0):
+            raise InputError(f"OptLawsPruner: record_tol={record_tol!r} must be a number of nats >= 0")
         if fallback is not None and not isinstance(fallback, BasePruner):
             raise InputError(f"OptLawsPruner: fallback={fallback!r} is not an Optuna pruner")
         self._gates = Gates(float(margin), min_reports, float(min_fraction), n_min_trials)
@@ -113,6 +119,7 @@ class OptLawsPruner(BasePruner):
             seed=seed,
         )
         self._fallback = fallback
+        self._record_tol = float(record_tol)
         self._warned: set[str] = set()
         self._seen: weakref.WeakKeyDictionary[Any, dict[int, Seen]] = weakref.WeakKeyDictionary()
 
@@ -163,8 +170,15 @@ class OptLawsPruner(BasePruner):
     def _record(self, study: optuna.Study, me: FrozenTrial, decision: Decision) -> None:
         storage, tid, attrs = study._storage, me._trial_id, me.user_attrs
         if decision.pred is not None:
-            for key, value in zip((PRED_FINAL, PRED_LO, PRED_HI), decision.pred, strict=True):
-                if attrs.get(key) != value:
+            keys = (PRED_FINAL, PRED_LO, PRED_HI)
+            old = [attrs.get(k) for k in keys]
+            tol = 0.0 if decision.prune else self._record_tol
+            moved = any(
+                not isinstance(o, float) or abs(o - v) > tol or (tol == 0.0 and o != v)
+                for o, v in zip(old, decision.pred, strict=True)
+            )
+            if moved:
+                for key, value in zip(keys, decision.pred, strict=True):
                     storage.set_trial_user_attr(tid, key, float(value))
         old = attrs.get(WARNING)
         old = old if isinstance(old, str) else ""

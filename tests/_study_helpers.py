@@ -52,9 +52,12 @@ def report_steps(total: int = TOTAL_STEPS, every: int = REPORT_EVERY) -> np.ndar
     return np.unique(np.append(np.arange(0, total, every), total - 1))
 
 
-def run_curve(trial: optuna.Trial, schedule: Schedule, *, peak_penalty: float = 0.0) -> float:
-    """Report the synthetic curve of ``schedule`` step by step, asking the pruner each time."""
-    steps = report_steps(schedule.total_steps)
+def run_curve(
+    trial: optuna.Trial, schedule: Schedule, *, peak_penalty: float = 0.0, every: int = REPORT_EVERY
+) -> float:
+    """Report the synthetic curve of ``schedule`` every ``every`` steps, asking the pruner
+    each time."""
+    steps = report_steps(schedule.total_steps, every)
     losses = synth_loss(schedule, steps, peak_penalty=peak_penalty)
     for step, loss in zip(steps.tolist(), losses.tolist(), strict=True):
         trial.report(loss, step)
@@ -63,7 +66,7 @@ def run_curve(trial: optuna.Trial, schedule: Schedule, *, peak_penalty: float = 
     return float(losses[-1])
 
 
-def schedule_objective(peak_penalty: float = 0.0, **space: Any) -> Any:
+def schedule_objective(peak_penalty: float = 0.0, every: int = REPORT_EVERY, **space: Any) -> Any:
     """An objective suggesting a schedule (``suggest_schedule(**space)``) and running it."""
     from optuna_optlaws import suggest_schedule
 
@@ -71,7 +74,7 @@ def schedule_objective(peak_penalty: float = 0.0, **space: Any) -> Any:
 
     def objective(trial: optuna.Trial) -> float:
         schedule = suggest_schedule(trial, **kwargs)
-        return run_curve(trial, schedule, peak_penalty=peak_penalty)
+        return run_curve(trial, schedule, peak_penalty=peak_penalty, every=every)
 
     return objective
 
@@ -115,6 +118,23 @@ def make_components(law: str, seed: int) -> tuple[optuna.samplers.BaseSampler, o
     return sampler, pruner
 
 
+WORKER_REPORT_EVERY = 50
+"""Report interval of the storage tests' workers (fewer storage transactions)."""
+
+
+def run_study(study: optuna.Study, n_trials: int) -> None:
+    """What a storage-test worker runs: ``n_trials`` trials of a schedule search."""
+    study.optimize(schedule_objective(peak_penalty=0.05, every=WORKER_REPORT_EVERY), n_trials=n_trials)
+
+
+def check_trial(study: optuna.Study, pruner: optuna.pruners.BasePruner, number: int) -> dict[str, Any]:
+    """The pruner's decision on trial ``number`` and the trial's user attributes after it."""
+    storage = study._storage
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    decision = pruner.prune(study, trial)
+    return {"prune": decision, "attrs": storage.get_trial(trial._trial_id).user_attrs}
+
+
 def _main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser()
@@ -134,15 +154,11 @@ def _main(argv: list[str]) -> int:
     if args.cmd == "run":
         sampler, pruner = make_components(args.law, args.seed)
         study = optuna.load_study(study_name=args.study, storage=args.storage, sampler=sampler, pruner=pruner)
-        study.optimize(schedule_objective(peak_penalty=0.05), n_trials=args.n_trials)
+        run_study(study, args.n_trials)
         return 0
     _, pruner = make_components(args.law, 0)
     study = optuna.load_study(study_name=args.study, storage=args.storage, pruner=pruner)
-    storage = study._storage
-    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, args.trial))
-    decision = pruner.prune(study, trial)
-    attrs = study._storage.get_trial(trial._trial_id).user_attrs
-    print(json.dumps({"prune": decision, "attrs": attrs}, sort_keys=True))
+    print(json.dumps(check_trial(study, pruner, args.trial), sort_keys=True))
     return 0
 
 

@@ -1,0 +1,215 @@
+"""State in the study's storage: the fitted-law cache, restarts, and workers that agree.
+
+SQLite (a tmp file) and a throwaway PostgreSQL 15 cluster (skipped only when its binaries
+are absent). Workers are real processes running ``tests/_study_helpers.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from _study_helpers import (
+    TEST_LAW,
+    TOTAL_STEPS,
+    check_trial,
+    make_components,
+    report_steps,
+    run_study,
+    study_record,
+    synth_loss,
+)
+
+from optuna_optlaws import Schedule, set_schedule
+from optuna_optlaws._study_state import _MEMORY, LAW_KEY_PREFIX, LawStore
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HELPER = str(Path(__file__).with_name("_study_helpers.py"))
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+BAD = Schedule.constant(4e-4, TOTAL_STEPS, 30)
+
+
+@pytest.fixture
+def db_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder for SQLite files: in memory-backed /dev/shm where there is one (commits
+    there skip the disk's fsync; the storage code paths are the same)."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        path = Path(tempfile.mkdtemp(prefix="optlaws-test-", dir="/dev/shm"))
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        yield tmp_path
+
+
+def _worker(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, HELPER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def _running_bad_trial(url: str, study_name: str, n_reports: int = 12) -> int:
+    """A RUNNING trial with a poor schedule and ``n_reports`` reports; its number."""
+    study = optuna.load_study(study_name=study_name, storage=url)
+    trial = study.ask()
+    set_schedule(trial, BAD)
+    steps = report_steps()[:n_reports]
+    for step, loss in zip(steps.tolist(), synth_loss(BAD, steps).tolist(), strict=True):
+        trial.report(loss, step)
+    return trial.number
+
+
+# ---------------------------------------------------------------------- in process
+def _complete(study: optuna.Study, schedule: Schedule, n_reports: int | None = None) -> None:
+    trial = study.ask()
+    set_schedule(trial, schedule)
+    steps = report_steps()[:n_reports]
+    for step, loss in zip(steps.tolist(), synth_loss(schedule, steps).tolist(), strict=True):
+        trial.report(loss, step)
+    if n_reports is None:
+        study.tell(trial, float(synth_loss(schedule, steps[-1:])[0]))
+
+
+def test_law_is_refitted_only_when_the_data_changed(db_dir: Path) -> None:
+    url = f"sqlite:///{db_dir / 'cache.db'}"
+    study = optuna.create_study(storage=url, study_name="cache")
+    store = LawStore(TEST_LAW, min_complete=2, refit_growth=0.5)
+    assert store.get(study, study.get_trials()).law is None  # no data, no prior
+    for peak in (2e-3, 4e-3):
+        _complete(study, Schedule.cosine(peak, TOTAL_STEPS, 30))
+    first = store.get(study, study.get_trials())
+    assert first.source == "study" and first.refitted and store.n_fits == 1
+    stored = study._storage.get_study_system_attrs(study._study_id)[LAW_KEY_PREFIX + TEST_LAW]
+    assert stored["fingerprint"] == first.fingerprint and stored["finished"] == [0, 1]
+    again = store.get(study, study.get_trials())
+    assert again.law is first.law and not again.refitted and store.n_fits == 1  # memory cache
+
+    # a running trial adds 8 points to 62: below the 50% growth, reuse
+    _complete(study, Schedule.wsd(3e-3, TOTAL_STEPS, 30), n_reports=8)
+    assert not store.get(study, study.get_trials()).refitted
+    # a trial finishing is a meaningful change
+    _complete(study, Schedule.linear(3e-3, TOTAL_STEPS, 30))
+    assert store.get(study, study.get_trials()).refitted and store.n_fits == 2
+
+    # a fresh worker (another LawStore, empty process cache) reuses the stored fit
+    _MEMORY.clear()
+    other = LawStore(TEST_LAW, min_complete=2, refit_growth=0.5)
+    reused = optuna.load_study(study_name="cache", storage=url)
+    state = other.get(reused, reused.get_trials())
+    assert other.n_fits == 0 and state.law is not None
+    assert state.law.to_dict()["params"] == store.get(study, study.get_trials()).law.to_dict()["params"]  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- processes
+def _in_process(url: str, n_trials: int) -> optuna.Study:
+    sampler, pruner = make_components(TEST_LAW, 0)
+    study = optuna.load_study(study_name="s", storage=url, sampler=sampler, pruner=pruner)
+    run_study(study, n_trials)
+    return study
+
+
+def test_restarted_worker_makes_the_same_decisions(db_dir: Path) -> None:
+    """One worker running 8 trials == one running 4, then a fresh process running 4."""
+    urls = [f"sqlite:///{db_dir / name}" for name in ("one.db", "restart.db")]
+    for url in urls:
+        optuna.create_study(storage=url, study_name="s")
+    n = 8
+    _in_process(urls[1], n // 2)
+    restarted = _worker("run", urls[1], "s", str(n - n // 2))
+    _in_process(urls[0], n)
+    _wait(restarted)
+    records = [study_record(optuna.load_study(study_name="s", storage=u)) for u in urls]
+    assert len(records[0]) == n
+    assert records[0] == records[1]
+    states = {r["state"] for r in records[0]}
+    assert "PRUNED" in states and "COMPLETE" in states, states
+    # and this process and a fresh one judge the same new running trial alike
+    numbers = [_running_bad_trial(u, "s") for u in urls]
+    out_fresh = _worker("check", urls[1], "s", str(numbers[1]))
+    _, pruner = make_components(TEST_LAW, 0)
+    here = check_trial(optuna.load_study(study_name="s", storage=urls[0]), pruner, numbers[0])
+    assert json.loads(_wait(out_fresh)) == json.loads(json.dumps(here)) and here["prune"] is True
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster on a free loopback port; yields its URL."""
+    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
+        pytest.skip(f"PostgreSQL 15 binaries not found in {PG_BIN}")
+    pytest.importorskip("psycopg2", reason="psycopg2 is needed for Optuna's PostgreSQL storage")
+    prefix: list[str] = []
+    root = tempfile.mkdtemp(prefix="optlaws-pg-")
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        prefix = ["runuser", "-u", "postgres", "--"]
+        os.chmod(root, 0o755)
+        shutil.chown(root, "postgres")
+    data = os.path.join(root, "data")
+    port = _free_port()
+    env = {**os.environ, "LC_ALL": "C"}
+
+    def pg(*cmd: str, **kw: object) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, env=env, timeout=120, **kw)  # type: ignore[call-overload]
+
+    try:
+        pg(str(PG_BIN / "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+        pg(
+            str(PG_BIN / "pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",
+            "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"could not start PostgreSQL: {exc.stderr!r}") from exc
+    try:
+        pg(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optlaws")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optlaws"
+    finally:
+        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True, env=env, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_share_the_law_and_agree(postgres_url: str) -> None:
+    optuna.create_study(storage=postgres_url, study_name="pg")
+    t0 = time.time()
+    workers = [_worker("run", postgres_url, "pg", "5", "--seed", str(seed)) for seed in (0, 1)]
+    for w in workers:
+        _wait(w)
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    trials = study.get_trials()
+    assert len(trials) == 10 and all(t.state.is_finished() for t in trials), time.time() - t0
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    stored = study._storage.get_study_system_attrs(study._study_id)[LAW_KEY_PREFIX + TEST_LAW]
+    assert stored["law"] is not None and stored["finished"]
+    assert any("optlaws_pred_final" in t.user_attrs for t in trials)
+    # a fresh worker process and this one judge the same running trial alike
+    number = _running_bad_trial(postgres_url, "pg")
+    fresh = json.loads(_wait(_worker("check", postgres_url, "pg", str(number))))
+    _, pruner = make_components(TEST_LAW, 0)
+    here = check_trial(optuna.load_study(study_name="pg", storage=postgres_url), pruner, number)
+    assert fresh == json.loads(json.dumps(here)) and fresh["prune"] is True
+    assert "frontier" in fresh["attrs"]["optlaws_prune_reason"]
