@@ -44,16 +44,28 @@ MIN_FIT_POINTS = 3
 
 
 def _study_law(study: optuna.Study) -> Law | None:
-    """The law the sampler/pruner cached in the study's storage, when there is one."""
-    try:
-        from optuna_optlaws import _study_state
-    except ModuleNotFoundError:
-        return None
-    loader = getattr(_study_state, "load_cached_law", None)
-    if loader is None:
-        return None
-    law = loader(study)
-    return law if law is not None and law.is_fitted else None
+    """The law the pruner/sampler fitted and stored in the study's storage (study system
+    attribute ``optlaws:law:<name>``, see :mod:`optuna_optlaws._study_state`), if any; the
+    default law first when several are stored."""
+    import json
+
+    from optuna_optlaws._study_state import LAW_KEY_PREFIX
+    from optuna_optlaws.laws import DEFAULT_LAW, Law
+
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    keys = sorted((k for k in attrs if k.startswith(LAW_KEY_PREFIX)), key=lambda k: k != LAW_KEY_PREFIX + DEFAULT_LAW)
+    for key in keys:
+        record = attrs[key]
+        text = record.get("law") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            continue
+        try:
+            law = Law.from_dict(json.loads(text), where=key)
+        except (InputError, ValueError):
+            continue
+        if law.is_fitted:
+            return law
+    return None
 
 
 def resolve_law(study: optuna.Study, law: Law | None, trials: Sequence[TrialCurve]) -> tuple[Law | None, str]:
@@ -66,7 +78,7 @@ def resolve_law(study: optuna.Study, law: Law | None, trials: Sequence[TrialCurv
     if law is None:
         cached = _study_law(study)
         if cached is not None:
-            return cached, f"law {cached.name!r} cached in the study"
+            return cached, f"law {cached.name!r} stored in the study by the pruner/sampler"
     curves = [t.curve for t in trials if int(sum(t.curve.finite)) >= MIN_FIT_POINTS]
     if not curves:
         return None, "no law: no trial has reported enough losses yet"

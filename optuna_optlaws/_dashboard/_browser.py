@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +142,30 @@ def save_screenshot(driver: Any, path: str | Path) -> Path:
     if not driver.save_screenshot(str(path)):
         raise RuntimeError(f"could not save a screenshot to {path}")
     return path
+
+
+def open_and_wait(driver: Any, url: str, texts: Sequence[str], *, min_plots: int = 0, timeout: float = 90.0) -> str:
+    """Open ``url`` and wait until the page shows every string of ``texts`` and at least
+    ``min_plots`` rendered plotly graphs; returns the page's visible text.
+
+    On timeout, raises ``TimeoutError`` naming what was missing."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    state: dict[str, Any] = {}
+
+    def ready(d: Any) -> bool:
+        body = d.find_element(By.TAG_NAME, "body").text
+        plots = len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"))
+        state.update(body=body, plots=plots, missing=[t for t in texts if t not in body])
+        return not state["missing"] and plots >= min_plots
+
+    try:
+        wait_for(driver, ready, timeout)
+    except TimeoutException:
+        raise TimeoutError(
+            f"{url}: after {timeout:.0f} s, missing texts {state.get('missing')} and "
+            f"{state.get('plots')} plotly graphs (wanted {min_plots})"
+        ) from None
+    return str(state["body"])

@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from optuna_optlaws.curves import Curve
 
 if TYPE_CHECKING:
@@ -53,25 +51,15 @@ def _float_or_none(value: Any) -> float | None:
 
 def trial_curves(study: optuna.Study) -> list[TrialCurve]:
     """Every trial of ``study`` that has a schedule attached (``suggest_schedule`` or
-    ``set_schedule``), in trial-number order; its intermediate values become the curve."""
-    from optuna_optlaws.trial_schedule import get_schedule, get_sizes
+    ``set_schedule``) and at least one usable report, in trial-number order; the curve is
+    the one the law is fitted on (:func:`optuna_optlaws._study_state.trial_curve`)."""
+    from optuna_optlaws._study_state import trial_curve
 
     out = []
     for t in study.get_trials(deepcopy=False):
-        schedule = get_schedule(t)
-        if schedule is None:
+        curve = trial_curve(t)
+        if curve is None:
             continue
-        steps = np.array(sorted(t.intermediate_values), dtype=np.int64)
-        losses = np.array([t.intermediate_values[int(s)] for s in steps], dtype=np.float64)
-        model_size, tokens_per_step = get_sizes(t)
-        curve = Curve(
-            run_id=f"trial {t.number}",
-            schedule=schedule,
-            steps=steps,
-            losses=losses,
-            model_size=model_size,
-            tokens_per_step=tokens_per_step,
-        )
         preds = [_float_or_none(t.user_attrs.get(k)) for k in PRED_ATTRS]
         pred = (preds[0], preds[1], preds[2]) if all(p is not None for p in preds) else None
         reason = t.user_attrs.get(REASON_ATTR)
