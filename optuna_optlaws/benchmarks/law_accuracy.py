@@ -71,6 +71,9 @@ MPL_SCHEDULES = (
 TISSUE_FILE = Path("tissue_course_100m") / "gpt_loss_lrs.csv"
 TISSUE_BLOCK = 100
 """Steps averaged into one tissue observation (the per-step loss is noisy)."""
+TISSUE_KNOT_EVERY = 50
+"""The tissue lr column (one value per step) is kept as knots every this many steps (plus
+both sides of every jump); the deviation this causes is reported."""
 TISSUE_MIN_STEP = 1000
 """Tissue observations start here (skips the first, fast-falling 1,000 steps)."""
 
@@ -131,17 +134,38 @@ def _block_means(curve: Curve, block: int, min_step: int) -> Curve:
     return replace(curve, steps=steps_b, losses=losses_b)
 
 
-def tissue_curves(shared_data: Path) -> dict[str, Curve] | None:
-    """The three tissue_course_100m runs, block-averaged, by short name (``cosine``,
-    ``wsd``, ``8-1-1``; run ids ``tissue_<name>``); None when the file is absent."""
+def _thin_knots(schedule: Schedule, every: int) -> tuple[Schedule, float]:
+    """A knot schedule logged at every step, kept at every ``every``-th step, at every
+    kink or jump (a change of slope above 1e-4 of the peak LR per step), and at its last
+    step; and the largest LR deviation that causes over all steps (relative to the peak)."""
+    steps = np.asarray(schedule.params["steps"], dtype=np.float64)
+    lrs = np.asarray(schedule.params["lrs"], dtype=np.float64)
+    kink = np.flatnonzero(np.abs(np.diff(lrs, n=2)) > 1e-4 * schedule.peak_lr) + 1
+    keep = np.zeros(steps.size, dtype=bool)
+    keep[::every] = True
+    keep[-1] = True
+    keep[kink] = True
+    thin = Schedule.from_knots(steps[keep], lrs[keep])
+    grid = np.arange(schedule.total_steps, dtype=np.float64)
+    dev = float(np.max(np.abs(thin.lr_at(grid) - schedule.lr_at(grid))) / max(schedule.peak_lr, 1e-300))
+    return thin, dev
+
+
+def tissue_curves(shared_data: Path) -> tuple[dict[str, Curve], float] | None:
+    """The three tissue_course_100m runs, block-averaged, with thinned knots, by short
+    name (``cosine``, ``wsd``, ``8-1-1``; run ids ``tissue_<name>``), and the largest LR
+    deviation (relative to peak) the thinning causes; None when the file is absent."""
     path = shared_data / TISSUE_FILE
     if not path.exists():
         return None
     out: dict[str, Curve] = {}
+    worst = 0.0
     for c in read_curves_csv(path):
         name = "8-1-1" if "811" in c.run_id else ("wsd" if "wsd" in c.run_id else "cosine")
-        out[name] = replace(_block_means(c, TISSUE_BLOCK, TISSUE_MIN_STEP), run_id=f"tissue_{name}")
-    return out
+        thin, dev = _thin_knots(c.schedule, TISSUE_KNOT_EVERY)
+        worst = max(worst, dev)
+        out[name] = replace(_block_means(c, TISSUE_BLOCK, TISSUE_MIN_STEP), run_id=f"tissue_{name}", schedule=thin)
+    return out, worst
 
 
 def candidate_schedules(n: int, total_steps: int, seed: int = 0) -> list[Schedule]:
@@ -304,7 +328,8 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     mpl = mpl_curves()
-    tissue = tissue_curves(Path(shared_data))
+    tissue_read = tissue_curves(Path(shared_data))
+    tissue = None if tissue_read is None else tissue_read[0]
     steps_total = len(sizes) * len(laws) + (len(laws) if cross_size else 0) + (len(laws) if timing else 0)
     steps_total += len(laws) if tissue is not None else 0
     progress = Progress("optlaws bench laws", steps_total)
@@ -338,6 +363,7 @@ def run(
             figures["tissue_100m"][name] = ev
             results["tissue"][name] = ev.to_json()
             progress.advance(1, note=f"tissue {name}")
+        results["tissue_lr_deviation"] = tissue_read[1] if tissue_read else None
     else:
         results["tissue"] = {"skipped": f"{Path(shared_data) / TISSUE_FILE} not found"}
 
@@ -441,6 +467,7 @@ def _machine_info(command: str, seconds: float, shared_data: str | Path) -> dict
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "benchmark_seconds": round(seconds, 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "shared_data": str(shared_data),
     }
 
@@ -496,7 +523,9 @@ def render_readme(results: dict[str, Any], pngs: Sequence[str]) -> str:
         f"- command: `{m['command']}`",
         f"- date: {m['date_utc']}, git commit {m['git_commit'] or 'unknown'}",
         f"- machine: {m['cpu']}, {m['cores']} cores (shared with other jobs), {m['platform']}",
-        f"- python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}; whole benchmark {m['benchmark_seconds']} s",
+        f"- python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}; whole benchmark {m['benchmark_seconds']} s;",
+        f"  1-minute load average at the end {m['load_average_1min_at_end']} (other jobs share the cores: timings",
+        "  are wall-clock seconds under that load)",
         "",
         "Final error = predicted - observed loss at the run's last observed step (nats). Relative error is",
         "|pred - obs| / obs over every held-out observed point. Coverage is the share of held-out observed",
@@ -529,7 +558,9 @@ def render_readme(results: dict[str, Any], pngs: Sequence[str]) -> str:
         lines += [
             f"Per-step training loss is noisy: each observation is the mean loss of {TISSUE_BLOCK} consecutive steps",
             f"(placed at the block's last step), from step {TISSUE_MIN_STEP}; the lr column has no warmup. Errors and",
-            "coverage are measured against these block means.",
+            "coverage are measured against these block means. The per-step lr column is kept as knots every",
+            f"{TISSUE_KNOT_EVERY} steps plus every kink and jump (largest LR deviation from the logged column:",
+            f"{100 * (results.get('tissue_lr_deviation') or 0.0):.4f}% of peak). Spearman over two runs is +-1.",
             "",
             *SUMMARY_HEAD,
             *_summary_rows(results["tissue"]),
