@@ -71,9 +71,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.report_every is not None and args.report_every < 1:
         raise InputError(f"--report-every must be >= 1, got {args.report_every}")
     curves = read_curves_csv(args.curves)
+    pruners = _pruner_names(args.pruner)
     results = run_replay(
         curves,
-        _pruner_names(args.pruner),
+        pruners,
         orders=args.orders,
         seed=args.seed,
         group_by=group_by,
@@ -87,8 +88,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  {g['group']}: {len(g['runs'])} runs, {g['orders']} orders, best {g['best_run']}")
     print(format_table(results))
     if args.out:
-        command = "optlaws replay " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 and \
-            sys.argv[1] == "replay" else "optlaws replay " + shlex.quote(args.curves)
-        write_results(args.out, results, command)
+        write_results(args.out, results, _command(args, pruners))
         print(f"wrote {args.out}/README.md and results.json")
     return 0
+
+
+def _command(args: argparse.Namespace, pruners: list[str]) -> str:
+    """The command that reruns this replay, rebuilt from the parsed options."""
+    parts = ["optlaws", "replay", args.curves, "--pruner", *pruners, "--orders", str(args.orders),
+             "--seed", str(args.seed), "--group-by", args.group_by]
+    if args.report_every is not None:
+        parts += ["--report-every", str(args.report_every)]
+    if args.storage:
+        parts += ["--storage", args.storage]
+    parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -410,6 +410,7 @@ def run_replay(
                     "first": int(g.report_steps[0]),
                     "last": int(g.report_steps[-1]),
                     "count": int(g.report_steps.size),
+                    "every": int(np.median(np.diff(g.report_steps))) if g.report_steps.size > 1 else 0,
                 },
                 "orders": len(o),
             }
@@ -486,7 +487,11 @@ def write_results(out_dir: str | Path, results: dict[str, Any], command: str) ->
     out.mkdir(parents=True, exist_ok=True)
     payload = _finite_or_none({"command": command, **results})
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default, allow_nan=False) + "\n")
-    groups = ", ".join(f"{g['group']} ({len(g['runs'])} runs, {g['orders']} orders)" for g in results["groups"])
+    groups = "\n".join(
+        f"- {g['group']}: {len(g['runs'])} runs, {g['orders']} orders, best run {g['best_run']}, "
+        f"reports every {g['report_steps']['every']} steps from step {g['report_steps']['first']}"
+        for g in results["groups"]
+    )
     settings = "\n".join(f"- `{name}`: {r['settings']}" for name, r in results["pruners"].items())
     text = f"""# Pruner replay: {results.get('curves', '')}
 
@@ -504,7 +509,10 @@ the steps of no pruning. Best run survived: the group's lowest-final-loss run co
 Regret: final loss of the best completed run minus the group's best final loss (nats; inf
 when every run of a study was pruned or failed).
 
-Groups: {groups}. Reports every {results.get('report_every') or 'logged'} steps on a grid common to each group.
+Groups (grouped by {', '.join(results['group_by']) or 'none'}; each group reports on one grid of steps, losses
+linearly interpolated between a run's logged points where its logs are off that grid):
+
+{groups}
 
 {format_table(results)}
 
