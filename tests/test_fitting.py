@@ -219,3 +219,21 @@ def test_condition_on_prefix_ignores_diverged_points_and_empty_prefix() -> None:
     assert same is prior
     part = condition_on_prefix(prior, targets, ps, np.array([3.0, np.nan, 3.0]), np.full(3, 3.0), noise=0.001)
     assert np.all(np.isfinite(part.mean)) and part.mean[0] == pytest.approx(3.0)
+
+
+def test_leave_one_curve_out_discrepancy_flags_a_misspecified_law() -> None:
+    # two "curves" (halves of x); a straight line fitted to a parabola errs on the left-out
+    # half by much more than the noise, a straight line fitted to a line does not
+    space = ParamSpace([Param("a", -10, 10, init=(-1, 1)), Param("b", -10, 10, init=(-1, 1))])
+    x = np.linspace(0, 1, 40)
+    groups = (x > 0.5).astype(np.int64)
+    eps = np.random.default_rng(0).normal(0, 0.01, x.size)
+    sds = []
+    for y in (1 + 2 * x + eps, 1 + 2 * x + 0.5 * x**2 + eps):
+        fit = fit_least_squares(space, lambda th, y=y: y - th[0] - th[1] * x, starts=[[0, 0]], groups=groups,
+                                loco=True, huber_delta=1.0)
+        sds.append(fit.posterior.model_sd)
+        p = predictive(fit.posterior, lambda th: th[0] + th[1] * np.array([1.0]), noise=True)
+        assert np.log(p.hi[0] / p.mean[0]) == pytest.approx(
+            1.645 * np.sqrt(fit.posterior.noise**2 + fit.posterior.model_sd**2 + 0.0), rel=0.3)
+    assert sds[0] < 0.01 < 0.05 < sds[1]

@@ -31,12 +31,22 @@ Laplace posterior: :class:`Posterior` (``FitResult.posterior``)
     not zero, variance. ``Posterior.noise`` is the per-point residual standard deviation
     (log-loss), used to widen predictive intervals for new observations.
 
+Model discrepancy: :func:`loco_discrepancy`
+    A law fitted on a few schedules errs on others by more than its parameter
+    uncertainty says (misspecification). With two or more curves, the harness refits
+    leaving each curve out (one start, warm from the optimum), predicts the
+    last quarter of the left-out curve's points, and sets ``Posterior.model_sd``
+    (log-loss) to ``sqrt(max(0, mean over curves of the mean squared error - noise^2))``.
+    It is added to every prediction's variance (the law's own error on an unseen
+    schedule), and conditioning on an observed prefix removes it near the prefix, as it
+    removes the parameter part.
+
 Predictive intervals: :func:`predictive`
     ``predict_log(theta) -> log loss at the target steps`` (natural ``theta``).
     ``method="delta"`` (default, fast: ``p + 1`` evaluations, or one with an analytic
     ``predict_log_jac``) linearises around the optimum; ``method="draws"`` pushes
     ``n_draws`` seeded parameter draws through the law. Either way the predictive
-    log-loss has variance ``var_params + noise^2`` and the result is a
+    log-loss has variance ``var_params + model_sd^2 + noise^2`` and the result is a
     :class:`~optuna_optlaws.laws._base.Prediction` with the point prediction as ``mean``
     and the central ``level`` interval ``[lo, hi]`` (nats).
 
@@ -194,6 +204,9 @@ class Posterior:
     """Covariance of ``z`` (internal coordinates)."""
     noise: float
     """Per-observation residual standard deviation (log-loss, nats)."""
+    model_sd: float = 0.0
+    """Standard deviation of the law's own error on a schedule it was not fitted on
+    (log-loss; leave-one-curve-out estimate, 0 when not estimated)."""
 
     @property
     def theta(self) -> FloatArray:
@@ -212,7 +225,12 @@ class Posterior:
 
     def to_state(self) -> dict[str, Any]:
         """JSON-ready dict (exact float round trip)."""
-        return {"z": self.z.tolist(), "cov": self.cov.tolist(), "noise": float(self.noise)}
+        return {
+            "z": self.z.tolist(),
+            "cov": self.cov.tolist(),
+            "noise": float(self.noise),
+            "model_sd": float(self.model_sd),
+        }
 
     @classmethod
     def from_state(cls, space: ParamSpace, state: Mapping[str, Any]) -> Posterior:
@@ -220,11 +238,13 @@ class Posterior:
         z = np.asarray(state["z"], dtype=np.float64)
         cov = np.asarray(state["cov"], dtype=np.float64)
         noise = float(state["noise"])
+        model_sd = float(state.get("model_sd", 0.0))
         if z.shape != (space.size,) or cov.shape != (space.size, space.size):
             raise ValueError(f"posterior needs {space.size} parameters, got shape {z.shape} / {cov.shape}")
-        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(cov)) and math.isfinite(noise) and noise >= 0):
-            raise ValueError("posterior holds non-finite values")
-        return cls(space=space, z=z, cov=cov, noise=noise)
+        finite = np.all(np.isfinite(z)) and np.all(np.isfinite(cov)) and math.isfinite(noise + model_sd)
+        if not finite or noise < 0 or model_sd < 0:
+            raise ValueError("posterior holds non-finite or negative values")
+        return cls(space=space, z=z, cov=cov, noise=noise, model_sd=model_sd)
 
 
 @dataclass
@@ -259,6 +279,7 @@ class FitResult:
             "seconds": round(self.seconds, 3),
             "success": self.success,
             "residual_autocorr": self.autocorr,
+            "model_sd_log_loss": self.posterior.model_sd,
             "param_std": self.posterior.space.as_dict(self.posterior.std_natural()),
         }
 
@@ -340,6 +361,7 @@ def fit_least_squares(
     groups: NDArray[np.int64] | None = None,
     max_nfev: int = 200,
     agree: int = 0,
+    loco: bool = False,
     label: str = "fit",
 ) -> FitResult:
     """Robust multi-start nonlinear least squares; see the module docstring.
@@ -349,7 +371,11 @@ def fit_least_squares(
     (for the autocorrelation inflation of the covariance). ``huber_delta``: Huber scale
     (log-loss units). ``agree``: when > 0, stop once that many starts have reached the
     best cost (relative 1e-6), skipping the remaining starts (the law's own starts come
-    first). Raises InputError when no start gives a finite residual."""
+    first). ``loco``: estimate ``Posterior.model_sd`` by leaving each curve of ``groups``
+    out in turn (:func:`loco_discrepancy` with masked residuals: simple, but each fold
+    still evaluates every curve; a law that can evaluate a subset of curves cheaply
+    should build its own folds). Raises InputError when no start gives a finite
+    residual."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     ilo, ihi = space.init_internal()
@@ -404,6 +430,10 @@ def fit_least_squares(
         warnings.simplefilter("ignore", RuntimeWarning)
         post, rho = laplace_posterior(space, best.x, residuals, jacobian, groups)
     r = fun(best.x)
+    if loco and groups is not None and np.unique(groups).size >= 2:
+        post.model_sd = loco_discrepancy(
+            space, post.theta, _masked_folds(residuals, jacobian, groups), noise=post.noise, huber_delta=huber_delta
+        )
     return FitResult(
         posterior=post,
         cost=float(best.cost),
@@ -415,6 +445,81 @@ def fit_least_squares(
         autocorr=rho,
         start_costs=costs,
     )
+
+
+def _masked_folds(
+    residuals: ResidualFn, jacobian: JacobianFn | None, groups: NDArray[np.int64]
+) -> list[tuple[ResidualFn, JacobianFn | None, ResidualFn]]:
+    folds: list[tuple[ResidualFn, JacobianFn | None, ResidualFn]] = []
+    for g in np.unique(groups):
+        keep = groups != g
+        idx = np.flatnonzero(~keep)
+        late = idx[idx.size - max(1, idx.size // 4):]
+
+        def res_g(th: FloatArray, keep: NDArray[np.bool_] = keep) -> FloatArray:
+            return np.asarray(residuals(th), dtype=np.float64)[keep]
+
+        def held(th: FloatArray, late: NDArray[np.intp] = late) -> FloatArray:
+            return np.asarray(residuals(th), dtype=np.float64)[late]
+
+        jac_g: JacobianFn | None = None
+        if jacobian is not None:
+
+            def jac_g(th: FloatArray, keep: NDArray[np.bool_] = keep) -> FloatArray:
+                return np.asarray(jacobian(th), dtype=np.float64)[keep]
+
+        folds.append((res_g, jac_g, held))
+    return folds
+
+
+def loco_discrepancy(
+    space: ParamSpace,
+    theta: FloatArray,
+    folds: Sequence[tuple[ResidualFn, JacobianFn | None, ResidualFn]],
+    *,
+    noise: float,
+    huber_delta: float = 1e-3,
+    max_nfev: int = 50,
+) -> float:
+    """Leave-one-curve-out model discrepancy (log-loss standard deviation); see the
+    module docstring.
+
+    ``folds``: one ``(residuals, jacobian, held_out)`` per left-out curve: the residuals
+    (and optional Jacobian, natural coordinates) of the other curves, and the residuals of
+    the left-out curve's last quarter of points. Each fold is refitted from ``theta``
+    (one start, at most ``max_nfev`` evaluations)."""
+    lo, hi = space.bounds_internal()
+    z0 = space.clip_internal(space.to_internal(theta))
+    mse = []
+    for residuals, jacobian, held_out in folds:
+
+        def fun(z: FloatArray, residuals: ResidualFn = residuals) -> FloatArray:
+            r = np.asarray(residuals(space.to_natural(z)), dtype=np.float64)
+            return np.where(np.isfinite(r), r, 1e3)
+
+        jac: Any = "2-point"
+        if jacobian is not None:
+
+            def jac(z: FloatArray, jacobian: JacobianFn = jacobian) -> FloatArray:
+                th = space.to_natural(z)
+                J = np.asarray(jacobian(th), dtype=np.float64) * space.dtheta_dz(th)[None, :]
+                return np.where(np.isfinite(J), J, 0.0)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                res = optimize.least_squares(
+                    fun, z0, jac=jac, bounds=(lo, hi), loss="huber", f_scale=huber_delta,
+                    x_scale="jac", max_nfev=max_nfev, method="trf",
+                )
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+            e = np.asarray(held_out(space.to_natural(res.x)), dtype=np.float64)
+        if e.size and np.all(np.isfinite(e)):
+            mse.append(float(np.mean(e**2)))
+    if not mse:
+        return 0.0
+    return math.sqrt(max(0.0, float(np.mean(mse)) - noise**2))
 
 
 # ---------------------------------------------------------------------- prediction
@@ -441,7 +546,7 @@ def predictive(
     (an interval for a new observed loss; False gives the interval of the law's mean)."""
     theta = posterior.theta
     m = np.asarray(predict_log(theta), dtype=np.float64)
-    noise_var = posterior.noise**2 if noise else 0.0
+    noise_var = (posterior.noise**2 if noise else 0.0) + posterior.model_sd**2
     zq = _z_quantile(level)
     if method == "delta":
         if predict_log_jac is not None:

@@ -21,7 +21,7 @@ curves without a ``model_size`` may be mixed in) and refuses to predict any othe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -43,6 +43,7 @@ from optuna_optlaws.laws._fitting import (
     Posterior,
     condition_on_prefix,
     fit_least_squares,
+    loco_discrepancy,
     predictive,
 )
 from optuna_optlaws.schedules import Schedule
@@ -85,6 +86,9 @@ class ParametricLaw(Law):
     """Evaluation budget of each start."""
     agree: int = 2
     """Stop the multi-start once this many starts reach the best cost (0: run all)."""
+    loco: bool = True
+    """Estimate the law's error on unseen schedules by leaving each curve out (adds one
+    warm-started refit per curve; see :mod:`optuna_optlaws.laws._fitting`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,32 +127,13 @@ class ParametricLaw(Law):
         obs = observations(curves, where=f"fit {self.name}")
         slices = obs.slices()
         feats = [features_for(c.schedule, obs.steps[sl]) for c, sl in zip(obs.curves, slices, strict=True)]
-        log_y = np.log(obs.losses)
-
-        def residuals(theta: FloatArray) -> FloatArray:
-            pred = np.concatenate(
-                [self._predict_loss(theta, f, obs.steps[sl]) for f, sl in zip(feats, slices, strict=True)]
-            )
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.asarray(log_y - np.log(pred), dtype=np.float64)
-
-        jacobian = None
-        if self.has_jacobian:
-
-            def jacobian(theta: FloatArray) -> FloatArray:
-                rows = []
-                for f, sl in zip(feats, slices, strict=True):
-                    st = obs.steps[sl]
-                    jac = self._predict_loss_jac(theta, f, st)
-                    rows.append(-jac / self._predict_loss(theta, f, st)[:, None])
-                return np.concatenate(rows)
-
-        starts = self._initial_guesses(obs, feats)
+        parts = [(f, obs.steps[sl], np.log(obs.losses[sl])) for f, sl in zip(feats, slices, strict=True)]
+        residuals, jacobian = self._residual_fns(parts)
         result = fit_least_squares(
             self.space,
             residuals,
             jacobian=jacobian,
-            starts=starts,
+            starts=self._initial_guesses(obs, feats),
             n_random=self.n_random_starts,
             seed=seed,
             huber_delta=self.huber_delta,
@@ -157,8 +142,43 @@ class ParametricLaw(Law):
             agree=self.agree,
             label=f"fit {self.name}",
         )
+        if self.loco and len(parts) >= 2:
+            folds = []
+            for i, (f, st, ly) in enumerate(parts):
+                others = parts[:i] + parts[i + 1 :]
+                late = slice(st.size - max(1, st.size // 4), st.size)
+                held, _ = self._residual_fns([(f, st[late], ly[late])])
+                folds.append((*self._residual_fns(others), held))
+            result.posterior.model_sd = loco_discrepancy(
+                self.space, result.theta, folds, noise=result.posterior.noise, huber_delta=self.huber_delta
+            )
         self._set_fit(result, curves)
         return self
+
+    def _residual_fns(
+        self, parts: Sequence[tuple[ScheduleFeatures, NDArray[np.int64], FloatArray]]
+    ) -> tuple[Callable[[FloatArray], FloatArray], Callable[[FloatArray], FloatArray] | None]:
+        """Residuals ``log(y) - log(pred)`` (and their Jacobian) over (features, steps,
+        log losses) parts, concatenated."""
+
+        def residuals(theta: FloatArray) -> FloatArray:
+            out = []
+            for f, st, ly in parts:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out.append(ly - np.log(self._predict_loss(theta, f, st)))
+            return np.asarray(np.concatenate(out), dtype=np.float64)
+
+        if not self.has_jacobian:
+            return residuals, None
+
+        def jacobian(theta: FloatArray) -> FloatArray:
+            rows = []
+            for f, st, _ in parts:
+                jac = self._predict_loss_jac(theta, f, st)
+                rows.append(-jac / self._predict_loss(theta, f, st)[:, None])
+            return np.concatenate(rows)
+
+        return residuals, jacobian
 
     def _set_fit(self, result: FitResult, curves: Sequence[Curve]) -> None:
         self.posterior = result.posterior
