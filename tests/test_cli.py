@@ -140,7 +140,6 @@ def test_rank_best_first_and_consistent_with_predict(
 
 
 def test_default_law_end_to_end(capsys: pytest.CaptureFixture[str], mpl_csv: Path, tmp_path: Path) -> None:
-    pytest.importorskip("optuna_optlaws.laws.optlaw")
     law = tmp_path / "optlaw.json"
     code, out, err = run_main(capsys, "fit", str(mpl_csv), "--runs", TRAIN_25M, "--out", str(law))
     assert code == 0, err
