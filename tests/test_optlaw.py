@@ -1,0 +1,205 @@
+"""Tests of the Opt-Law (optuna_optlaws.laws.optlaw): recovery of its own curves, held-out
+accuracy on the vendored MPL data, law file round trip, conditioning, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optuna_optlaws import InputError, Schedule
+from optuna_optlaws.curves import Curve, read_curves_csv
+from optuna_optlaws.laws import _optlaw_dynamics as dyn
+from optuna_optlaws.laws import load_law, make_law
+from optuna_optlaws.laws._fitting import Posterior
+from optuna_optlaws.laws.optlaw import OptLaw, _Terms
+
+TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")
+
+TRUE = {
+    "L0": 2.7, "A": 0.8, "B": 0.12, "alpha": 0.5, "s_w": 0.05, "phi": 0.7,
+    "eps": 3.0, "beta": 0.3, "c_cut": 150.0,
+}
+
+
+def _law_with(values: dict[str, float], eta_ref: float = 3e-4, sizes: tuple[float, ...] = ()) -> OptLaw:
+    """An OptLaw holding given parameters (as if fitted), to generate curves."""
+    terms = _Terms(eta_ref=eta_ref, sizes=sizes, escape=False)
+    space = terms.space()
+    theta = space.from_mapping(values)
+    law = OptLaw()
+    law._terms, law._space = terms, space
+    law.posterior = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
+    return law
+
+
+def _synthetic(law: OptLaw, schedules: dict[str, Schedule], every: int = 200) -> list[Curve]:
+    out = []
+    for name, s in schedules.items():
+        steps = np.arange(every, s.total_steps, every)
+        out.append(Curve(name, s, steps, law.predict(s, steps).mean))
+    return out
+
+
+SCHEDULES = {
+    "cosine": Schedule.cosine(3e-4, 20000, warmup_steps=1000, final_lr=3e-5),
+    "constant": Schedule.constant(3e-4, 20000, warmup_steps=1000),
+    "step": Schedule.step(3e-4, 16000, warmup_steps=1000, milestones=[0.5], factors=[0.3]),
+}
+HELD_OUT = Schedule.wsd(3e-4, 20000, warmup_steps=1000, final_lr=3e-5, cooldown_fraction=0.2, cooldown="linear")
+
+
+@pytest.fixture(scope="module")
+def mpl_curves(mpl_csv: Path) -> dict[str, Curve]:
+    return {c.run_id: c for c in read_curves_csv(mpl_csv)}
+
+
+@pytest.fixture(scope="module")
+def law_100m(mpl_curves: dict[str, Curve]) -> OptLaw:
+    return OptLaw().fit([mpl_curves[f"100M_{n}"] for n in TRAIN], seed=0)
+
+
+def test_dynamics_kernel_matches_recursion() -> None:
+    s = Schedule.wsd(3e-4, 12000, warmup_steps=500, final_lr=3e-5, cooldown_fraction=0.3, cooldown="exp")
+    steps = np.array([600, 3000, 9000, 11000, 11999])
+    grid = dyn.chunk_grid(s, steps, eta_ref=3e-4, max_chunks=64)
+    target = grid.eta**0.7
+    w = dyn.spectrum_weights(0.5, 100.0)
+    via_kernel = np.einsum("j,jom->om", w, dyn.relaxation_kernel(grid, dyn.KAPPA)) @ target
+    via_loop = dyn.simulate(grid.area, target[:, None], w[None, :], dyn.KAPPA)[grid.target_chunk, 0]
+    np.testing.assert_allclose(via_kernel, via_loop, rtol=1e-10)
+    # the chunk areas add up to the schedule's LR area (units of 1000 steps at eta_ref)
+    assert grid.s_end[-1] == pytest.approx(s.lrs().sum() / (3e-4 * 1000), rel=1e-4)
+    # at a constant LR held long, the noise excess reaches its floor
+    const = dyn.chunk_grid(Schedule.constant(3e-4, 400000), np.array([399999]), eta_ref=3e-4)
+    floor = dyn.simulate(const.area, np.ones((const.area.size, 1)), w[None, :], dyn.KAPPA)[-1, 0]
+    assert floor == pytest.approx(1.0, abs=0.02)
+
+
+def test_recovers_its_own_curves() -> None:
+    truth = _law_with(TRUE)
+    curves = _synthetic(truth, SCHEDULES)
+    fitted = OptLaw(n_random=1, loco=False).fit(curves, seed=1)
+    for c in curves:  # the fit describes the loss after the warmup (steps >= 1000)
+        after = c.steps >= 1000
+        np.testing.assert_allclose(fitted.predict_curve(c).mean[after], c.losses[after], atol=2e-3)
+    steps = np.arange(2000, HELD_OUT.total_steps, 1000)
+    want = truth.predict(HELD_OUT, steps).mean
+    got = fitted.predict(HELD_OUT, steps).mean
+    assert np.max(np.abs(got - want)) < 5e-3
+    # multiplicative noise matters: the plain (eps = 0) law is measurably different
+    plain = truth.predict(HELD_OUT, steps).mean - _law_with({**TRUE, "eps": 0.0}).predict(HELD_OUT, steps).mean
+    assert np.max(np.abs(plain)) > 0.02
+
+
+def test_mpl_held_out_wsd_final_loss(law_100m: OptLaw, mpl_curves: dict[str, Curve]) -> None:
+    # measured: +0.0002 (exponential) and +0.0030 (linear) nats; the plain mode recursion
+    # and the multi-power law are 0.013-0.018 nats too low on these runs (design.md 4)
+    for name in ("100M_wsd_20000_24000", "100M_wsdld_20000_24000"):
+        c = mpl_curves[name]
+        mean, lo, hi = law_100m.predict_curve(c)
+        assert abs(mean[-1] - c.final_loss) < 0.006, name
+        assert lo[-1] < mean[-1] < hi[-1]
+    # training runs are described to well under 0.1% per step
+    for name in TRAIN:
+        c = mpl_curves[f"100M_{name}"]
+        rel = np.abs(law_100m.predict_curve(c).mean - c.losses) / c.losses
+        assert np.mean(rel) < 1e-3
+
+
+def test_save_load_round_trip(law_100m: OptLaw, tmp_path: Path) -> None:
+    path = tmp_path / "law.json"
+    law_100m.save(path)
+    back = load_law(path)
+    assert isinstance(back, OptLaw)
+    s = Schedule.wsd(3e-4, 30000, warmup_steps=2160, final_lr=3e-5, cooldown_fraction=0.25, cooldown="1-sqrt")
+    a = law_100m.predict(s, [5000, 29999], model_size=1e8)
+    b = back.predict(s, [5000, 29999], model_size=1e8)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+    assert make_law().name == "optlaw"
+
+
+def test_predict_final_agrees_with_predict(law_100m: OptLaw) -> None:
+    schedules = [
+        Schedule.cosine(3e-4, 24000, warmup_steps=2160, final_lr=3e-5),
+        Schedule.wsd(3e-4, 50000, warmup_steps=2160, final_lr=3e-5, cooldown_fraction=0.1, cooldown="exp"),
+        Schedule.step(2e-4, 30000, warmup_steps=1000),
+        Schedule.from_knots([0, 2160, 8000, 8001, 14000], [0, 3e-4, 3e-4, 9e-5, 9e-5]),
+    ]
+    batch = law_100m.predict_final(schedules, model_size=1e8)
+    for i, s in enumerate(schedules):
+        one = law_100m.predict(s, model_size=1e8)
+        assert batch.mean[i] == pytest.approx(one.mean[0], rel=1e-9)
+        assert batch.lo[i] == pytest.approx(one.lo[0], rel=1e-6)
+        assert batch.hi[i] == pytest.approx(one.hi[0], rel=1e-6)
+    # ranks: a decayed schedule beats the same schedule held constant
+    pair = law_100m.predict_final(
+        [Schedule.constant(3e-4, 24000, warmup_steps=2160), Schedule.cosine(3e-4, 24000, warmup_steps=2160)]
+    )
+    assert pair.mean[1] < pair.mean[0] - 0.02
+
+
+def test_observed_prefix_reduces_error(law_100m: OptLaw, mpl_curves: dict[str, Curve]) -> None:
+    c = mpl_curves["100M_wsdcon_3"]  # held out; the law's worst 100M run
+    later = c.steps[c.steps > 12000]
+    truth = c.losses[c.steps > 12000]
+    plain = law_100m.predict(c.schedule, later, model_size=c.model_size)
+    t0 = time.perf_counter()
+    cond = law_100m.predict(c.schedule, later, model_size=c.model_size, observed=c.prefix(12000))
+    assert time.perf_counter() - t0 < 2.0  # generous: the benchmark measures the real figure
+    err_plain = np.mean(np.abs(plain.mean - truth))
+    err_cond = np.mean(np.abs(cond.mean - truth))
+    assert err_cond < 0.5 * err_plain
+    assert np.all(cond.hi - cond.lo < plain.hi - plain.lo)
+
+
+def test_nan_losses_do_not_crash_the_fit() -> None:
+    truth = _law_with(TRUE)
+    curves = _synthetic(truth, SCHEDULES, every=400)
+    bad = curves[1]
+    losses = bad.losses.copy()
+    losses[5], losses[-3] = np.nan, np.inf
+    curves[1] = Curve(bad.run_id, bad.schedule, bad.steps, losses)
+    law = OptLaw(n_random=0, loco=False).fit(curves)
+    assert law.is_fitted
+    assert np.all(np.isfinite(law.predict_curve(curves[0]).mean))
+    with pytest.raises(InputError, match="no finite loss"):
+        OptLaw(n_random=0, loco=False).fit([Curve("x", bad.schedule, bad.steps[:3], np.full(3, np.nan))])
+
+
+def test_model_size_extrapolation(law_100m: OptLaw) -> None:
+    s = Schedule.cosine(3e-4, 24000, warmup_steps=2160)
+    law_100m.predict(s, model_size=1e8)  # the fitted size is fine
+    with pytest.raises(InputError, match="model-size term is not identified"):
+        law_100m.predict(s, model_size=4e8)
+    with pytest.raises(InputError, match="model_size"):
+        law_100m.predict_final([s], model_size=2.5e7)
+
+
+def test_two_sizes_predict_a_third() -> None:
+    sizes = (2.5e7, 1e8)
+    truth = _law_with({**TRUE, "g_l0": 0.08, "g_a": 0.1, "g_b": -0.1}, sizes=sizes)
+    curves = []
+    for n in sizes:
+        for name, s in SCHEDULES.items():
+            steps = np.arange(1000, s.total_steps, 500)
+            curves.append(Curve(f"{n:g}_{name}", s, steps, truth.predict(s, steps, model_size=n).mean, model_size=n))
+    law = OptLaw(n_random=0, loco=False).fit(curves)
+    got = law.predict(HELD_OUT, model_size=4e8).mean[0]
+    want = truth.predict(HELD_OUT, model_size=4e8).mean[0]
+    assert got == pytest.approx(want, abs=0.01)
+    with pytest.raises(InputError, match="give the model_size"):
+        law.predict(HELD_OUT)
+
+
+def test_escape_term_only_when_peak_lr_varies() -> None:
+    truth = _law_with(TRUE)
+    curves = _synthetic(truth, SCHEDULES, every=500)
+    assert "k_esc" not in OptLaw(n_random=0, loco=False).fit(curves).params
+    hot = Schedule.cosine(6e-4, 20000, warmup_steps=1000, final_lr=3e-5)
+    steps = np.arange(500, 20000, 500)
+    curves.append(Curve("hot", hot, steps, truth.predict(hot, steps).mean))
+    assert "k_esc" in OptLaw(n_random=0, loco=False).fit(curves).params
