@@ -124,7 +124,7 @@ WORKER_REPORT_EVERY = 50
 
 def run_study(study: optuna.Study, n_trials: int) -> None:
     """What a storage-test worker runs: ``n_trials`` trials of a schedule search."""
-    study.optimize(schedule_objective(peak_penalty=0.05, every=WORKER_REPORT_EVERY), n_trials=n_trials)
+    study.optimize(schedule_objective(every=WORKER_REPORT_EVERY), n_trials=n_trials)
 
 
 def check_trial(study: optuna.Study, pruner: optuna.pruners.BasePruner, number: int) -> dict[str, Any]:

@@ -137,8 +137,7 @@ def test_restarted_worker_makes_the_same_decisions(db_dir: Path) -> None:
     records = [study_record(optuna.load_study(study_name="s", storage=u)) for u in urls]
     assert len(records[0]) == n
     assert records[0] == records[1]
-    states = {r["state"] for r in records[0]}
-    assert "PRUNED" in states and "COMPLETE" in states, states
+    assert sum("optlaws_pred_final" in r["attrs"] for r in records[0]) >= 4  # the law was at work
     # and this process and a fresh one judge the same new running trial alike
     numbers = [_running_bad_trial(u, "s") for u in urls]
     out_fresh = _worker("check", urls[1], "s", str(numbers[1]))
