@@ -226,6 +226,40 @@ class ParametricLaw(Law):
             )
         return pred
 
+    def predict_final(
+        self,
+        schedules: Sequence[Schedule],
+        *,
+        model_size: float | None = None,
+        tokens_per_step: float | None = None,
+    ) -> Prediction:
+        """Predicted final loss (last step) of many schedules, one interval computation
+        for all of them (nats)."""
+        post = self._post()
+        self.check_sizes(model_size, where=f"predict {self.name}")
+        if len(schedules) == 0:
+            empty = np.zeros(0)
+            return Prediction(empty, empty.copy(), empty.copy())
+        parts = [(features_for(s, np.array([s.total_steps - 1])), np.array([s.total_steps - 1])) for s in schedules]
+
+        def predict_log(theta: FloatArray) -> FloatArray:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.log(np.concatenate([self._predict_loss(theta, f, st) for f, st in parts]))
+
+        log_jac = None
+        if self.has_jacobian:
+
+            def log_jac(theta: FloatArray) -> FloatArray:
+                rows = []
+                for f, st in parts:
+                    jac = self._predict_loss_jac(theta, f, st)
+                    rows.append(jac / self._predict_loss(theta, f, st)[:, None])
+                return np.concatenate(rows)
+
+        return predictive(
+            post, predict_log, predict_log_jac=log_jac, level=self.interval_level, method=self.interval_method
+        )
+
     def _predictive(self, post: Posterior, feats: ScheduleFeatures, st: NDArray[np.int64]) -> Prediction:
         if st.size == 0:
             empty = np.zeros(0)

@@ -6,7 +6,8 @@
 
 with steps counted from the end of the warmup (``eta_0`` the peak LR) and ``S_W`` the
 warmup's LR area, so that ``S1(t) + S_W`` is the whole LR area up to step ``t``
-(:attr:`~optuna_optlaws.laws._features.ScheduleFeatures.s1`). Parameters
+(:attr:`~optuna_optlaws.laws._features.ScheduleFeatures.s1`; floored at one step of
+the peak LR so that step 0 of a warmup from LR 0 is finite). Parameters
 ``L0, A, alpha, B, C, beta, gamma``.
 
 LD is summed only over the steps where the LR changes after the warmup, vectorised over
@@ -135,6 +136,12 @@ def _loss_drop(
     return ld, dj
 
 
+def _area(feats: ScheduleFeatures, steps: NDArray[np.int64]) -> FloatArray:
+    """``S1(t) + S_W``, floored at one step of the peak LR so that the first steps of a
+    warmup from LR 0 get a finite (large) loss instead of infinity."""
+    return np.asarray(np.maximum(feats.s1[steps], max(feats.peak_lr, 1e-300)), dtype=np.float64)
+
+
 class MultiPowerLaw(ParametricLaw):
     """Luo et al. (2025), the multi-power law; see the module docstring."""
 
@@ -173,7 +180,7 @@ class MultiPowerLaw(ParametricLaw):
     def _predict_loss(self, theta: FloatArray, feats: ScheduleFeatures, steps: NDArray[np.int64]) -> FloatArray:
         L0, A, alpha, B = theta[:4]
         ld, _ = self._ld(theta, feats, steps, jac=False)
-        return np.asarray(L0 + A * feats.s1[steps] ** (-alpha) - B * ld, dtype=np.float64)
+        return np.asarray(L0 + A * _area(feats, steps) ** (-alpha) - B * ld, dtype=np.float64)
 
     def _predict_loss_jac(
         self, theta: FloatArray, feats: ScheduleFeatures, steps: NDArray[np.int64]
@@ -181,7 +188,7 @@ class MultiPowerLaw(ParametricLaw):
         _, A, alpha, B = theta[:4]
         ld, dj = self._ld(theta, feats, steps, jac=True)
         assert dj is not None
-        S = feats.s1[steps]
+        S = _area(feats, steps)
         p = S ** (-alpha)
         return np.column_stack([np.ones_like(S), p, -A * p * np.log(S), -ld, -B * dj])
 
