@@ -41,10 +41,15 @@ DEFAULT_CACHE = HERE / ".cache"
 VAL_EVERY = 20
 """Every 20th file (sorted order) of a corpus is held out for validation."""
 
-CORPORA = ("stdlib", "stdlib_tests")
+CORPORA = ("stdlib", "stdlib_tests", "site_docs")
 """``stdlib``: the standard library's sources without its test suites (~12 MB).
 ``stdlib_tests``: only the test suites (``test/``, ``tests/``, ``idle_test/``; ~19 MB), a
-second, shifted distribution for continual training and fine-tuning."""
+second, shifted distribution for continual training. ``site_docs``: the text files
+(``*.txt``, ``*.rst``, ``*.md``, ``LICENSE*``/``COPYING*``, each under 200 kB) of the installed
+packages in ``site-packages``, the first ``SITE_DOCS_BYTES`` of them in sorted order: a
+small, mostly natural-language corpus for fine-tuning (it depends on what is installed)."""
+
+SITE_DOCS_BYTES = 3_000_000
 
 
 # ---------------------------------------------------------------------------- data
@@ -57,6 +62,8 @@ def corpus_files(corpus: str = "stdlib") -> list[Path]:
     """The corpus's source files, in their fixed (sorted relative path) order."""
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; known: {CORPORA}")
+    if corpus == "site_docs":
+        return _site_docs()
     root = Path(sysconfig.get_paths()["stdlib"])
     out = []
     for p in sorted(root.rglob("*.py"), key=lambda q: q.relative_to(root).as_posix()):
@@ -65,6 +72,22 @@ def corpus_files(corpus: str = "stdlib") -> list[Path]:
             continue
         if _is_test_path(rel) == (corpus == "stdlib_tests"):
             out.append(p)
+    return out
+
+
+def _site_docs() -> list[Path]:
+    root = Path(sysconfig.get_paths()["purelib"])
+    out, total = [], 0
+    for p in sorted(root.rglob("*"), key=lambda q: q.relative_to(root).as_posix()):
+        is_doc = p.suffix in (".txt", ".rst", ".md") or p.name.startswith(("LICENSE", "LICENCE", "COPYING"))
+        if not is_doc or not p.is_file() or "optuna_optlaws" in p.as_posix():
+            continue
+        size = p.stat().st_size
+        if 0 < size < 200_000:
+            out.append(p)
+            total += size
+            if total >= SITE_DOCS_BYTES:
+                break
     return out
 
 
