@@ -444,6 +444,12 @@ def _machine_info(command: str, seconds: float, shared_data: str | Path) -> dict
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, timeout=10
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "optuna_optlaws"],
+            capture_output=True, text=True, check=False, timeout=10,
+        ).stdout.strip()
+        if commit and dirty:
+            commit += " (with uncommitted changes under optuna_optlaws/)"
     except (OSError, subprocess.SubprocessError):
         commit = ""
     cpu = platform.processor() or platform.machine()
