@@ -119,3 +119,164 @@ def test_unsorted_and_empty_input() -> None:
     assert sig is not None and sig.step == int(steps[80])
     with pytest.raises(ValueError):
         detect_divergence(steps, y[:-1])
+
+
+# ----------------------------------------------------------------------------- the fitted criterion
+
+TRUE_CRIT = {"eta_c": 4e-3, "a_N": -0.5, "a_B": 0.25, "a_D": 0.1, "a_W": 0.2}
+
+
+def _synthetic_table(n: int, seed: int, *, warmup: bool = True, noise: float = 0.03) -> dict[str, np.ndarray]:
+    """Runs around a known stability edge: diverged iff ln(lr) >= ln(eta_crit) + noise."""
+    rng = np.random.default_rng(seed)
+    model = np.exp(rng.uniform(np.log(2e7), np.log(2e9), n))
+    batch = np.exp(rng.uniform(np.log(32), np.log(2048), n))
+    tokens = np.exp(rng.uniform(np.log(1e9), np.log(2e11), n))
+    warm = np.round(np.exp(rng.uniform(np.log(50), np.log(5000), n)))
+    log_crit = (np.log(TRUE_CRIT["eta_c"]) + TRUE_CRIT["a_N"] * np.log(model / 3e8)
+                + TRUE_CRIT["a_B"] * np.log(batch / 256) + TRUE_CRIT["a_D"] * np.log(tokens / 2e10))
+    if warmup:
+        log_crit += TRUE_CRIT["a_W"] * np.log1p(warm)
+    lr = np.exp(log_crit + rng.uniform(-1.5, 1.5, n))
+    diverged = (np.log(lr) >= log_crit + noise * rng.standard_normal(n)).astype(int)
+    out = {"run_id": np.array([f"r{i}" for i in range(n)]), "peak_lr": lr, "batch_size": batch,
+           "model_size": model, "tokens": tokens, "diverged": diverged}
+    if warmup:
+        out["warmup_steps"] = warm
+    return out
+
+
+def _write_table(path, cols: dict[str, np.ndarray], order: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    names = order or list(cols)
+    lines = [",".join(names)]
+    for i in range(len(cols[names[0]])):
+        lines.append(",".join(str(cols[c][i]) for c in names))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _as_table(cols: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    from optuna_optlaws.divergence._table import RunTable
+
+    return RunTable(run_ids=list(cols["run_id"]), peak_lr=cols["peak_lr"], batch_size=cols["batch_size"],
+                    model_size=cols["model_size"], tokens=cols["tokens"], warmup_steps=cols.get("warmup_steps"),
+                    diverged=cols["diverged"].astype(bool) if "diverged" in cols else None)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_criterion_recovers_a_known_boundary(warmup: bool) -> None:
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion, f1_score
+
+    crit = DivergenceCriterion().fit(_as_table(_synthetic_table(1500, seed=0, warmup=warmup)))
+    p = crit.params
+    assert p["eta_c"] == pytest.approx(TRUE_CRIT["eta_c"], rel=0.15)
+    for name in ("a_N", "a_B", "a_D") + (("a_W",) if warmup else ()):
+        assert p[name] == pytest.approx(TRUE_CRIT[name], abs=0.05), name
+    assert p["s"] < 0.1  # a sharp edge, as generated
+    new = _as_table(_synthetic_table(800, seed=1, warmup=warmup))
+    assert new.diverged is not None
+    decision = crit.predict(new)
+    assert np.mean(decision == new.diverged) > 0.97
+    assert f1_score(new.diverged, decision) > 0.97
+
+
+def test_criterion_probability_rises_with_lr() -> None:
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion
+
+    crit = DivergenceCriterion().fit(_as_table(_synthetic_table(600, seed=3)))
+    base = _synthetic_table(1, seed=4)
+    lrs = np.exp(np.linspace(np.log(1e-5), np.log(1.0), 25))
+    rows = {k: np.repeat(v, lrs.size) for k, v in base.items()}
+    rows["peak_lr"] = lrs
+    p = crit.predict_proba(_as_table(rows))
+    assert np.all(np.diff(p) >= 0) and p[0] < 0.01 and p[-1] > 0.99
+    crit_lr = crit.eta_crit(_as_table(rows))[0]
+    assert crit.predict_proba(_as_table({**rows, "peak_lr": np.full(lrs.size, crit_lr)}))[0] == pytest.approx(0.5)
+
+
+def test_criterion_json_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion
+
+    table = _as_table(_synthetic_table(400, seed=5))
+    crit = DivergenceCriterion().fit(table)
+    crit.save(tmp_path / "div.json")
+    again = DivergenceCriterion.load(tmp_path / "div.json")
+    assert again.params == pytest.approx(crit.params)
+    np.testing.assert_allclose(again.predict_proba(table), crit.predict_proba(table), rtol=1e-12)
+    assert "eta_crit" in again.formula() and again.fitted_on["n_runs"] == 400
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_fit_predict_round_trip(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import csv
+    import json
+
+    from optuna_optlaws.cli import main
+
+    train = _synthetic_table(600, seed=6)
+    _write_table(tmp_path / "train.csv", train)
+    assert main(["divergence", "fit", str(tmp_path / "train.csv"), "--out", str(tmp_path / "div.json")]) == 0
+    assert "eta_crit" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "div.json").read_text())
+    assert saved["kind"] == "divergence_criterion" and set(saved["params"]) >= {"eta_c", "a_N", "a_B", "a_D", "s"}
+
+    test = _synthetic_table(200, seed=7)
+    del test["diverged"]
+    _write_table(tmp_path / "new.csv", test)
+    code = main(["divergence", "predict", str(tmp_path / "div.json"), str(tmp_path / "new.csv"),
+                 "--out", str(tmp_path / "pred.csv")])
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    assert [r["run_id"] for r in rows] == list(test["run_id"])
+    assert list(rows[0]) == ["run_id", "p_diverge", "diverged"]
+    truth = _synthetic_table(200, seed=7)["diverged"]
+    decided = np.array([int(r["diverged"]) for r in rows])
+    assert np.mean(decided == truth) > 0.95
+    assert all((float(r["p_diverge"]) >= 0.5) == (r["diverged"] == "1") for r in rows)
+
+
+def _bad_tables() -> list[tuple[str, str, str]]:
+    head = "run_id,peak_lr,batch_size,model_size,tokens,diverged"
+    good = ["a,1e-3,256,1e8,1e10,0", "b,3e-2,256,1e8,1e10,1"]
+    return [
+        ("missing column", "run_id,peak_lr,model_size,tokens,diverged\na,1e-3,1e8,1e10,0\n", "batch_size"),
+        ("non-numeric", f"{head}\n{good[0]}\nb,fast,256,1e8,1e10,1\n", "line 3, column peak_lr"),
+        ("diverged not 0/1", f"{head}\n{good[0]}\nb,3e-2,256,1e8,1e10,2\n", "line 3, column diverged"),
+        ("negative lr", f"{head}\n{good[0]}\nb,-3e-2,256,1e8,1e10,1\n", "line 3, column peak_lr"),
+        ("one class", f"{head}\n{good[0]}\nc,2e-3,256,1e8,1e10,0\n", "column diverged"),
+        ("repeated id", f"{head}\n{good[0]}\na,3e-2,256,1e8,1e10,1\n", "line 3, column run_id"),
+        ("empty", "", "empty file"),
+    ]
+
+
+@pytest.mark.parametrize("name,text,where", _bad_tables())
+def test_cli_bad_tables_exit_2_with_one_line(tmp_path, capsys, name: str, text: str, where: str) -> None:  # type: ignore[no-untyped-def]
+    from optuna_optlaws.cli import main
+
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    code = main(["divergence", "fit", str(path), "--out", str(tmp_path / "div.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, name
+    assert len(err.splitlines()) == 1 and where in err and "bad.csv" in err, err
+    assert not (tmp_path / "div.json").exists()
+
+
+def test_cli_predict_errors(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from optuna_optlaws.cli import main
+
+    (tmp_path / "not.json").write_text("{broken")
+    _write_table(tmp_path / "t.csv", _synthetic_table(50, seed=8))
+    assert main(["divergence", "predict", str(tmp_path / "not.json"), str(tmp_path / "t.csv"), "--out", "-"]) == 2
+    assert "not.json" in capsys.readouterr().err
+    assert main(["divergence", "fit", str(tmp_path / "t.csv"), "--out", str(tmp_path / "d.json")]) == 0
+    capsys.readouterr()
+    no_warm = _synthetic_table(20, seed=9)
+    del no_warm["warmup_steps"]
+    _write_table(tmp_path / "nw.csv", no_warm)
+    assert main(["divergence", "predict", str(tmp_path / "d.json"), str(tmp_path / "nw.csv"), "--out", "-"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "warmup_steps" in err
+    assert main(["divergence", "predict", str(tmp_path / "d.json"), str(tmp_path / "missing.csv"), "--out", "-"]) == 2
+    assert "missing.csv" in capsys.readouterr().err

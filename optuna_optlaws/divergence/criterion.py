@@ -1,0 +1,173 @@
+""":class:`DivergenceCriterion`: will a run with this peak LR, batch size, N, D diverge?
+
+A thin class over :mod:`._criterion` (the maths) and :mod:`._table` (the run table): fit
+on runs with known outcomes, predict ``p_diverge`` for new ones, save and load as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws.divergence import _criterion
+from optuna_optlaws.divergence._scales import B0, D0, N0
+from optuna_optlaws.divergence._table import RunTable
+
+KIND = "divergence_criterion"
+FORMAT_VERSION = 1
+
+
+class DivergenceCriterion:
+    """Logistic stability law around a critical peak LR eta_crit(N, B, D[, warmup]).
+
+    ``p_diverge = sigmoid((ln eta - ln eta_crit) / s)``, ``eta_crit = eta_c (N/N_0)^a_N
+    (B/B_0)^a_B (D/D_0)^a_D (1 + W)^a_W``; see :mod:`optuna_optlaws.divergence._criterion`.
+    A run is called diverged when ``p_diverge >= 0.5`` (its peak LR is at or above eta_crit).
+    """
+
+    def __init__(self, *, ridge: float = 1e-2) -> None:
+        self.ridge = float(ridge)
+        self.ln_eta_c: float | None = None
+        self.exponents: NDArray[np.float64] | None = None
+        self.width: float | None = None
+        self.uses_warmup = False
+        self.fitted_on: dict[str, Any] = {}
+        self.diagnostics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- fit / predict
+
+    def fit(self, table: RunTable) -> DivergenceCriterion:
+        """Fit on a table with a ``diverged`` column; returns self."""
+        if table.diverged is None:
+            raise InputError("column diverged: needed for fitting (0 = stable, 1 = diverged)")
+        self.uses_warmup = table.warmup_steps is not None
+        feats = _criterion.features(table.model_size, table.batch_size, table.tokens, table.warmup_steps)
+        self.ln_eta_c, self.exponents, self.width = _criterion.fit_logistic(
+            np.log(table.peak_lr), feats, table.diverged, ridge=self.ridge
+        )
+        p = self.predict_proba(table)
+        self.fitted_on = {"n_runs": len(table), "n_diverged": int(table.diverged.sum()), "run_ids": list(table.run_ids)}
+        self.diagnostics = {"train_f1": f1_score(table.diverged, p >= 0.5),
+                            "train_accuracy": float(np.mean((p >= 0.5) == table.diverged)),
+                            "train_log_loss": float(-np.mean(np.where(table.diverged, np.log(np.clip(p, 1e-12, 1)),
+                                                                      np.log(np.clip(1 - p, 1e-12, 1)))))}
+        return self
+
+    def _check_fitted(self) -> tuple[float, NDArray[np.float64], float]:
+        if self.ln_eta_c is None or self.exponents is None or self.width is None:
+            raise RuntimeError("DivergenceCriterion is not fitted")
+        return self.ln_eta_c, self.exponents, self.width
+
+    def _features(self, table: RunTable) -> NDArray[np.float64]:
+        warmup = table.warmup_steps
+        if self.uses_warmup and warmup is None:
+            raise InputError("column warmup_steps: the criterion was fitted with warmup and needs it to predict")
+        return _criterion.features(table.model_size, table.batch_size, table.tokens,
+                                   warmup if self.uses_warmup else None)
+
+    def eta_crit(self, table: RunTable) -> NDArray[np.float64]:
+        """The critical peak LR of each run of ``table``."""
+        ln_eta_c, exponents, _ = self._check_fitted()
+        return np.exp(_criterion.log_eta_crit(ln_eta_c, exponents, self._features(table)))
+
+    def predict_proba(self, table: RunTable) -> NDArray[np.float64]:
+        """``p_diverge`` of each run of ``table``."""
+        ln_eta_c, exponents, width = self._check_fitted()
+        return _criterion.probability(np.log(table.peak_lr), ln_eta_c, exponents, width, self._features(table))
+
+    def predict(self, table: RunTable) -> NDArray[np.bool_]:
+        """The 0/1 decision of each run (``p_diverge >= 0.5``)."""
+        return self.predict_proba(table) >= 0.5
+
+    # ----------------------------------------------------------------- description
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The fitted parameters by name: eta_c, a_N, a_B, a_D, (a_W,) s."""
+        ln_eta_c, exponents, width = self._check_fitted()
+        names = ["a_N", "a_B", "a_D", "a_W"][: exponents.size]
+        out = {"eta_c": math.exp(ln_eta_c)}
+        out.update({n: float(v) for n, v in zip(names, exponents, strict=True)})
+        out["s"] = width
+        return out
+
+    def formula(self) -> str:
+        """The fitted law as one line of text."""
+        p = self.params
+        crit = (f"eta_crit = {p['eta_c']:.4g} * (N/{N0:.0e})^{p['a_N']:.3f} * (B/{B0:g})^{p['a_B']:.3f}"
+                f" * (D/{D0:.0e})^{p['a_D']:.3f}")
+        if "a_W" in p:
+            crit += f" * (1 + warmup_steps)^{p['a_W']:.3f}"
+        return (f"p_diverge = 1 / (1 + exp(-(ln(peak_lr) - ln(eta_crit)) / {p['s']:.4g})), {crit};"
+                " N in parameters, B in sequences per step, D in tokens; diverged when peak_lr >= eta_crit")
+
+    # ----------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description: kind, format version, parameters, formula, data, diagnostics."""
+        return {
+            "kind": KIND,
+            "format_version": FORMAT_VERSION,
+            "params": self.params,
+            "uses_warmup": self.uses_warmup,
+            "reference": {"N0": N0, "B0": B0, "D0": D0},
+            "ridge": self.ridge,
+            "formula": self.formula(),
+            "fitted_on": self.fitted_on,
+            "diagnostics": self.diagnostics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "criterion") -> DivergenceCriterion:
+        """Rebuild a fitted criterion from :meth:`to_dict` output."""
+        if not isinstance(data, dict) or data.get("kind") != KIND:
+            raise InputError(f"{where}: not a divergence criterion file (kind != {KIND!r})")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise InputError(f"{where}: format_version {version!r} is not supported (this version reads "
+                             f"{FORMAT_VERSION})")
+        ref = data.get("reference", {"N0": N0, "B0": B0, "D0": D0})
+        if not isinstance(ref, dict) or (ref.get("N0"), ref.get("B0"), ref.get("D0")) != (N0, B0, D0):
+            raise InputError(f"{where}: reference scales {ref} differ from this version's")
+        try:
+            p = data["params"]
+            crit = cls(ridge=float(data.get("ridge", 1e-2)))
+            crit.uses_warmup = bool(data.get("uses_warmup", False))
+            names = ["a_N", "a_B", "a_D"] + (["a_W"] if crit.uses_warmup else [])
+            crit.ln_eta_c = math.log(float(p["eta_c"]))
+            crit.exponents = np.array([float(p[n]) for n in names])
+            crit.width = float(p["s"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: malformed parameters ({exc})") from None
+        crit.fitted_on = dict(data.get("fitted_on", {}))
+        crit.diagnostics = dict(data.get("diagnostics", {}))
+        return crit
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON file."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> DivergenceCriterion:
+        """Read a JSON file written by :meth:`save`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+        return cls.from_dict(data, where=str(path))
+
+
+def f1_score(truth: NDArray[np.bool_], decision: NDArray[np.bool_]) -> float:
+    """F1 of the 'diverged' class (1.0 when there is nothing to find and nothing was flagged)."""
+    tp = int(np.sum(truth & decision))
+    fp = int(np.sum(~truth & decision))
+    fn = int(np.sum(truth & ~decision))
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
