@@ -96,8 +96,11 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise InputError(f"{args.curves}: {exc}") from None
     seconds = time.perf_counter() - start
     _write_law(law, args.out)
-    fit_loss = law.fit_info.get("loss")
+    info = law.fit_info
+    fit_loss = info.get("loss", info.get("cost"))
     loss_text = f"{float(fit_loss):.6g}" if isinstance(fit_loss, (int, float)) else "n/a"
+    if isinstance(info.get("rmse_log_loss"), (int, float)):
+        loss_text += f" (rmse of log-loss {float(info['rmse_log_loss']):.3g})"
     points = sum(int(np.sum(c.finite)) for c in observed)
     print(f"law: {law.name}")
     print(f"runs: {len(observed)} ({points} points): {', '.join(c.run_id for c in observed)}")
