@@ -262,13 +262,16 @@ def replay_order(
     order: Sequence[int],
     pruner: optuna.pruners.BasePruner,
     *,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     seed: int = 0,
+    run_param: str | None = None,
 ) -> OrderOutcome:
     """Replay the runs of ``group`` in ``order`` as trials of one new study with ``pruner``.
 
-    Results are indexed by the runs' positions in the group, not in the order."""
+    ``run_param``: also record each trial's run id as a categorical parameter of that
+    name (so the dashboard's trial table names the runs). Results are indexed by the runs'
+    positions in the group, not in the order."""
     import optuna
 
     study = optuna.create_study(
@@ -283,9 +286,14 @@ def replay_order(
     trained = [0] * n
     completed = [False] * n
     pruned_at: list[int | None] = [None] * n
+    run_ids = [c.run_id for c in group.curves]
     for index in order:
         curve = group.curves[index]
+        if run_param is not None:
+            study.enqueue_trial({run_param: curve.run_id})
         trial = study.ask()
+        if run_param is not None:
+            trial.suggest_categorical(run_param, run_ids)
         attach(trial, curve)
         steps, values = group.reports(index)
         stopped = None
