@@ -280,3 +280,67 @@ def test_cli_predict_errors(tmp_path, capsys) -> None:  # type: ignore[no-untype
     assert len(err.splitlines()) == 1 and "warmup_steps" in err
     assert main(["divergence", "predict", str(tmp_path / "d.json"), str(tmp_path / "missing.csv"), "--out", "-"]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the landscape law
+
+
+def _landscape_grid(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Final losses on an (lr x batch) grid in 4 (N, D) cells from a known law, 0.1% noise."""
+    from optuna_optlaws.divergence import _landscape
+
+    true = np.array([np.log(2e-3), -0.6, 0.3, 0.4, np.log(256.0), 0.1, 0.5,
+                     np.log(0.02), np.log(1.5), np.log(0.3), np.log(0.01), np.log(1.0), np.log(0.5)])
+    rng = np.random.default_rng(seed)
+    lrs = 2e-3 * 2.0 ** np.arange(-4, 4.5, 0.5)
+    bss = np.array([32, 64, 128, 256, 512, 1024, 2048], dtype=float)
+    cols: dict[str, list[float]] = {"lr": [], "bs": [], "N": [], "D": []}
+    for n, d in [(1e8, 5e9), (1e8, 4e10), (5e8, 1e10), (1e9, 8e10)]:
+        for lr in lrs:
+            for bs in bss:
+                cols["lr"].append(lr)
+                cols["bs"].append(bs)
+                cols["N"].append(n)
+                cols["D"].append(d)
+    out = {k: np.asarray(v) for k, v in cols.items()}
+    level = 1.8 + 0.5 * (out["N"] / 3e8) ** -0.3 + 0.4 * (out["D"] / 2e10) ** -0.3
+    out["loss"] = level * np.exp(_landscape.shape(true, out["lr"], out["bs"], out["N"], out["D"]))
+    out["loss"] *= 1 + 0.001 * rng.standard_normal(out["loss"].size)
+    return out, true
+
+
+def test_landscape_law_recovers_the_optimum_of_an_unseen_cell() -> None:
+    from optuna_optlaws.divergence import _landscape
+    from optuna_optlaws.divergence.landscape import LandscapeLaw
+
+    data, true = _landscape_grid(seed=0)
+    unseen = (data["N"] == 5e8)
+    law = LandscapeLaw().fit(data["lr"][~unseen], data["bs"][~unseen], data["N"][~unseen], data["D"][~unseen],
+                             data["loss"][~unseen])
+    lr_hat, bs_hat = law.optimum(5e8, 1e10)
+    lr_true, bs_true = _landscape.optimum(true, 5e8, 1e10)
+    assert lr_hat == pytest.approx(lr_true, rel=0.1)
+    assert bs_hat == pytest.approx(bs_true, rel=0.1)
+    p = law.params
+    assert p["p"] > p["q"]  # steep on the high-LR side, as generated
+    # choosing among the unseen cell's grid lands within 0.1% of its best
+    pred = law.excess(data["lr"][unseen], data["bs"][unseen], 5e8, 1e10)
+    chosen = data["loss"][unseen][int(np.argmin(pred))]
+    assert chosen / data["loss"][unseen].min() - 1 < 1e-3
+    again = LandscapeLaw.from_dict(law.to_dict())
+    np.testing.assert_allclose(again.predict(1e-3, 128, 5e8, 1e10), law.predict(1e-3, 128, 5e8, 1e10))
+    assert "eta_opt" in law.formula()
+
+
+def test_landscape_law_is_u_shaped_in_lr() -> None:
+    from optuna_optlaws.divergence.landscape import LandscapeLaw
+
+    data, _ = _landscape_grid(seed=1)
+    law = LandscapeLaw().fit(data["lr"], data["bs"], data["N"], data["D"], data["loss"])
+    lr_opt, bs_opt = law.optimum(1e8, 5e9)
+    lrs = lr_opt * np.exp(np.linspace(-3, 3, 31))
+    y = law.predict(lrs, bs_opt, 1e8, 5e9)
+    i = int(np.argmin(y))
+    assert 13 <= i <= 17
+    assert np.all(np.diff(y[: i + 1]) <= 0) and np.all(np.diff(y[i:]) >= 0)
+    assert y[-1] - y[i] > y[0] - y[i]  # steeper past the optimum than before it
