@@ -3,10 +3,12 @@
 For each model size, fit each law on ``{size}_cosine_24000, {size}_constant_24000,
 {size}_wsdcon_9`` and print the final-step error (predicted - observed, nats) of the six
 other schedules, the mean absolute error, how many observed final losses fall in the
-law's 90% interval, and the fit time (seconds, this machine). The full benchmark is
+law's 90% interval, and the fit time (seconds, this machine). With ``--prefix F`` each
+held-out run's first ``F`` of its observed steps is passed as ``observed=`` (the
+pruner's use), so the prediction is conditioned on it. The full benchmark is
 ``optlaws bench``; this is the baselines' own sanity check.
 
-    python scripts/check_baselines_heldout.py [CURVES.csv] [--laws multipower,momentum]
+    python scripts/check_baselines_heldout.py [CURVES.csv] [--laws multipower,momentum] [--prefix 0.5]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("curves", nargs="?", default=default, help="long curves CSV (default: vendored MPL data)")
     parser.add_argument("--laws", default="multipower,momentum")
     parser.add_argument("--sizes", default="25M,100M,400M")
+    parser.add_argument("--prefix", type=float, default=0.0, help="observed fraction of each held-out run")
     args = parser.parse_args()
     curves = {c.run_id: c for c in read_curves_csv(args.curves)}
     print(f"{'law':10s} {'size':5s} {'fit_s':>6s} " + " ".join(f"{h:>17s}" for h in HELD) + "  mean|err|  in90%")
@@ -42,7 +45,8 @@ def main() -> None:
             errs, inside = [], 0
             for h in HELD:
                 c = curves[f"{size}_{h}"]
-                p = law.predict(c.schedule, [c.last_step], model_size=c.model_size)
+                observed = c.prefix(int(args.prefix * c.last_step)) if args.prefix > 0 else None
+                p = law.predict(c.schedule, [c.last_step], model_size=c.model_size, observed=observed)
                 errs.append(float(p.mean[0] - c.final_loss))
                 inside += int(p.lo[0] <= c.final_loss <= p.hi[0])
             print(f"{name:10s} {size:5s} {dt:6.1f} " + " ".join(f"{e:+17.4f}" for e in errs)
