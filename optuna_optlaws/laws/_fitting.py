@@ -19,7 +19,10 @@ Fitting: :func:`fit_least_squares`
     :func:`scipy.optimize.least_squares` (``trf``, bounds, Huber loss with scale
     ``huber_delta``) from the law's own starts plus ``n_random`` seeded random starts
     drawn in the ``init`` ranges, keeps the lowest robust cost, and returns a
-    :class:`FitResult`. Deterministic for a given ``seed``.
+    :class:`FitResult`. Deterministic for a given ``seed``. ``agree=k`` stops once ``k``
+    starts reach the best cost; ``loco=True`` also estimates the model discrepancy below.
+    :class:`~optuna_optlaws.laws._parametric.ParametricLaw` wires all of this up for a
+    law that only writes its formula.
 
 Laplace posterior: :class:`Posterior` (``FitResult.posterior``)
     Gaussian in internal coordinates around the optimum, covariance
@@ -55,10 +58,15 @@ Conditioning on an observed prefix: :func:`condition_on_prefix`
     losses, and the law's unconditioned prediction there), estimate the run's offset
     ``b`` (in log-loss) as the mean residual over its most recent points, and shift each
     target by ``w(t) b`` with ``w(t) = exp(-(t - t_last) / tau)``, ``tau = persistence x
-    t_last`` (steps; ``w = 1`` at and before the last observed step). The interval is the
-    Gaussian conditional: its log half-width is scaled by
-    ``sqrt(1 - w^2 + w^2 se_b^2 / v)``, ``v`` the prior predictive variance and ``se_b``
-    the offset's standard error. All laws call this one function.
+    t_last`` (steps; ``w = 1`` at and before the last observed step). The offset is
+    taken at face value (a flat prior: the run decides its own level). The interval's log
+    half-width is scaled by ``sqrt(((v - s^2)(1 - w^2) + s^2 + w^2 se_b^2) / v)``: ``v``
+    the prior predictive variance, ``s`` the per-point noise (never conditioned away),
+    ``se_b`` the offset's standard error. Near the prefix the parameter and model parts
+    of the variance vanish; far from it the law's own interval returns. Limitation: a
+    law's error that only appears in a phase the prefix has not reached (a WSD run's
+    final decay) is not an offset, and intervals shrunk by a long prefix can miss it.
+    All laws call this one function.
 
 Progress: fits with several starts report through :class:`optuna_optlaws._progress.Progress`
 (stderr, only on a terminal).
