@@ -32,17 +32,21 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.curves import Curve, write_curves_csv
+from optuna_optlaws.curves import Curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tinylm import TinyGPT, TinyLMConfig, evaluate, fixed_batches, load_corpus, train
+from tinylm import TinyLMConfig, curve_of, loss_of_state, pretrained, train, write_curves
 
 ROOT = Path(__file__).resolve().parents[2]
 PRE_PEAK = 3e-3
+
+
+def pre_schedule(steps: int) -> Schedule:
+    """Stage 1 (also the base model of ``finetune.py``): cosine ``3e-3 -> 3e-4``, 5% warmup."""
+    return Schedule.cosine(PRE_PEAK, steps, steps // 20, final_lr=PRE_PEAK / 10)
 
 
 def stage2_plan(steps: int) -> list[tuple[str, Schedule, bool]]:
@@ -59,26 +63,6 @@ def stage2_plan(steps: int) -> list[tuple[str, Schedule, bool]]:
     plan.append(("cpt_p3e-4_const_nowarm", Schedule.constant(3e-4, steps, 0), True))
     plan.append(("scratch_p3e-3_cos", Schedule.cosine(3e-3, steps, w, final_lr=3e-4), False))
     return plan
-
-
-def knots_at_every_step(sched: Schedule) -> Schedule:
-    """The same schedule given by its LR at every optimizer step (exact in the file)."""
-    grid = np.arange(sched.total_steps, dtype=np.float64)
-    return Schedule.from_knots(grid, sched.lr_at(grid))
-
-
-def write_continual_csv(path: Path, curves: list[Curve]) -> None:
-    """The long curves file (via :func:`write_curves_csv`) with ``resume_from`` and
-    ``resume_step`` columns added to every row of a continued run."""
-    write_curves_csv(path, curves)
-    resume = {c.run_id: (c.resume_from or "", "" if c.resume_step is None else str(c.resume_step)) for c in curves}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = [lines[0] + ",resume_from,resume_step"]
-    for line in lines[1:]:
-        run_id = line.split(",", 1)[0]
-        parent, step = resume[run_id]
-        out.append(f"{line},{parent},{step}")
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,24 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         records[run_id] = {"schedule": sched.to_json(), "config": asdict(cfg), "steps": res.steps, "losses": res.losses,
                            "final_loss": res.final_loss, "seconds": round(res.seconds, 2), "resume_from": parent,
                            "resume_step": rstep, **extra}
-        curves.append(Curve(run_id, knots_at_every_step(sched), np.asarray(res.steps), np.asarray(res.losses),
-                            model_size=float(res.model_size), tokens_per_step=float(res.tokens_per_step),
-                            batch_size=float(cfg.batch_size), resume_from=parent, resume_step=rstep))
+        curves.append(curve_of(run_id, sched, res, cfg.batch_size, parent, rstep))
         print(f"{run_id}: last loss {res.losses[-1]:.4f} final {res.final_loss:.4f} ({res.seconds:.0f} s)", flush=True)
 
-    pre_sched = Schedule.cosine(PRE_PEAK, args.pre_steps, args.pre_steps // 20, final_lr=PRE_PEAK / 10)
-    pre_res, pre_state = train(pre_sched, base, return_state=True)  # type: ignore[misc]
+    pre_sched = pre_schedule(args.pre_steps)
+    pre_res, pre_state = pretrained(pre_sched, base)
     record("pre", pre_sched, base, pre_res, None, None, {"corpus": "stdlib"})
     new_cfg = replace(base, corpus="stdlib_tests")
-    pre_on_new = evaluate_state_on(pre_state, new_cfg)
+    pre_on_new = loss_of_state(pre_state, new_cfg)
     for run_id, sched, from_pre in stage2_plan(args.steps):
         t0 = time.perf_counter()
         res, state = train(sched, new_cfg, init_state=pre_state if from_pre else None, return_state=True)  # type: ignore[misc]
-        extra = {"corpus": "stdlib_tests", "final_loss_stdlib": evaluate_state_on(state, base),
+        extra = {"corpus": "stdlib_tests", "final_loss_stdlib": loss_of_state(state, base),
                  "wall_seconds": round(time.perf_counter() - t0, 1)}
         parent, rstep = ("pre", args.pre_steps - 1) if from_pre else (None, None)
         record(run_id, sched, new_cfg, res, parent, rstep, extra)
-    write_continual_csv(out / "curves.csv", curves)
+    write_curves(out / "curves.csv", curves)
     (out / "runs.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     lines = [
         "# Continual pre-training curves of the tiny LM (generated)",
@@ -145,14 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {out / 'curves.csv'}")
     return 0
-
-
-def evaluate_state_on(state: dict[str, torch.Tensor], cfg: TinyLMConfig) -> float:
-    """Loss (nats/byte) of weights ``state`` on the fixed held-out set of ``cfg.corpus``."""
-    model = TinyGPT(cfg)
-    model.load_state_dict(state)
-    _, val = load_corpus(cfg.corpus)
-    return evaluate(model, fixed_batches(val, cfg.final_eval_batches, 32, cfg.context, seed=4321))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from optuna_optlaws import Schedule
+from optuna_optlaws.curves import Curve, write_curves_csv
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / ".cache"
@@ -146,6 +147,9 @@ class TinyLMConfig:
     final_eval_batches: int = 64
     """Fixed validation batches of the final objective."""
     corpus: str = "stdlib"
+    train_bytes: int | None = None
+    """Train only on the first this-many bytes of the corpus's training part (a small
+    fine-tuning set that is seen for several epochs); ``None``: all of it."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -255,6 +259,8 @@ def train(
     dev = torch.device(device) if device is not None else default_device()
     t0 = time.perf_counter()
     train_data, val_data = load_corpus(cfg.corpus, cache_dir)
+    if cfg.train_bytes is not None:
+        train_data = train_data[: cfg.train_bytes]
     eval_b = fixed_batches(val_data, cfg.eval_batches, 32, cfg.context, seed=1234).to(dev)
     torch.manual_seed(cfg.seed)
     model = TinyGPT(cfg)
@@ -311,3 +317,72 @@ def train(
     if return_state:
         return res, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return res
+
+
+@torch.no_grad()
+def loss_of_state(state: dict[str, torch.Tensor], cfg: TinyLMConfig, cache_dir: Path | str | None = None) -> float:
+    """Final-objective loss (nats/byte) of weights ``state`` on ``cfg.corpus``'s fixed
+    held-out set (the same ``cfg.final_eval_batches`` batches :func:`train` ends with)."""
+    model = TinyGPT(cfg)
+    model.load_state_dict(state)
+    _, val = load_corpus(cfg.corpus, cache_dir)
+    return evaluate(model, fixed_batches(val, cfg.final_eval_batches, 32, cfg.context, seed=4321))
+
+
+def pretrained(schedule: Schedule, cfg: TinyLMConfig, cache_dir: Path | str | None = None) -> tuple[TrainResult, dict]:
+    """Train (or load from the cache) a run whose weights later runs start from: the
+    result and the final weights, cached under ``cache_dir`` keyed by schedule and config."""
+    import hashlib
+    import json
+
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    key = hashlib.sha256((schedule.to_json() + json.dumps(asdict(cfg), sort_keys=True)).encode()).hexdigest()[:16]
+    path = cache / f"pretrained_{key}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        return TrainResult(**saved["result"]), saved["state"]
+    res, state = train(schedule, cfg, return_state=True, cache_dir=cache_dir)  # type: ignore[misc]
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"result": asdict(res), "state": state}, path)
+    return res, state
+
+
+# ---------------------------------------------------------------------------- curves files
+def curve_of(
+    run_id: str,
+    schedule: Schedule,
+    res: TrainResult,
+    batch_size: int,
+    resume_from: str | None = None,
+    resume_step: int | None = None,
+) -> Curve:
+    """A run as a :class:`Curve` whose schedule is given by its LR at every optimizer step
+    (so a curves file's piecewise-linear LR is exact at every step, whatever the family)."""
+    grid = np.arange(schedule.total_steps, dtype=np.float64)
+    return Curve(
+        run_id=run_id,
+        schedule=Schedule.from_knots(grid, schedule.lr_at(grid)),
+        steps=np.asarray(res.steps, dtype=np.int64),
+        losses=np.asarray(res.losses, dtype=np.float64),
+        model_size=float(res.model_size),
+        tokens_per_step=float(res.tokens_per_step),
+        batch_size=float(batch_size),
+        resume_from=resume_from,
+        resume_step=resume_step,
+    )
+
+
+def write_curves(path: Path | str, curves: list[Curve]) -> None:
+    """The long curves file (:func:`~optuna_optlaws.curves.write_curves_csv`), plus the
+    ``resume_from`` and ``resume_step`` columns when a curve continues another run."""
+    path = Path(path)
+    write_curves_csv(path, curves)
+    if not any(c.resume_from for c in curves):
+        return
+    resume = {c.run_id: (c.resume_from or "", "" if c.resume_step is None else str(c.resume_step)) for c in curves}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = [lines[0] + ",resume_from,resume_step"]
+    for line in lines[1:]:
+        parent, step = resume[line.split(",", 1)[0]]
+        out.append(f"{line},{parent},{step}")
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
