@@ -1,0 +1,410 @@
+"""Benchmark of the divergence tools on real data; writes studies/divergence/{README.md,results.json}.
+
+    python -m optuna_optlaws.benchmarks.divergence [--data ../shared/data] [--out studies/divergence] [--no-moe]
+
+1. **Criterion** on the Step Law dense runs (``steplaw/dense_lr_bs_loss.csv``; label:
+   ``smooth loss`` > 5 or NaN): leave one (N, D) cell out, fit :class:`DivergenceCriterion`
+   on the other cells, predict the held-out cell; pooled F1 of the ``diverged`` class. For
+   context, the in-sample F1 of a lookup table that predicts the majority outcome of each
+   (cell, peak LR) -- a ceiling for any rule that is monotone in LR and blind to batch size.
+2. **Choice of (peak LR, batch size)**: leave one cell out, fit :class:`LandscapeLaw` on the
+   other cells' non-diverged runs (target: ``smooth loss``), pick the held-out cell's run
+   configuration with the lowest predicted loss among those the criterion calls stable;
+   gap = true smooth loss there / the cell's best - 1. Also the run configuration nearest
+   (in ln LR, ln batch) to the law's continuous optimum. Baselines: the Step Law paper's
+   fitted power laws (median of its 1,000 bootstrap fits in
+   ``1004_fitted_lr_bs_scaling_model_parameters.csv``; fitted on all cells, so *not* held
+   out), the same power-law form refitted here on the other cells' best runs (held out),
+   and the cell's median peak LR with its median batch size. The MoE runs
+   (``moe_lr_bs_loss.csv``, N = active parameters) as a secondary table.
+3. **Online detection**: false alarms of :func:`detect_divergence` on the vendored MPL
+   curves and on the per-step 100M curves of ``tissue_course_100m``; lead time on synthetic
+   divergences grafted onto those real curves (the steps between detection and the first
+   point where the loss is NaN or >= 2x its minimum so far); cost per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.resources
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws._progress import Progress
+
+DIVERGED_ABOVE = 5.0
+"""A run whose smooth loss is above this (nats), or NaN, counts as diverged."""
+SEQ_LEN = 2048
+"""Tokens per sequence of the Step Law runs (their batch sizes are in sequences)."""
+GAP_TARGET = 0.005
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def load_steplaw(path: Path, *, size_column: str = "N") -> dict[str, NDArray[Any]]:
+    """Columns lr, bs, N, D, loss (smooth loss, nats), diverged, cell of a Step Law table."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out = {
+        "lr": np.array([_float(r["lr"]) for r in rows]),
+        "bs": np.array([_float(r["bs"]) for r in rows]),
+        "N": np.array([_float(r[size_column]) for r in rows]),
+        "D": np.array([_float(r["D"]) for r in rows]),
+        "loss": np.array([_float(r["smooth loss"]) for r in rows]),
+    }
+    out["diverged"] = ~(out["loss"] <= DIVERGED_ABOVE)
+    keys, cell = np.unique(np.column_stack([out["N"], out["D"]]), axis=0, return_inverse=True)
+    out["cell"] = cell.ravel()
+    out["cell_keys"] = keys
+    return out
+
+
+def _table(data: dict[str, NDArray[Any]], mask: NDArray[np.bool_]):  # type: ignore[no-untyped-def]
+    from optuna_optlaws.divergence._table import RunTable
+
+    idx = np.flatnonzero(mask)
+    return RunTable(run_ids=[str(i) for i in idx], peak_lr=data["lr"][idx], batch_size=data["bs"][idx],
+                    model_size=data["N"][idx], tokens=data["D"][idx], diverged=data["diverged"][idx])
+
+
+# --------------------------------------------------------------------------- 1. criterion
+
+
+def bench_criterion(data: dict[str, NDArray[Any]]) -> dict[str, Any]:
+    """Leave-one-cell-out F1 of the divergence criterion, and the (cell, LR) majority ceiling."""
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion, f1_score
+
+    y = data["diverged"]
+    decision = np.zeros(y.size, dtype=bool)
+    per_cell = []
+    for c in range(len(data["cell_keys"])):
+        test = data["cell"] == c
+        crit = DivergenceCriterion().fit(_table(data, ~test))
+        decision[test] = crit.predict(_table(data, test))
+        per_cell.append({"N": float(data["cell_keys"][c][0]), "D": float(data["cell_keys"][c][1]),
+                         "n_runs": int(test.sum()), "n_diverged": int(y[test].sum()),
+                         "tp": int(np.sum(decision[test] & y[test])), "fp": int(np.sum(decision[test] & ~y[test])),
+                         "fn": int(np.sum(~decision[test] & y[test]))})
+    majority = np.zeros(y.size, dtype=bool)
+    for c in range(len(data["cell_keys"])):
+        for lr in np.unique(data["lr"][data["cell"] == c]):
+            m = (data["cell"] == c) & (data["lr"] == lr)
+            majority[m] = 2 * y[m].sum() > m.sum()
+    full = DivergenceCriterion().fit(_table(data, np.ones(y.size, dtype=bool)))
+    return {
+        "n_runs": int(y.size), "n_diverged": int(y.sum()),
+        "loo_f1": f1_score(y, decision),
+        "loo_precision": float(np.sum(decision & y) / max(np.sum(decision), 1)),
+        "loo_recall": float(np.sum(decision & y) / max(np.sum(y), 1)),
+        "loo_accuracy": float(np.mean(decision == y)),
+        "ceiling_cell_lr_majority_f1_in_sample": f1_score(y, majority),
+        "fit_on_all": {"params": full.params, "formula": full.formula(), "train_f1": full.diagnostics["train_f1"]},
+        "per_cell": per_cell,
+    }
+
+
+# --------------------------------------------------------------------------- 2. landscape
+
+
+def _nearest(data: dict[str, NDArray[Any]], idx: NDArray[np.int64], lr: float, bs: float) -> int:
+    d2 = (np.log(data["lr"][idx] / lr)) ** 2 + (np.log(data["bs"][idx] / bs)) ** 2
+    return int(idx[int(np.argmin(d2))])
+
+
+def _steplaw_published(shared: Path) -> tuple[float, float, float, float, float] | None:
+    path = shared / "steplaw" / "1004_fitted_lr_bs_scaling_model_parameters.csv"
+    if not path.exists():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cols = ("lr_intercept", "lr_coefN", "lr_coefD", "bs_intercept", "bs_coefD")
+    med = [float(np.median([_float(r[c]) for r in rows])) for c in cols]
+    return med[0], med[1], med[2], med[3], med[4]
+
+
+def bench_landscape(data: dict[str, NDArray[Any]], shared: Path | None, label: str) -> dict[str, Any]:
+    """Leave-one-cell-out choice of (peak LR, batch size) by the landscape law and by baselines."""
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion
+    from optuna_optlaws.divergence.landscape import LandscapeLaw
+
+    published = _steplaw_published(shared) if shared is not None else None
+    y, div, cell = data["loss"], data["diverged"], data["cell"]
+    use_criterion = bool(div.any())
+    methods: dict[str, list[float]] = defaultdict(list)
+    rows = []
+    prog = Progress(f"landscape ({label})", len(data["cell_keys"]))
+    for c in range(len(data["cell_keys"])):
+        n, d = (float(v) for v in data["cell_keys"][c])
+        test = cell == c
+        train = ~test & ~div
+        idx = np.flatnonzero(test)
+        best = float(np.min(y[test & ~div]))
+        law = LandscapeLaw().fit(data["lr"][train], data["bs"][train], data["N"][train], data["D"][train], y[train])
+        excess = law.excess(data["lr"][idx], data["bs"][idx], n, d)
+        if use_criterion:
+            crit = DivergenceCriterion().fit(_table(data, ~test))
+            stable = ~crit.predict(_table(data, test))
+            excess = np.where(stable, excess, np.inf) if stable.any() else excess
+        chosen = {"law_argmin": int(idx[int(np.argmin(excess))])}
+        lr_opt, bs_opt = law.optimum(n, d)
+        chosen["law_nearest_optimum"] = _nearest(data, idx, lr_opt, bs_opt)
+        # the Step Law power-law form, refitted on the other cells' best runs (held out)
+        tr_cells = [k for k in range(len(data["cell_keys"])) if k != c]
+        bests = [int(np.flatnonzero((cell == k) & ~div)[np.argmin(y[(cell == k) & ~div])]) for k in tr_cells]
+        xn, xd = np.log(data["N"][bests]), np.log(data["D"][bests])
+        a_lr = np.linalg.lstsq(np.column_stack([np.ones(len(bests)), xn, xd]), np.log(data["lr"][bests]), rcond=None)[0]
+        a_bs = np.linalg.lstsq(np.column_stack([np.ones(len(bests)), xd]), np.log(data["bs"][bests]), rcond=None)[0]
+        chosen["steplaw_form_refit"] = _nearest(data, idx, float(np.exp(a_lr @ [1, np.log(n), np.log(d)])),
+                                                float(np.exp(a_bs @ [1, np.log(d)])))
+        if published is not None and label == "dense":
+            i0, cn, cd, b0, bd = published
+            lr_sl = math.exp(i0 + cn * math.log(n) + cd * math.log(d))
+            bs_sl = math.exp(b0 + bd * math.log(d)) / SEQ_LEN  # their batch size is in tokens
+            chosen["steplaw_published_not_held_out"] = _nearest(data, idx, lr_sl, bs_sl)
+        lrs, bss = np.unique(data["lr"][idx]), np.unique(data["bs"][idx])
+        chosen["median_lr_median_bs"] = _nearest(data, idx, float(np.median(lrs)), float(np.median(bss)))
+        row: dict[str, Any] = {"N": n, "D": d, "best_loss": best,
+                               "law_optimum": {"peak_lr": lr_opt, "batch_size": bs_opt}}
+        for name, i in chosen.items():
+            gap = (y[i] / best - 1.0) if not div[i] else math.inf
+            methods[name].append(gap)
+            row[name] = {"peak_lr": float(data["lr"][i]), "batch_size": float(data["bs"][i]),
+                         "loss": float(y[i]) if np.isfinite(y[i]) else None, "gap": gap if math.isfinite(gap) else None}
+        rows.append(row)
+        prog.advance(note=f"N={n:.3g} D={d:.3g}")
+    prog.close()
+    full = LandscapeLaw().fit(data["lr"][~div], data["bs"][~div], data["N"][~div], data["D"][~div], y[~div])
+    summary = {}
+    for name, gaps in methods.items():
+        g = np.asarray(gaps)
+        summary[name] = {"worst_gap": float(g.max()),
+                         "mean_gap": float(g.mean()) if np.all(np.isfinite(g)) else math.inf,
+                         "share_within_0.5pct": float(np.mean(g <= GAP_TARGET)), "n_cells": int(g.size)}
+    return {"summary": summary, "per_cell": rows, "fit_on_all": {"params": full.params, "formula": full.formula()}}
+
+
+# --------------------------------------------------------------------------- 3. online detection
+
+
+def _healthy_curves(shared: Path | None) -> dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]]:
+    from optuna_optlaws.curves import read_curves_csv
+
+    out: dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]] = {}
+    mpl = read_curves_csv(str(importlib.resources.files("optuna_optlaws") / "data" / "mpl_luo2025.csv"))
+    for c in (mpl.values() if isinstance(mpl, dict) else mpl):
+        m = np.isfinite(c.losses)
+        out[f"mpl/{c.run_id}"] = (c.steps[m], c.losses[m])
+    tissue = shared / "tissue_course_100m" / "gpt_loss_lrs.csv" if shared is not None else None
+    if tissue is not None and tissue.exists():
+        per: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        with tissue.open(newline="") as handle:
+            for r in csv.DictReader(handle):
+                per[r["schedule"]].append((int(r["step"]), float(r["loss"])))
+        for name, pts in per.items():
+            arr = np.array(sorted(pts))
+            out[f"tissue/{name}"] = (arr[:, 0].astype(np.int64), arr[:, 1])
+    return out
+
+
+def _graft(steps: NDArray[np.int64], y: NDArray[np.float64], onset: int, kind: str,
+           rate: float) -> NDArray[np.float64]:
+    """The curve with a divergence starting at index ``onset``: ``rate`` is per report."""
+    t = np.clip(np.arange(y.size) - onset, 0, None).astype(np.float64)
+    if kind == "exponential":  # loss blows up geometrically, then NaN once it passes 20 nats
+        z = y * np.exp(rate * t)
+        z[z > 20] = np.nan
+        return z
+    if kind == "linear":  # slow, steady climb
+        return y * (1.0 + rate * t)
+    if kind == "jump_then_nan":  # a step up by 40%, NaN some reports later
+        z = np.where(t > 0, 1.4 * y, y)
+        k = onset + max(round(1.0 / rate), 1)
+        z[k:] = np.nan
+        return z
+    raise ValueError(kind)
+
+
+def bench_detection(shared: Path | None) -> dict[str, Any]:
+    """False alarms on real healthy curves, lead time on grafted divergences, cost per call."""
+    from optuna_optlaws.divergence.online import detect_divergence
+
+    curves = _healthy_curves(shared)
+    alarms = {name: (sig.reason if (sig := detect_divergence(s, y)) else None) for name, (s, y) in curves.items()}
+    cases = [("exponential", 0.02), ("exponential", 0.1), ("linear", 0.002), ("linear", 0.01), ("jump_then_nan", 0.05)]
+    lead: dict[str, list[float]] = defaultdict(list)
+    lead_reports: dict[str, list[float]] = defaultdict(list)
+    delay: dict[str, list[float]] = defaultdict(list)
+    missed: dict[str, int] = defaultdict(int)
+    early: dict[str, int] = defaultdict(int)
+    for _name, (s, y) in curves.items():
+        every = max(1, s.size // 400)  # report at most ~400 times per curve, like a logging interval
+        s2, y2 = s[::every], y[::every]
+        for frac in (0.3, 0.5, 0.8):
+            onset = int(frac * s2.size)
+            for kind, rate in cases:
+                key = f"{kind}@{rate:g}/report"
+                z = _graft(s2, y2, onset, kind, rate)
+                sig = detect_divergence(s2, z)
+                running_min = np.fmin.accumulate(np.where(np.isfinite(z), z, np.inf))
+                blown = ~np.isfinite(z) | (z >= 2.0 * running_min)
+                blown[: onset + 1] = False
+                if sig is None:
+                    missed[key] += 1
+                    continue
+                i_det = int(np.searchsorted(s2, sig.step))
+                if i_det <= onset:
+                    early[key] += 1
+                    continue
+                delay[key].append(float(i_det - onset))
+                if blown.any():
+                    i_blow = int(np.argmax(blown))
+                    lead[key].append(float(s2[i_blow] - s2[i_det]))
+                    lead_reports[key].append(float(i_blow - i_det))
+    s500, y500 = next(iter(v for v in curves.values() if v[0].size >= 500))
+    s500, y500 = s500[:500], y500[:500]
+    reps = 2000
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        detect_divergence(s500, y500)
+    cost_ms = 1e3 * (time.perf_counter() - t0) / reps
+
+    def stats(v: list[float]) -> dict[str, float] | None:
+        return {"min": float(np.min(v)), "median": float(np.median(v)), "n": len(v)} if v else None
+
+    return {
+        "healthy_curves": len(curves), "false_alarms": {k: v for k, v in alarms.items() if v},
+        "n_false_alarms": sum(1 for v in alarms.values() if v),
+        "divergence_cases": {k: {"lead_steps": stats(lead[k]), "lead_reports": stats(lead_reports[k]),
+                                 "delay_reports_after_onset": stats(delay[k]), "missed": missed[k],
+                                 "alarm_before_onset": early[k]}
+                             for k in sorted({f"{k}@{r:g}/report" for k, r in cases})},
+        "ms_per_call_500_points": cost_ms,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt_pct(x: float) -> str:
+    return "diverged" if not math.isfinite(x) else f"{100 * x:.3f}%"
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    """results.json and README.md under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    crit, land = results["criterion"], results["landscape_dense"]
+    lines = [
+        "# Divergence criterion, (peak LR, batch size) choice and online detection",
+        "",
+        f"Written by `{results['command']}` on {results['date']} ({results['seconds']:.0f} s). "
+        "Do not edit by hand.",
+        "",
+        "## 1. Divergence criterion, Step Law dense runs, leave one (N, D) cell out",
+        "",
+        f"{crit['n_runs']} runs, {crit['n_diverged']} diverged (smooth loss > {DIVERGED_ABOVE:g} or NaN).",
+        "",
+        "| measure | value |", "|---|---|",
+        f"| F1 (held-out cells, pooled) | {crit['loo_f1']:.3f} |",
+        f"| precision / recall | {crit['loo_precision']:.3f} / {crit['loo_recall']:.3f} |",
+        f"| accuracy | {crit['loo_accuracy']:.4f} |",
+        "| ceiling: majority outcome of each (cell, peak LR), in-sample | "
+        f"{crit['ceiling_cell_lr_majority_f1_in_sample']:.3f} |",
+        "",
+        f"Fitted on all runs: `{crit['fit_on_all']['formula']}`",
+        "",
+        "## 2. Choosing (peak LR, batch size) for a held-out (N, D) cell",
+        "",
+        "Gap = smooth loss of the chosen run configuration / the cell's best - 1.",
+        "",
+    ]
+    for key, title in (("landscape_dense", "dense"), ("landscape_moe", "MoE (N = active parameters)")):
+        if key not in results:
+            continue
+        lines += [f"### {title}", "", "| method | worst gap | mean gap | cells within 0.5% |", "|---|---|---|---|"]
+        for name, s in results[key]["summary"].items():
+            lines.append(f"| {name} | {_fmt_pct(s['worst_gap'])} | {_fmt_pct(s['mean_gap'])} | "
+                         f"{s['share_within_0.5pct'] * s['n_cells']:.0f}/{s['n_cells']} |")
+        lines.append("")
+    lines += ["Per cell (dense), law_argmin:", "", "| N | D | best | chosen lr | chosen bs | gap |",
+              "|---|---|---|---|---|---|"]
+    for r in land["per_cell"]:
+        c = r["law_argmin"]
+        lines.append(f"| {r['N']:.3g} | {r['D']:.3g} | {r['best_loss']:.4f} | {c['peak_lr']:.3g} | "
+                     f"{c['batch_size']:.0f} | {_fmt_pct(c['gap'] if c['gap'] is not None else math.inf)} |")
+    lines += ["", f"Landscape law fitted on all dense runs: `{land['fit_on_all']['formula']}`", ""]
+    det = results["detection"]
+    lines += ["## 3. Online detection", "",
+              f"False alarms on {det['healthy_curves']} real healthy curves (vendored MPL, and per-step tissue 100M "
+              f"when ../shared is present): {det['n_false_alarms']}.", "",
+              f"Cost: {det['ms_per_call_500_points']:.3f} ms per call on a 500-point prefix.", "",
+              "Synthetic divergences grafted onto those curves (subsampled to <= ~400 reports, onset at 30/50/80%). "
+              "Lead = steps (reports) from detection to the first NaN or loss >= 2x its running minimum.", "",
+              "| case | lead steps min / median | lead reports min / median | delay after onset (reports, median) "
+              "| missed | alarm before onset |", "|---|---|---|---|---|---|"]
+    for k, v in det["divergence_cases"].items():
+        ls, lr_, dl = v["lead_steps"], v["lead_reports"], v["delay_reports_after_onset"]
+        lines.append(f"| {k} | {ls['min']:.0f} / {ls['median']:.0f} |" if ls else f"| {k} | never blows up |")
+        lines[-1] += (f" {lr_['min']:.0f} / {lr_['median']:.0f} |" if lr_ else " - |")
+        lines[-1] += (f" {dl['median']:.0f} |" if dl else " - |") + f" {v['missed']} | {v['alarm_before_onset']} |"
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--data", default="../shared/data", help="folder holding steplaw/ (default: ../shared/data)")
+    parser.add_argument("--out", default="studies/divergence", help="where README.md and results.json go")
+    parser.add_argument("--no-moe", action="store_true", help="skip the MoE table")
+    args = parser.parse_args(argv)
+    shared = Path(args.data)
+    dense_path = shared / "steplaw" / "dense_lr_bs_loss.csv"
+    if not dense_path.exists():
+        print(f"benchmarks.divergence: error: {dense_path} not found (pass --data)", file=sys.stderr)
+        return 2
+    start = time.time()
+    argv_text = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    results: dict[str, Any] = {"command": f"python -m optuna_optlaws.benchmarks.divergence {argv_text}".strip(),
+                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    dense = load_steplaw(dense_path)
+    print("criterion ...", file=sys.stderr)
+    results["criterion"] = bench_criterion(dense)
+    print(f"  F1 (leave one cell out) = {results['criterion']['loo_f1']:.3f}", file=sys.stderr)
+    results["landscape_dense"] = bench_landscape(dense, shared, "dense")
+    for name, s in results["landscape_dense"]["summary"].items():
+        print(f"  dense {name}: worst {_fmt_pct(s['worst_gap'])} mean {_fmt_pct(s['mean_gap'])} "
+              f"within 0.5%: {s['share_within_0.5pct']:.2f}", file=sys.stderr)
+    moe_path = shared / "steplaw" / "moe_lr_bs_loss.csv"
+    if not args.no_moe and moe_path.exists():
+        moe = load_steplaw(moe_path, size_column="Na")
+        results["landscape_moe"] = bench_landscape(moe, None, "moe")
+        for name, s in results["landscape_moe"]["summary"].items():
+            print(f"  moe {name}: worst {_fmt_pct(s['worst_gap'])} mean {_fmt_pct(s['mean_gap'])}", file=sys.stderr)
+    results["detection"] = bench_detection(shared)
+    print(f"  detection: {results['detection']['n_false_alarms']} false alarms on "
+          f"{results['detection']['healthy_curves']} curves", file=sys.stderr)
+    results["seconds"] = time.time() - start
+    write_report(results, Path(args.out))
+    print((Path(args.out) / "README.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
