@@ -8,8 +8,9 @@ trials that carry a schedule). This module is the one place that
   (:func:`trial_curve`), cut at the first diverging point and at the schedule's end;
 * summarises the study's data cheaply (:class:`DataSummary`: which trials are finished,
   how many loss points there are) and decides whether that summary changed
-  *meaningfully* since the stored fit: a trial finished, or the number of points grew
-  by ``refit_growth`` (a fraction);
+  *meaningfully* since the stored fit: the number of finished trials grew by
+  ``refit_growth`` (a fraction; at least one trial, so early on every finished trial
+  counts), or the number of reported points grew by ``refit_growth``;
 * fits the law (``seed`` fixed, so any worker fitting the same data gets the same law),
   and stores it in the study's system attributes under ``optlaws:law:<name>`` together
   with the summary and fingerprint of the data it was fitted on, so a second worker, or a
@@ -204,8 +205,8 @@ class LawStore:
     ``law_name``: a registered law (``optlaw``, ``multipower``, ``momentum``).
     ``min_complete``: COMPLETE curves the study needs before a law is fitted on it
     (before that, ``prior`` is used, if any). ``refit_growth``: refit when the number of
-    reported points grew by this fraction since the stored fit (a finished trial always
-    triggers a refit). ``max_points``: each curve is thinned to at most this many points
+    finished trials, or of reported points, grew by this fraction since the stored fit
+    (at least one more finished trial). ``max_points``: each curve is thinned to at most this many points
     for the fit. ``seed``: the fit's seed (fixed so every worker fits alike)."""
 
     def __init__(
@@ -286,8 +287,15 @@ class LawStore:
         return _Fit(fp, finished, points, law, str(stored.get("error", "")))
 
     def _changed(self, fit: _Fit, summary: DataSummary) -> bool:
+        """Whether the data moved enough since ``fit`` to refit: ``refit_growth`` more
+        finished trials (at least one), or ``refit_growth`` more reported points."""
         if fit.finished != summary.finished:
-            return True
+            old = set(fit.finished)
+            if not old.issubset(summary.finished):
+                return True
+            new = len(summary.finished) - len(old)
+            if new >= max(1.0, self.refit_growth * len(old)):
+                return True
         return summary.points >= (1.0 + self.refit_growth) * fit.points and summary.points > fit.points
 
     def _state_of(self, fit: _Fit, note: str | None) -> LawState:

@@ -70,8 +70,8 @@ class OptLawsPruner(BasePruner):
             prunes (and COMPLETE curves in the study before the law is fitted on it).
         fallback: Pruner asked about trials without a schedule (and in maximisation
             studies); ``None`` never prunes them.
-        refit_growth: Refit the law when the study's reported points grew by this
-            fraction since the last fit (a finished trial always triggers a refit).
+        refit_growth: Refit the law when the study's finished trials (at least one more)
+            or reported points grew by this fraction since the last fit.
         max_fit_points: Each curve is thinned to at most this many points for the fit.
         record_tol: The prediction attributes are rewritten only when one of them moved by
             more than this many nats since they were last written (each write is a storage
@@ -91,7 +91,7 @@ class OptLawsPruner(BasePruner):
         fallback: BasePruner | None = None,
         refit_growth: float = 0.25,
         max_fit_points: int = 128,
-        record_tol: float = 1e-3,
+        record_tol: float = 5e-3,
         seed: int = 0,
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
@@ -180,11 +180,11 @@ class OptLawsPruner(BasePruner):
             if moved:
                 for key, value in zip(keys, decision.pred, strict=True):
                     storage.set_trial_user_attr(tid, key, float(value))
-        old = attrs.get(WARNING)
-        old = old if isinstance(old, str) else ""
-        new = [n for n in decision.notes if n not in old]
+        stored = attrs.get(WARNING)
+        before = stored if isinstance(stored, str) else ""
+        new = [n for n in decision.notes if n not in before]
         if new:
-            text = "; ".join([old, *new] if old else new)
+            text = "; ".join([before, *new] if before else new)
             storage.set_trial_user_attr(tid, WARNING, text if len(text) <= 2000 else "..." + text[-1997:])
         if decision.prune and decision.reason:
             storage.set_trial_user_attr(tid, PRUNE_REASON, decision.reason)

@@ -67,8 +67,8 @@ class OptLawsSampler(BaseSampler):
         acquisition: ``"lcb"`` (minimise ``mean - kappa * sigma``) or ``"thompson"``.
         kappa: Exploration weight of the lower confidence bound (sigmas).
         seed: Seed; with the same seed and the same study history, proposals repeat.
-        refit_growth: Refit the law when the study's reported points grew by this
-            fraction since the last fit (a finished trial always triggers a refit).
+        refit_growth: Refit the law when the study's finished trials (at least one more)
+            or reported points grew by this fraction since the last fit.
         max_fit_points: Each curve is thinned to at most this many points for the fit.
     """
 
@@ -169,12 +169,12 @@ class OptLawsSampler(BaseSampler):
             return memo[key]
         proposal = self._make_proposal(study, trial, space)
         memo[key] = proposal
-        record = {"source": proposal.source, "pred_final": proposal.mean, "pred_sigma": proposal.sigma}
-        study._storage.set_trial_system_attr(
-            trial._trial_id,
-            PROPOSAL_KEY,
-            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()},
-        )
+        record: dict[str, str | float | None] = {
+            "source": proposal.source,
+            "pred_final": proposal.mean if math.isfinite(proposal.mean) else None,
+            "pred_sigma": proposal.sigma if math.isfinite(proposal.sigma) else None,
+        }
+        study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_KEY, record)
         return proposal
 
     def _make_proposal(self, study: optuna.Study, trial: FrozenTrial, space: ScheduleSpace) -> Proposal:

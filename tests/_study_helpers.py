@@ -1,11 +1,8 @@
 """Synthetic training runs and study drivers shared by the sampler/pruner/storage tests.
 
-The synthetic loss is an analytic function of the whole LR schedule (no law is fitted to
-make it): a power law in the LR area plus a noise floor proportional to an exponential
-moving average of the LR (so decaying the LR lowers the loss, as in real runs), plus an
-optional penalty for a peak LR far from ``best_peak``::
-
-    L(t) = 2.5 + 2.0 (1 + S1(t) / 0.05)^(-0.6) + 60 EMA_100(lr)(t) + u (ln(peak / best_peak))^2
+The synthetic loss (``synth_loss``) is
+:func:`optuna_optlaws.benchmarks._synthetic.synthetic_loss`, an analytic function of the
+whole LR schedule (no law is fitted to make it).
 
 Run as a script, this module is a worker process for the storage tests::
 
@@ -17,34 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
 import numpy as np
 import optuna
 
+from optuna_optlaws.benchmarks._synthetic import synthetic_loss as synth_loss
 from optuna_optlaws.schedules import Schedule
 
 TOTAL_STEPS = 600
 REPORT_EVERY = 20
 TEST_LAW = "momentum"
 """A fast baseline law: the tests check the plumbing, not the law's accuracy."""
-
-
-def synth_loss(
-    schedule: Schedule, steps: np.ndarray, *, peak_penalty: float = 0.0, best_peak: float = 3e-3
-) -> np.ndarray:
-    """The synthetic loss (nats) of ``schedule`` at ``steps``."""
-    from scipy.signal import lfilter
-
-    lrs = schedule.lrs()
-    s1 = np.cumsum(lrs)
-    a = 0.99
-    ema = lfilter([1 - a], [1, -a], lrs, zi=[a * lrs[0]])[0]
-    u = peak_penalty * math.log(schedule.peak_lr / best_peak) ** 2
-    loss = 2.5 + 2.0 * (1 + s1 / 0.05) ** -0.6 + 60.0 * ema + u
-    return np.asarray(loss[np.asarray(steps, dtype=np.int64)], dtype=np.float64)
 
 
 def report_steps(total: int = TOTAL_STEPS, every: int = REPORT_EVERY) -> np.ndarray:

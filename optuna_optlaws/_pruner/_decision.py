@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
 from optuna_optlaws._errors import InputError
@@ -107,7 +108,8 @@ def check(
         return out, seen
 
     model_size, tokens_per_step = trial_sizes(me)
-    prefix = Curve(f"trial_{me.number}", schedule, ok_steps, ok_losses, model_size, tokens_per_step)
+    p_steps, p_losses = law_prefix(ok_steps, ok_losses)
+    prefix = Curve(f"trial_{me.number}", schedule, p_steps, p_losses, model_size, tokens_per_step)
     try:
         pred = law_state.law.predict(
             schedule, [total - 1], model_size=model_size, tokens_per_step=tokens_per_step, observed=prefix
@@ -138,3 +140,26 @@ def check(
             f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}"
         )
     return out, seen
+
+
+RECENT_FRACTION = 0.25
+"""Points in the last quarter of a trial's observed steps are all passed to the law."""
+
+EARLY_POINTS = 16
+"""At most this many earlier points are passed to the law (evenly spaced)."""
+
+
+def law_prefix(steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a trial's usable prefix handed to ``law.predict(observed=...)``: every
+    point in the last ``RECENT_FRACTION`` of its observed steps (the laws estimate the
+    run's offset from its most recent points, the last 20% in the shared harness) and at
+    most ``EARLY_POINTS`` earlier ones. Keeps a check's cost flat as a run reports more."""
+    if steps.size <= EARLY_POINTS:
+        return steps, losses
+    recent = steps >= (1.0 - RECENT_FRACTION) * float(steps[-1])
+    early = np.flatnonzero(~recent)
+    if early.size > EARLY_POINTS:
+        early = early[np.unique(np.linspace(0, early.size - 1, EARLY_POINTS).round().astype(np.int64))]
+    keep = np.concatenate([early, np.flatnonzero(recent)])
+    return steps[keep], losses[keep]
+
