@@ -182,6 +182,25 @@ def test_one_model_size_only(name: str) -> None:
     law.predict(HELD["wsd"])  # no size given: the fitted size is assumed
     with pytest.raises(InputError, match="cannot extrapolate"):
         law.predict(HELD["wsd"], model_size=4e8)
+    with pytest.raises(InputError, match="cannot extrapolate"):
+        law.predict_final([HELD["wsd"]], model_size=4e8)
+
+
+def test_one_tokens_per_step_only() -> None:
+    gen = _with_params(MomentumLaw(), MOM_TRUE)
+    curves = _synthetic(gen, TRAIN, 1e-3, seed=0)
+    with_tps = [Curve(c.run_id, c.schedule, c.steps, c.losses, model_size=c.model_size,
+                      tokens_per_step=2048.0 * (1 + i)) for i, c in enumerate(curves)]
+    with pytest.raises(InputError, match="one tokens_per_step"):
+        MomentumLaw().fit(with_tps)
+    same = [Curve(c.run_id, c.schedule, c.steps, c.losses, model_size=c.model_size, tokens_per_step=2048.0)
+            for c in curves]
+    law = MomentumLaw().fit(same)
+    law.predict(HELD["wsd"], tokens_per_step=2048.0)
+    for call in (lambda: law.predict(HELD["wsd"], tokens_per_step=4096.0),
+                 lambda: law.predict_final([HELD["wsd"]], tokens_per_step=4096.0)):
+        with pytest.raises(InputError, match="no batch-size term"):
+            call()
 
 
 def test_unfitted_law_refuses_to_predict() -> None:

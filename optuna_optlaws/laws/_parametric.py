@@ -16,6 +16,7 @@ Fitting minimises the Huber loss of ``log(observed) - log(predicted)`` over the 
 points of all curves (diverged points are ignored). Model size: a law with
 ``uses_model_size = False`` fits curves of one model size only (InputError otherwise;
 curves without a ``model_size`` may be mixed in) and refuses to predict any other size.
+Likewise for ``tokens_per_step`` (these laws have no batch-size term).
 """
 
 from __future__ import annotations
@@ -52,21 +53,29 @@ FloatArray = NDArray[np.float64]
 _P = TypeVar("_P", bound="ParametricLaw")
 
 
-def single_model_size(curves: Sequence[Curve], law: str) -> float | None:
-    """The one model size of ``curves`` (None when none is given); InputError when the
-    curves hold several, for a law without a model-size term."""
-    sizes = sorted({float(c.model_size) for c in curves if c.model_size is not None})
+def single_value(curves: Sequence[Curve], attr: str, law: str) -> float | None:
+    """The one ``model_size`` or ``tokens_per_step`` (``attr``) of ``curves`` (None when
+    none is given); InputError when the curves hold several, for a law without a term
+    for it."""
+    values = sorted({float(getattr(c, attr)) for c in curves if getattr(c, attr) is not None})
     distinct: list[float] = []
-    for s in sizes:
-        if not distinct or not math.isclose(s, distinct[-1], rel_tol=1e-6):
-            distinct.append(s)
+    for v in values:
+        if not distinct or not math.isclose(v, distinct[-1], rel_tol=1e-6):
+            distinct.append(v)
     if len(distinct) > 1:
-        shown = ", ".join(f"{s:g}" for s in distinct)
+        shown = ", ".join(f"{v:g}" for v in distinct)
+        term = "model-size" if attr == "model_size" else "batch-size"
+        what = "one model size" if attr == "model_size" else "one tokens_per_step"
         raise InputError(
-            f"law {law!r} has no model-size term: fit it on curves of one model size "
-            f"(got model_size {shown}); use --runs to pick one size"
+            f"law {law!r} has no {term} term: fit it on curves of {what} "
+            f"(got {attr} {shown}); use --runs to pick them"
         )
     return distinct[0] if distinct else None
+
+
+def single_model_size(curves: Sequence[Curve], law: str) -> float | None:
+    """:func:`single_value` for ``model_size``."""
+    return single_value(curves, "model_size", law)
 
 
 class ParametricLaw(Law):
@@ -124,6 +133,7 @@ class ParametricLaw(Law):
         """Fit on the finite losses of ``curves`` (one model size); returns ``self``."""
         if not self.uses_model_size:
             single_model_size(curves, self.name)
+        single_value(curves, "tokens_per_step", self.name)
         obs = observations(curves, where=f"fit {self.name}")
         slices = obs.slices()
         feats = [features_for(c.schedule, obs.steps[sl]) for c, sl in zip(obs.curves, slices, strict=True)]
@@ -196,6 +206,19 @@ class ParametricLaw(Law):
         """The fitted parameters by name (natural units)."""
         return self.space.as_dict(self._post().theta)
 
+    def check_tokens_per_step(self, tokens_per_step: float | None, where: str = "") -> None:
+        """InputError when asked for a ``tokens_per_step`` other than the fitted one: the
+        law has no batch-size term (its steps mean the fitted batch's steps)."""
+        if tokens_per_step is None:
+            return
+        fitted = sorted({float(r["tokens_per_step"]) for r in self.fitted_on if r.get("tokens_per_step") is not None})
+        if fitted and not any(math.isclose(tokens_per_step, t, rel_tol=1e-6) for t in fitted):
+            place = f"{where}: " if where else ""
+            raise InputError(
+                f"{place}law {self.name!r} has no batch-size term: fitted on tokens_per_step "
+                f"{fitted}, cannot predict tokens_per_step={tokens_per_step:g}"
+            )
+
     def _post(self) -> Posterior:
         if self.posterior is None:
             raise InputError(f"law {self.name!r} is not fitted; call fit() or load a law file first")
@@ -214,6 +237,7 @@ class ParametricLaw(Law):
         for an observed loss (nats); conditioned on the run's prefix ``observed``."""
         post = self._post()
         self.check_sizes(model_size, where=f"predict {self.name}")
+        self.check_tokens_per_step(tokens_per_step, where=f"predict {self.name}")
         st = check_steps(steps, schedule, where=f"predict {self.name}")
         all_steps = st if observed is None else np.concatenate([st, observed.steps])
         feats = features_for(schedule, all_steps)
@@ -237,6 +261,7 @@ class ParametricLaw(Law):
         for all of them (nats)."""
         post = self._post()
         self.check_sizes(model_size, where=f"predict {self.name}")
+        self.check_tokens_per_step(tokens_per_step, where=f"predict {self.name}")
         if len(schedules) == 0:
             empty = np.zeros(0)
             return Prediction(empty, empty.copy(), empty.copy())
