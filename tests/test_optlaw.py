@@ -181,7 +181,7 @@ def test_model_size_extrapolation(law_100m: OptLaw) -> None:
 
 def test_two_sizes_predict_a_third() -> None:
     sizes = (2.5e7, 1e8)
-    truth = _law_with({**TRUE, "g_l0": 0.08, "g_a": 0.1, "g_b": -0.1}, sizes=sizes)
+    truth = _law_with({**TRUE, "g_l0": 0.08, "g_a": 0.1, "g_b": -0.1, "g_alpha": 0.05}, sizes=sizes)
     curves = []
     for n in sizes:
         for name, s in SCHEDULES.items():

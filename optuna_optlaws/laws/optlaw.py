@@ -101,6 +101,7 @@ class _Terms:
                 Param("g_l0", -2.0, 2.0, init=(0.0, 0.2)),
                 Param("g_a", -2.0, 2.0, init=(-0.2, 0.2)),
                 Param("g_b", -2.0, 2.0, init=(-0.3, 0.1)),
+                Param("g_alpha", -1.0, 1.0, init=(-0.1, 0.1)),
             ]
         ps += [
             Param("alpha", 0.02, 3.0, init=(0.2, 0.9)),
@@ -139,6 +140,12 @@ class _Theta:
     def __getitem__(self, key: str) -> float:
         return self.v.get(key, 0.0)
 
+    def alpha(self, model_size: float | None) -> float:
+        """The convergence exponent at model size ``N``: ``alpha (N / n_ref)^(-g_alpha)``."""
+        if not self.terms.multi_size or model_size is None:
+            return self["alpha"]
+        return self["alpha"] * (model_size / self.terms.n_ref) ** (-self["g_alpha"])
+
     def amplitudes(self, model_size: float | None) -> tuple[float, float, float]:
         """``L0, A, B`` (nats) at model size ``N``."""
         if not self.terms.multi_size or model_size is None:
@@ -158,7 +165,8 @@ def _loss_at_targets(
     n_p = thetas.shape[0]
     pars = [_Theta(terms, space.names, t) for t in thetas]
     amps = np.array([p.amplitudes(model_size) for p in pars])  # (P, 3)
-    col = {k: np.array([p[k] for p in pars]) for k in ("alpha", "s_w", "phi", "eps", "beta", "c_cut")}
+    col = {k: np.array([p[k] for p in pars]) for k in ("s_w", "phi", "eps", "beta", "c_cut")}
+    col["alpha"] = np.array([p.alpha(model_size) for p in pars])
     eta = grid.eta[:, None]
     with np.errstate(divide="ignore"):
         base = np.where(eta > 0, np.power(np.maximum(eta, 1e-300), col["phi"][None, :]), 0.0)
@@ -193,11 +201,12 @@ def _loss_final(
     for i, theta in enumerate(thetas):
         p = _Theta(terms, space.names, theta)
         l0, amp, bb = p.amplitudes(model_size)
+        alpha = p.alpha(model_size)
         target = dyn.noise_target(
-            batch.eta, batch.s_mid, phi=p["phi"], eps=p["eps"], amp=amp, alpha=p["alpha"], s_w=p["s_w"]
+            batch.eta, batch.s_mid, phi=p["phi"], eps=p["eps"], amp=amp, alpha=alpha, s_w=p["s_w"]
         )
         noise = np.einsum("mcj,j,mc->c", kern, dyn.spectrum_weights(p["beta"], p["c_cut"]), target, optimize=True)
-        loss = l0 + dyn.river(batch.s_final, amp, p["alpha"], p["s_w"]) + bb * noise
+        loss = l0 + dyn.river(batch.s_final, amp, alpha, p["s_w"]) + bb * noise
         if terms.escape and p["k_esc"] > 0:
             ek = dyn.final_kernel(batch, np.array([p["kappa_esc"]]))[:, :, 0]
             loss = loss + p["k_esc"] * np.sum(ek * np.power(batch.eta, ESCAPE_POWER), axis=0)
@@ -235,6 +244,10 @@ class OptLaw(Law):
 
     huber_delta: float = 1e-3
     """Huber scale on log-loss residuals (nats)."""
+    total_fit_points: int = 1200
+    """Budget of fitted points over all curves (each curve keeps at least 24)."""
+    loco_folds: int = 6
+    """Most leave-one-curve-out refits for the model discrepancy (curves spread evenly)."""
 
     def __init__(self, *, n_random: int = 3, fit_points: int = 96, max_nfev: int = 200, loco: bool = True) -> None:
         """``n_random``: random starts besides the default one; ``fit_points``: at most this
@@ -260,9 +273,10 @@ class OptLaw(Law):
         space = terms.space()
         names = space.names
         prepared = []
+        per_curve = max(24, min(self.fit_points, self.total_fit_points // max(len(curves), 1)))
         for c, sl in zip(obs.curves, obs.slices(), strict=True):
             steps, losses = obs.steps[sl], obs.losses[sl]
-            steps, losses = _fit_points(c, steps, losses, self.fit_points)
+            steps, losses = _fit_points(c, steps, losses, per_curve)
             if steps.size == 0:
                 continue
             grid = dyn.chunk_grid(c.schedule, steps, eta_ref=terms.eta_ref, max_chunks=128)
@@ -286,10 +300,11 @@ class OptLaw(Law):
             outs = []
             for (c, grid, _, _), wk in zip(prepared, w_cache[key], strict=True):
                 l0, amp, bb = p.amplitudes(c.model_size)
+                alpha = p.alpha(c.model_size)
                 target = dyn.noise_target(
-                    grid.eta, grid.s_mid, phi=p["phi"], eps=p["eps"], amp=amp, alpha=p["alpha"], s_w=p["s_w"]
+                    grid.eta, grid.s_mid, phi=p["phi"], eps=p["eps"], amp=amp, alpha=alpha, s_w=p["s_w"]
                 )
-                loss = l0 + dyn.river(grid.s_target, amp, p["alpha"], p["s_w"]) + bb * (wk @ target)
+                loss = l0 + dyn.river(grid.s_target, amp, alpha, p["s_w"]) + bb * (wk @ target)
                 if terms.escape and p["k_esc"] > 0:
                     ek = dyn.relaxation_kernel(grid, np.array([p["kappa_esc"]]))[0]
                     loss = loss + p["k_esc"] * (ek @ np.power(grid.eta, ESCAPE_POWER))
@@ -300,14 +315,85 @@ class OptLaw(Law):
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 return np.asarray(log_y - np.log(predict_all(theta)), dtype=np.float64)
 
+        col = {n: i for i, n in enumerate(names)}
+        log_kappa = np.log(dyn.KAPPA)
+
+        def jacobian(theta: FloatArray) -> FloatArray:
+            """``d residual / d theta`` (natural units), analytic; the escape parameters
+            (when fitted) by forward differences."""
+            p = _Theta(terms, names, theta)
+            w = dyn.spectrum_weights(p["beta"], p["c_cut"])
+            dw_beta = w * (log_kappa - w @ log_kappa)
+            u = dyn.KAPPA / p["c_cut"] ** 2
+            dw_c = w * (u - w @ u)
+            rows = []
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                for c, grid, kern, _ in prepared:
+                    x = (c.model_size / terms.n_ref) if (terms.multi_size and c.model_size) else 1.0
+                    l0, amp, bb = p.amplitudes(c.model_size)
+                    alpha = p.alpha(c.model_size)
+                    eta = grid.eta
+                    base = np.where(eta > 0, np.power(np.maximum(eta, 1e-300), p["phi"]), 0.0)
+                    log_eta = np.where(eta > 0, np.log(np.maximum(eta, 1e-300)), 0.0)
+                    sm = grid.s_mid + p["s_w"]
+                    pm = np.power(sm, -alpha)
+                    st = grid.s_target + p["s_w"]
+                    pt = np.power(st, -alpha)
+                    target = base * (1.0 + p["eps"] * amp * pm)
+                    k_tau = np.einsum("jom,m->jo", kern, target)
+                    wk = np.einsum("j,jom->om", w, kern)
+                    v = np.stack(
+                        [
+                            base * p["eps"] * pm,  # d target / d A(N)
+                            -base * p["eps"] * amp * pm * np.log(sm),  # d target / d alpha(N)
+                            -base * p["eps"] * amp * alpha * pm / sm,  # d target / d s_w
+                            target * log_eta,  # d target / d phi
+                            base * amp * pm,  # d target / d eps
+                        ],
+                        axis=1,
+                    )
+                    wv = wk @ v
+                    noise = w @ k_tau
+                    loss = l0 + amp * pt + bb * noise
+                    d_amp = pt + bb * wv[:, 0]
+                    d_alpha = -amp * pt * np.log(st) + bb * wv[:, 1]
+                    jac = np.zeros((loss.size, len(names)))
+                    jac[:, col["L0"]] = l0 / p["L0"]
+                    jac[:, col["A"]] = d_amp * amp / p["A"]
+                    jac[:, col["B"]] = noise * bb / p["B"]
+                    jac[:, col["alpha"]] = d_alpha * alpha / p["alpha"]
+                    jac[:, col["s_w"]] = -amp * alpha * pt / st + bb * wv[:, 2]
+                    jac[:, col["phi"]] = bb * wv[:, 3]
+                    jac[:, col["eps"]] = bb * wv[:, 4]
+                    jac[:, col["beta"]] = bb * (dw_beta @ k_tau)
+                    jac[:, col["c_cut"]] = bb * (dw_c @ k_tau)
+                    if terms.multi_size:
+                        lx = math.log(x)
+                        jac[:, col["g_l0"]] = -l0 * lx
+                        jac[:, col["g_a"]] = -d_amp * amp * lx
+                        jac[:, col["g_b"]] = -noise * bb * lx
+                        jac[:, col["g_alpha"]] = -d_alpha * alpha * lx
+                    if terms.escape:
+                        ek = dyn.relaxation_kernel(grid, np.array([p["kappa_esc"]]))[0]
+                        e4 = np.power(eta, ESCAPE_POWER)
+                        esc = ek @ e4
+                        loss = loss + p["k_esc"] * esc
+                        jac[:, col["k_esc"]] = esc
+                        h = 1e-6 * p["kappa_esc"]
+                        ek2 = dyn.relaxation_kernel(grid, np.array([p["kappa_esc"] + h]))[0]
+                        jac[:, col["kappa_esc"]] = p["k_esc"] * (ek2 @ e4 - esc) / h
+                    rows.append(-jac / loss[:, None])
+            return np.concatenate(rows)
+
         start = _default_start(terms, float(np.exp(log_y).min()))
         result = fit_least_squares(
-            space, residuals, starts=[start], n_random=self.n_random, seed=seed, huber_delta=self.huber_delta,
+            space, residuals, jacobian=jacobian, starts=[start], n_random=self.n_random, seed=seed,
+            huber_delta=self.huber_delta,
             groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
         )
         if self.loco and len(prepared) >= 2:
             result.posterior.model_sd = loco_discrepancy(
-                space, result.theta, _loco_folds(residuals, groups), noise=result.posterior.noise,
+                space, result.theta, _loco_folds(residuals, groups, self.loco_folds), noise=result.posterior.noise,
                 huber_delta=self.huber_delta,
             )
         self._terms, self._space, self.posterior = terms, space, result.posterior
@@ -498,11 +584,14 @@ def _fit_points(
     return steps, losses
 
 
-def _loco_folds(residuals: Any, groups: NDArray[np.int64]) -> list[tuple[Any, None, Any]]:
+def _loco_folds(residuals: Any, groups: NDArray[np.int64], most: int) -> list[tuple[Any, None, Any]]:
     """Leave-one-curve-out folds for :func:`loco_discrepancy`: the other curves' residuals
-    and the left-out curve's last quarter."""
+    and the left-out curve's last quarter (at most ``most`` curves, spread evenly)."""
     folds = []
-    for g in np.unique(groups):
+    uniq = np.unique(groups)
+    if uniq.size > most:
+        uniq = uniq[np.unique(np.round(np.linspace(0, uniq.size - 1, most)).astype(np.int64))]
+    for g in uniq:
         keep = groups != g
         own = np.flatnonzero(~keep)
         late = own[own.size - max(1, own.size // 4) :]
@@ -520,7 +609,7 @@ def _default_start(terms: _Terms, min_loss: float) -> list[float]:
     """A start from fits of the law on public curves (areas in units of 1000 steps at the peak)."""
     start = [0.88 * min_loss, 0.8, 0.15]
     if terms.multi_size:
-        start += [0.08, 0.0, -0.1]
+        start += [0.08, 0.0, -0.1, 0.0]
     start += [0.5, 0.03, 0.67, 2.0, 1.2, 100.0]
     if terms.escape:
         start += [0.01, 1.0]
