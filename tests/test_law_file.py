@@ -117,3 +117,17 @@ def test_unreadable_law_files(tmp_path: Path) -> None:
         load_law(bad)
     with pytest.raises(InputError, match="cannot read"):
         load_law(tmp_path / "missing.json")
+
+
+def test_law_file_without_model_discrepancy_still_loads(fitted: dict[str, Law], tmp_path: Path) -> None:
+    # files written before the model discrepancy existed have no "model_sd": it reads as 0
+    data = fitted["momentum"].to_dict()
+    del data["params"]["posterior"]["model_sd"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    back = load_law(path)
+    assert back.posterior.model_sd == 0.0  # type: ignore[attr-defined]
+    p_old = back.predict(SCHEDULES[0])
+    p_new = fitted["momentum"].predict(SCHEDULES[0])
+    assert p_old.mean[0] == p_new.mean[0]
+    assert p_old.hi[0] - p_old.lo[0] < p_new.hi[0] - p_new.lo[0]

@@ -252,3 +252,36 @@ def test_realistic_fit_on_vendored_mpl_data(name: str, mpl_csv: Path) -> None:
     assert const_end - pred > 0.05  # the law predicts the cooldown's gain
     with pytest.raises(InputError, match="cannot extrapolate"):
         law.predict(wsd.schedule, model_size=4e8)
+
+
+def test_parameter_draws_interval_agrees_with_delta_method() -> None:
+    gen = _with_params(MultiPowerLaw(), MPL_TRUE)
+    law = MultiPowerLaw()
+    law.loco = False
+    law.fit(_synthetic(gen, TRAIN, 2e-3, seed=8, every=100))
+    steps = np.array([3000, 5999])
+    delta = law.predict(HELD["wsd"], steps)
+    law.interval_method = "draws"
+    draws = law.predict(HELD["wsd"], steps)
+    np.testing.assert_array_equal(delta.mean, draws.mean)
+    np.testing.assert_allclose(np.log(draws.hi / draws.lo), np.log(delta.hi / delta.lo), rtol=0.35)
+
+
+def test_leave_one_out_uses_at_most_loco_folds_curves() -> None:
+    gen = _with_params(MomentumLaw(), MOM_TRUE)
+    scheds = {f"c{i}": Schedule.cosine(PEAK, 2000 + 400 * i, warmup_steps=200, final_lr=PEAK / 10) for i in range(6)}
+    curves = _synthetic(gen, scheds, 1e-3, seed=0, every=100)
+    law = MomentumLaw()
+    law.loco_folds = 2
+    calls: list[int] = []
+    orig = law._residual_fns
+
+    def spy(parts):  # type: ignore[no-untyped-def]
+        calls.append(len(parts))
+        return orig(parts)
+
+    law._residual_fns = spy  # type: ignore[method-assign]
+    law.fit(curves)
+    # one call for the full fit, then per fold: the held-out part (1) and the others (5)
+    assert calls == [6, 1, 5, 1, 5]
+    assert law.posterior is not None and law.posterior.model_sd >= 0
