@@ -140,18 +140,23 @@ class DataSummary:
 
     ``finished``: numbers of the finished trials with a schedule and reports;
     ``n_complete``: how many of them are COMPLETE; ``points``: reports over all trials with
-    a schedule; ``fingerprint``: a hash of every (trial, state, reports, last step)."""
+    a schedule; ``fingerprint``: a hash of every (trial, state, number of reports)."""
 
     finished: tuple[int, ...]
     n_complete: int
     points: int
-    fingerprint: str
+    items: tuple[tuple[int, int, int], ...]
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the data: which trials, in which state, with how many reports."""
+        return hashlib.sha1(repr(self.items).encode()).hexdigest()[:16]
 
     @classmethod
     def of(cls, trials: Sequence[FrozenTrial]) -> DataSummary:
         """Summarise ``trials`` (cost: O(number of trials))."""
         finished: list[int] = []
-        items: list[tuple[int, int, int, int]] = []
+        items: list[tuple[int, int, int]] = []
         n_complete = points = 0
         for t in trials:
             if t.state not in CURVE_STATES or not t.intermediate_values:
@@ -163,9 +168,8 @@ class DataSummary:
             if t.state.is_finished():
                 finished.append(t.number)
                 n_complete += t.state == TrialState.COMPLETE
-            items.append((t.number, int(t.state), n, t.last_step or 0))
-        digest = hashlib.sha1(repr(sorted(items)).encode()).hexdigest()[:16]
-        return cls(tuple(sorted(finished)), n_complete, points, digest)
+            items.append((t.number, int(t.state), n))
+        return cls(tuple(sorted(finished)), n_complete, points, tuple(sorted(items)))
 
 
 # ---------------------------------------------------------------------- stored fit

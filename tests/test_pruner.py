@@ -235,3 +235,17 @@ def test_frontier_counts_a_confident_running_trial() -> None:
     # too little evidence on the running trial: it does not count
     front = frontier(study._storage, study.get_trials(deepcopy=False), group, -1, min_reports=20, min_fraction=0.2)
     assert front.value == pytest.approx(best_complete)
+
+
+def test_law_prefix_keeps_the_recent_quarter_and_few_early_points() -> None:
+    from optuna_optlaws._pruner._decision import EARLY_POINTS, law_prefix
+
+    steps = np.arange(0, 5000, 10, dtype=np.int64)
+    losses = np.linspace(4.0, 3.0, steps.size)
+    s, loss = law_prefix(steps, losses)
+    recent = steps >= 0.75 * steps[-1]
+    assert np.array_equal(s[-int(recent.sum()):], steps[recent])  # every recent point, in order
+    assert np.sum(s < 0.75 * steps[-1]) == EARLY_POINTS and s[0] == 0
+    assert np.all(np.diff(s) > 0) and np.array_equal(loss, np.interp(s, steps, losses))
+    short = np.arange(10, dtype=np.int64)
+    assert np.array_equal(law_prefix(short, short.astype(float))[0], short)
