@@ -30,11 +30,12 @@ eta_t)`` (their ``initialize_params``), then ``C = 1, beta = gamma = 0.5`` (thei
 relative to their 3e-4) plus a few more starts; the authors then run AdamW, we run
 trust-region least squares (same objective).
 
-References: Kairong Luo, Haodong Wen, Shengding Hu, Zhenbo Sun, Zhiyuan Liu, Maosong Sun,
-Kaifeng Lyu, Wenguang Chen, "A Multi-Power Law for Loss Curve Prediction Across
-Learning Rate Schedules", ICLR 2025 (arXiv:2503.12811), equation (2) and section 4;
-the formula and fitting recipe (Huber delta 1e-3 on log loss, initial-parameter grid,
-``C=1, beta=gamma=0.5``) were checked against a public copy of the release's code,
+References: Kairong Luo, Haodong Wen, Shengding Hu, Zhenbo Sun, Zhiyuan Liu, Maosong
+Sun, Kaifeng Lyu, Wenguang Chen, "A Multi-Power Law for Loss Curve Prediction Across
+Learning Rate Schedules", ICLR 2025 (arXiv:2503.12811), equation (2) and section 4; the
+formula and fitting recipe (Huber delta 1e-3 on log loss, initial-parameter grid, ``C=1,
+beta=gamma=0.5``) were checked against a public copy of the authors' code
+(github.com/thu-yao-01-luo/MultiPowerLaw, per the paper),
 github.com/Morphorxz/dlt25-final (``src/models.py``, ``src/fitting.py``,
 ``src/config.py``). That code also sums the warmup's LR *increases* into LD (about a
 constant ``+B * peak`` that its ``L0`` absorbs); we follow the paper (warmup enters only
