@@ -247,10 +247,12 @@ class ParametricLaw(Law):
         feats = features_for(schedule, all_steps)
         pred = self._predictive(post, feats, st)
         if observed is not None and observed.steps.size:
+            # the law's model discrepancy is kept like noise: a prefix shows the run's
+            # offset, not how the law errs in phases the prefix has not reached
             prefix_pred = self._predict_loss(post.theta, feats, observed.steps)
             pred = condition_on_prefix(
                 pred, st, observed.steps, observed.losses, prefix_pred,
-                noise=post.noise, level=self.interval_level,
+                noise=float(np.hypot(post.noise, post.model_sd)), level=self.interval_level,
             )
         return pred
 
