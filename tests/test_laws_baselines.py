@@ -285,3 +285,14 @@ def test_leave_one_out_uses_at_most_loco_folds_curves() -> None:
     # one call for the full fit, then per fold: the held-out part (1) and the others (5)
     assert calls == [6, 1, 5, 1, 5]
     assert law.posterior is not None and law.posterior.model_sd >= 0
+
+
+def test_model_discrepancy_survives_prefix_conditioning() -> None:
+    # a fitted law with a model discrepancy: conditioning on a prefix removes the
+    # parameter uncertainty near it, never the law's own error on the unseen phase
+    law = _with_params(MomentumLaw(), MOM_TRUE, noise=1e-3)
+    law.posterior.model_sd = 0.01  # type: ignore[union-attr]
+    run = _synthetic(law, {"w": HELD["wsd"]}, 1e-3, seed=4)[0]
+    cond = law.predict(run.schedule, [5999], observed=run.prefix(4000))
+    half = np.log(cond.hi[0] / cond.mean[0])
+    assert half == pytest.approx(1.645 * np.hypot(0.01, 1e-3), rel=0.05)
