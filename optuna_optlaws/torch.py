@@ -82,7 +82,8 @@ class LossReporter:
     scalar) and the 0-based step index. It reports ``trial.report(loss, step)`` when
     ``(step + 1) % every == 0`` (so after ``every``, ``2 * every``, ... steps) and at the
     last step of the run (``total_steps - 1``; ``total_steps`` defaults to the trial's
-    attached schedule's), then asks ``trial.should_prune()``. A non-finite loss is
+    attached schedule's), then asks ``trial.should_prune()`` (except after the last step:
+    the run is finished, pruning it would save nothing). A non-finite loss is
     reported at once, whatever the step, so a diverging run is seen immediately (Optuna
     stores it as NaN/inf and a schedule-aware pruner prunes it).
 
@@ -109,9 +110,13 @@ class LossReporter:
         self.last_reported: tuple[int, float] | None = None
         self.n_reports = 0
 
+    def is_last(self, step: int) -> bool:
+        """Whether ``step`` is the run's last optimizer step (``total_steps - 1``)."""
+        return self.total_steps is not None and step >= self.total_steps - 1
+
     def due(self, step: int) -> bool:
         """Whether :meth:`step` reports at this 0-based optimizer step."""
-        return (step + 1) % self.every == 0 or (self.total_steps is not None and step == self.total_steps - 1)
+        return (step + 1) % self.every == 0 or self.is_last(step)
 
     def step(self, loss: Any, step: int) -> bool:
         """Report ``loss`` at optimizer ``step`` if due; raise ``optuna.TrialPruned`` when
@@ -127,6 +132,8 @@ class LossReporter:
         self.trial.report(value, step)
         self.last_reported = (step, value)
         self.n_reports += 1
+        if self.is_last(step):
+            return True  # the run is over: pruning now would save nothing and lose its result
         if self.check_prune and self.trial.should_prune():
             import optuna
 

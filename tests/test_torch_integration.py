@@ -133,3 +133,18 @@ def test_trial_schedule_drives_the_scheduler() -> None:
     used, _ = _train(sched, reporter, scheduler_source=trial)
     np.testing.assert_allclose(used, sched.lrs(40), rtol=1e-12)
     assert reporter.last_reported is not None and reporter.last_reported[0] == 39
+
+
+def test_reporter_never_prunes_after_the_last_step() -> None:
+    sched = Schedule.constant(0.05, 20)
+    study = optuna.create_study(pruner=_PruneAfter(19))
+
+    def objective(trial: optuna.Trial) -> float:
+        reporter = LossReporter(trial, every=5, total_steps=sched.total_steps)
+        _, losses = _train(sched, reporter)
+        return losses[-1]
+
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    assert max(t.intermediate_values) == 19

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-seed", type=int, default=0, help="training seed of every trial (default 0)")
     ap.add_argument("--noise-seeds", type=int, default=0, help="retrain the best tpe schedule with N other seeds")
     ap.add_argument("--resume", action="store_true", help="continue the arms' studies instead of starting over")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: rewrite the report from the storage")
     ap.add_argument("--tiny", action="store_true", help="a toy model (d_model 32, batch 8 x 32): smoke tests only")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = ap.parse_args(argv)
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     objective = make_objective(args.steps, cfg, space, device)
     command = "python examples/tiny_lm/study.py " + shlex.join(argv)
     results: dict[str, dict[str, Any]] = {}
-    for arm in arms:
+    for arm in [] if args.report_only else arms:
         study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law)
         study.set_user_attr("command", command)
         t0 = time.perf_counter()
