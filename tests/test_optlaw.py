@@ -26,12 +26,13 @@ TRUE = {
 
 def _law_with(values: dict[str, float], eta_ref: float = 3e-4, sizes: tuple[float, ...] = ()) -> OptLaw:
     """An OptLaw holding given parameters (as if fitted), to generate curves."""
-    terms = _Terms(eta_ref=eta_ref, sizes=sizes, escape=False)
+    terms = _Terms(eta_ref=eta_ref, sizes=sizes, escape=False, size_form="power" if sizes else "single")
     space = terms.space()
     theta = space.from_mapping(values)
     law = OptLaw()
-    law._terms, law._space = terms, space
-    law.posterior = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
+    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
+    law._members = [(terms, post)]
+    law._terms, law._space, law.posterior = terms, space, post
     return law
 
 
@@ -188,9 +189,14 @@ def test_two_sizes_predict_a_third() -> None:
             steps = np.arange(1000, s.total_steps, 500)
             curves.append(Curve(f"{n:g}_{name}", s, steps, truth.predict(s, steps, model_size=n).mean, model_size=n))
     law = OptLaw(n_random=0, loco=False).fit(curves)
-    got = law.predict(HELD_OUT, model_size=4e8).mean[0]
+    assert [t.size_form for t, _ in law._members] == ["power", "entropy"]
+    at_fitted = law.predict(HELD_OUT, model_size=1e8)
+    assert at_fitted.mean[0] == pytest.approx(truth.predict(HELD_OUT, model_size=1e8).mean[0], abs=3e-3)
+    far = law.predict(HELD_OUT, model_size=4e8)
     want = truth.predict(HELD_OUT, model_size=4e8).mean[0]
-    assert got == pytest.approx(want, abs=0.01)
+    assert far.lo[0] < want < far.hi[0]
+    # extrapolating in N is less certain than predicting a fitted size
+    assert far.hi[0] - far.lo[0] > at_fitted.hi[0] - at_fitted.lo[0]
     with pytest.raises(InputError, match="give the model_size"):
         law.predict(HELD_OUT)
 

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import stats
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws.curves import Curve
@@ -66,7 +67,10 @@ _L = TypeVar("_L", bound="OptLaw")
 ESCAPE_POWER = 4.0
 """Steepness of the escape excess in the LR: its equilibrium is ``(eta/eta_ref)^4``."""
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+
+SIZE_FORMS = ("single", "power", "entropy")
+"""The model-size forms of ``L0(N)``; see :class:`_Terms`."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +83,14 @@ class _Terms:
     """Distinct model sizes fitted on (empty when the curves give none)."""
     escape: bool
     """Whether the escape term is fitted (the data varies the peak LR)."""
+    size_form: str = "single"
+    """How ``L0`` depends on ``N``: ``single`` (one size, no size term), ``power``
+    (``L0(N) = L0 (N/n_ref)^(-g_l0)``, free ``eps``) or ``entropy`` (``L0(N) = E + delta
+    (N/n_ref)^(-g_l0)`` with the entropy floor ``E`` shared and ``eps(N) = 1/(L0(N) - E)``)."""
 
     @property
     def multi_size(self) -> bool:
-        return len(self.sizes) >= 2
+        return self.size_form != "single"
 
     @property
     def n_ref(self) -> float:
@@ -91,14 +99,20 @@ class _Terms:
 
     def space(self) -> ParamSpace:
         """The fitted parameters of a law with these terms."""
-        ps = [
-            Param("L0", 1e-3, 50.0, log=True, init=(0.5, 4.0)),
+        if self.size_form == "entropy":
+            ps = [
+                Param("E", 1e-3, 50.0, log=True, init=(0.5, 3.0)),
+                Param("delta", 1e-3, 50.0, log=True, init=(0.1, 1.0)),
+            ]
+        else:
+            ps = [Param("L0", 1e-3, 50.0, log=True, init=(0.5, 4.0))]
+        ps += [
             Param("A", 1e-6, 1e3, log=True, init=(0.1, 3.0)),
             Param("B", 1e-6, 10.0, log=True, init=(0.02, 0.5)),
         ]
         if self.multi_size:
             ps += [
-                Param("g_l0", -2.0, 2.0, init=(0.0, 0.2)),
+                Param("g_l0", -2.0, 2.0, init=(0.0, 0.6)),
                 Param("g_a", -2.0, 2.0, init=(-0.2, 0.2)),
                 Param("g_b", -2.0, 2.0, init=(-0.3, 0.1)),
                 Param("g_alpha", -1.0, 1.0, init=(-0.1, 0.1)),
@@ -107,7 +121,10 @@ class _Terms:
             Param("alpha", 0.02, 3.0, init=(0.2, 0.9)),
             Param("s_w", 1e-4, 1e2, log=True, init=(0.01, 1.0)),
             Param("phi", 0.05, 3.0, init=(0.4, 1.2)),
-            Param("eps", 0.0, 100.0, init=(0.0, 4.0)),
+        ]
+        if self.size_form != "entropy":
+            ps += [Param("eps", 0.0, 100.0, init=(0.0, 4.0))]
+        ps += [
             Param("beta", -3.0, 4.0, init=(-0.5, 2.0)),
             Param("c_cut", 1e-2, 1e5, log=True, init=(3.0, 300.0)),
         ]
@@ -119,7 +136,7 @@ class _Terms:
         return ParamSpace(ps)
 
     def to_state(self) -> dict[str, Any]:
-        return {"eta_ref": self.eta_ref, "sizes": list(self.sizes), "escape": self.escape}
+        return {"eta_ref": self.eta_ref, "sizes": list(self.sizes), "escape": self.escape, "size_form": self.size_form}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> _Terms:
@@ -127,7 +144,10 @@ class _Terms:
         sizes = tuple(float(s) for s in state["sizes"])
         if not (math.isfinite(eta_ref) and eta_ref > 0) or any(not (math.isfinite(s) and s > 0) for s in sizes):
             raise ValueError("eta_ref and sizes must be finite and > 0")
-        return cls(eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]))
+        form = str(state.get("size_form", "single"))
+        if form not in SIZE_FORMS or (form == "single") != (len(sizes) < 2):
+            raise ValueError(f"size_form {form!r} does not fit {len(sizes)} fitted sizes")
+        return cls(eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form)
 
 
 class _Theta:
@@ -147,15 +167,29 @@ class _Theta:
         return self["alpha"] * (model_size / self.terms.n_ref) ** (-self["g_alpha"])
 
     def amplitudes(self, model_size: float | None) -> tuple[float, float, float]:
-        """``L0, A, B`` (nats) at model size ``N``."""
+        """``L0, A, B`` (nats) at model size ``N``; with several sizes
+        ``L0(N) = E + delta (N / n_ref)^(-g_l0)``."""
         if not self.terms.multi_size or model_size is None:
             return self["L0"], self["A"], self["B"]
         x = model_size / self.terms.n_ref
+        if self.terms.size_form == "power":
+            l0 = self["L0"] * x ** (-self["g_l0"])
+        else:
+            l0 = self["E"] + self["delta"] * x ** (-self["g_l0"])
         return (
-            self["L0"] * x ** (-self["g_l0"]),
+            l0,
             self["A"] * x ** (-self["g_a"]),
             self["B"] * x ** (-self["g_b"]),
         )
+
+    def eps(self, model_size: float | None) -> float:
+        """Noise-loss coupling (1/nats): the gradient noise is proportional to
+        ``1 + eps * (L - L0)``, i.e. to the loss above ``E = L0 - 1/eps``. With several
+        sizes ``E`` is shared (the data's entropy floor) and ``eps(N) = 1 / (L0(N) - E)``."""
+        if self.terms.size_form != "entropy" or model_size is None:
+            return self["eps"]
+        x = model_size / self.terms.n_ref
+        return 1.0 / (self["delta"] * x ** (-self["g_l0"]))
 
 
 def _loss_at_targets(
@@ -165,7 +199,8 @@ def _loss_at_targets(
     n_p = thetas.shape[0]
     pars = [_Theta(terms, space.names, t) for t in thetas]
     amps = np.array([p.amplitudes(model_size) for p in pars])  # (P, 3)
-    col = {k: np.array([p[k] for p in pars]) for k in ("s_w", "phi", "eps", "beta", "c_cut")}
+    col = {k: np.array([p[k] for p in pars]) for k in ("s_w", "phi", "beta", "c_cut")}
+    col["eps"] = np.array([p.eps(model_size) for p in pars])
     col["alpha"] = np.array([p.alpha(model_size) for p in pars])
     eta = grid.eta[:, None]
     with np.errstate(divide="ignore"):
@@ -203,7 +238,7 @@ def _loss_final(
         l0, amp, bb = p.amplitudes(model_size)
         alpha = p.alpha(model_size)
         target = dyn.noise_target(
-            batch.eta, batch.s_mid, phi=p["phi"], eps=p["eps"], amp=amp, alpha=alpha, s_w=p["s_w"]
+            batch.eta, batch.s_mid, phi=p["phi"], eps=p.eps(model_size), amp=amp, alpha=alpha, s_w=p["s_w"]
         )
         noise = np.einsum("mcj,j,mc->c", kern, dyn.spectrum_weights(p["beta"], p["c_cut"]), target, optimize=True)
         loss = l0 + dyn.river(batch.s_final, amp, alpha, p["s_w"]) + bb * noise
@@ -260,6 +295,9 @@ class OptLaw(Law):
         self.loco = bool(loco)
         self._terms: _Terms | None = None
         self._space: ParamSpace | None = None
+        self._members: list[tuple[_Terms, Posterior]] = []
+        """The fitted size forms (one, or ``power`` and ``entropy`` when fitted on
+        several sizes): predictions mix them with equal weights."""
         self.posterior: Posterior | None = None
         """Laplace posterior of the last fit (None before fitting)."""
 
@@ -269,9 +307,7 @@ class OptLaw(Law):
         where = f"fit {self.name}"
         curves = list(curves)
         obs = observations(curves, where=where)
-        terms = _terms_for(curves, where)
-        space = terms.space()
-        names = space.names
+        base = _terms_for(curves, where)
         prepared = []
         per_curve = max(24, min(self.fit_points, self.total_fit_points // max(len(curves), 1)))
         for c, sl in zip(obs.curves, obs.slices(), strict=True):
@@ -279,7 +315,7 @@ class OptLaw(Law):
             steps, losses = _fit_points(c, steps, losses, per_curve)
             if steps.size == 0:
                 continue
-            grid = dyn.chunk_grid(c.schedule, steps, eta_ref=terms.eta_ref, max_chunks=128)
+            grid = dyn.chunk_grid(c.schedule, steps, eta_ref=base.eta_ref, max_chunks=128)
             kern = dyn.relaxation_kernel(grid, dyn.KAPPA)
             prepared.append((c, grid, kern, np.log(losses)))
         if not prepared:
@@ -287,6 +323,32 @@ class OptLaw(Law):
             raise InputError(f"{where}: no finite loss after the warmup in runs {ids}")
         log_y = np.concatenate([p[3] for p in prepared])
         groups = np.concatenate([np.full(p[3].size, i, dtype=np.int64) for i, p in enumerate(prepared)])
+        forms = ("power", "entropy") if len(base.sizes) >= 2 else ("single",)
+        self._members = []
+        infos = []
+        for form in forms:
+            terms = _Terms(eta_ref=base.eta_ref, sizes=base.sizes, escape=base.escape, size_form=form)
+            post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
+            self._members.append((terms, post))
+            infos.append({**info, "size_form": form, "params": post.space.as_dict(post.theta)})
+        self._terms, self.posterior = self._members[0]
+        self._space = self.posterior.space
+        self._record_fitted_on(curves)
+        self.fit_info = {**infos[0], "terms": base.to_state(), "members": infos}
+        return self
+
+    def _fit_form(
+        self,
+        terms: _Terms,
+        prepared: list[tuple[Curve, dyn.ChunkGrid, FloatArray, FloatArray]],
+        log_y: FloatArray,
+        groups: NDArray[np.int64],
+        seed: int,
+        where: str,
+    ) -> tuple[Posterior, dict[str, Any]]:
+        """Fit one size form on prepared curves; its posterior (with LOCO discrepancy) and diagnostics."""
+        space = terms.space()
+        names = space.names
         w_cache: dict[tuple[float, float], list[FloatArray]] = {}
 
         def predict_all(theta: FloatArray) -> FloatArray:
@@ -302,7 +364,7 @@ class OptLaw(Law):
                 l0, amp, bb = p.amplitudes(c.model_size)
                 alpha = p.alpha(c.model_size)
                 target = dyn.noise_target(
-                    grid.eta, grid.s_mid, phi=p["phi"], eps=p["eps"], amp=amp, alpha=alpha, s_w=p["s_w"]
+                    grid.eta, grid.s_mid, phi=p["phi"], eps=p.eps(c.model_size), amp=amp, alpha=alpha, s_w=p["s_w"]
                 )
                 loss = l0 + dyn.river(grid.s_target, amp, alpha, p["s_w"]) + bb * (wk @ target)
                 if terms.escape and p["k_esc"] > 0:
@@ -339,14 +401,15 @@ class OptLaw(Law):
                     pm = np.power(sm, -alpha)
                     st = grid.s_target + p["s_w"]
                     pt = np.power(st, -alpha)
-                    target = base * (1.0 + p["eps"] * amp * pm)
+                    eps = p.eps(c.model_size)
+                    target = base * (1.0 + eps * amp * pm)
                     k_tau = np.einsum("jom,m->jo", kern, target)
                     wk = np.einsum("j,jom->om", w, kern)
                     v = np.stack(
                         [
-                            base * p["eps"] * pm,  # d target / d A(N)
-                            -base * p["eps"] * amp * pm * np.log(sm),  # d target / d alpha(N)
-                            -base * p["eps"] * amp * alpha * pm / sm,  # d target / d s_w
+                            base * eps * pm,  # d target / d A(N)
+                            -base * eps * amp * pm * np.log(sm),  # d target / d alpha(N)
+                            -base * eps * amp * alpha * pm / sm,  # d target / d s_w
                             target * log_eta,  # d target / d phi
                             base * amp * pm,  # d target / d eps
                         ],
@@ -358,18 +421,26 @@ class OptLaw(Law):
                     d_amp = pt + bb * wv[:, 0]
                     d_alpha = -amp * pt * np.log(st) + bb * wv[:, 1]
                     jac = np.zeros((loss.size, len(names)))
-                    jac[:, col["L0"]] = l0 / p["L0"]
                     jac[:, col["A"]] = d_amp * amp / p["A"]
                     jac[:, col["B"]] = noise * bb / p["B"]
                     jac[:, col["alpha"]] = d_alpha * alpha / p["alpha"]
                     jac[:, col["s_w"]] = -amp * alpha * pt / st + bb * wv[:, 2]
                     jac[:, col["phi"]] = bb * wv[:, 3]
-                    jac[:, col["eps"]] = bb * wv[:, 4]
                     jac[:, col["beta"]] = bb * (dw_beta @ k_tau)
                     jac[:, col["c_cut"]] = bb * (dw_c @ k_tau)
+                    d_eps = bb * wv[:, 4]
+                    lx = math.log(x)
+                    if terms.size_form == "entropy":
+                        scale = x ** (-p["g_l0"])
+                        jac[:, col["E"]] = 1.0
+                        jac[:, col["delta"]] = scale - d_eps * eps / p["delta"]
+                        jac[:, col["g_l0"]] = -p["delta"] * scale * lx + d_eps * eps * lx
+                    else:
+                        jac[:, col["L0"]] = l0 / p["L0"]
+                        jac[:, col["eps"]] = d_eps
                     if terms.multi_size:
-                        lx = math.log(x)
-                        jac[:, col["g_l0"]] = -l0 * lx
+                        if terms.size_form == "power":
+                            jac[:, col["g_l0"]] = -l0 * lx
                         jac[:, col["g_a"]] = -d_amp * amp * lx
                         jac[:, col["g_b"]] = -noise * bb * lx
                         jac[:, col["g_alpha"]] = -d_alpha * alpha * lx
@@ -388,18 +459,14 @@ class OptLaw(Law):
         start = _default_start(terms, float(np.exp(log_y).min()))
         result = fit_least_squares(
             space, residuals, jacobian=jacobian, starts=[start], n_random=self.n_random, seed=seed,
-            huber_delta=self.huber_delta,
-            groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
+            huber_delta=self.huber_delta, groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
         )
         if self.loco and len(prepared) >= 2:
             result.posterior.model_sd = loco_discrepancy(
                 space, result.theta, _loco_folds(residuals, groups, self.loco_folds), noise=result.posterior.noise,
                 huber_delta=self.huber_delta,
             )
-        self._terms, self._space, self.posterior = terms, space, result.posterior
-        self._record_fitted_on(curves)
-        self.fit_info = {**result.info(), "params": self.params, "terms": terms.to_state()}
-        return self
+        return result.posterior, result.info()
 
     # ------------------------------------------------------------------ prediction
     @property
@@ -451,14 +518,34 @@ class OptLaw(Law):
                 f"{fitted}, cannot predict tokens_per_step={tokens_per_step:g}"
             )
 
-    def _interval(self, mean: FloatArray, log_jac: FloatArray) -> Prediction:
+    def _interval(self, post: Posterior, mean: FloatArray, log_jac: FloatArray) -> Prediction:
         """Predictive interval from the mean loss and ``d log L / d theta`` (harness delta method)."""
         return predictive(
-            self._post(),
+            post,
             lambda theta: np.asarray(np.log(mean), dtype=np.float64),
             predict_log_jac=lambda theta: log_jac,
             level=self.interval_level,
         )
+
+    def _mix(self, preds: Sequence[Prediction]) -> Prediction:
+        """Equal-weight mixture of the size forms' predictions (moments in log-loss): the
+        forms' disagreement, which grows as ``N`` leaves the fitted sizes, widens the interval."""
+        if len(preds) == 1:
+            return preds[0]
+        zq = float(stats.norm.ppf(0.5 + self.interval_level / 2.0))
+        m = np.stack([np.log(p.mean) for p in preds])
+        sd = np.stack([(np.log(p.hi) - np.log(p.lo)) / (2.0 * zq) for p in preds])
+        mean = m.mean(axis=0)
+        half = zq * np.sqrt(np.mean(sd**2, axis=0) + np.mean((m - mean) ** 2, axis=0))
+        return Prediction(np.exp(mean), np.exp(mean - half), np.exp(mean + half))
+
+    def _check_predict(self, model_size: float | None, tokens_per_step: float | None) -> _Terms:
+        self._post()
+        where = f"predict {self.name}"
+        self.check_sizes(model_size, where=where)
+        self._check_tokens(tokens_per_step, where)
+        assert self._terms is not None
+        return self._terms
 
     def predict(
         self,
@@ -471,13 +558,8 @@ class OptLaw(Law):
     ) -> Prediction:
         """Loss (nats) of ``schedule`` at ``steps`` (default its last step) with a central
         90% interval; conditioned on the run's own prefix ``observed`` when given."""
-        post = self._post()
-        terms = self._terms
-        assert terms is not None
-        where = f"predict {self.name}"
-        self.check_sizes(model_size, where=where)
-        self._check_tokens(tokens_per_step, where)
-        st = check_steps(steps, schedule, where=where)
+        terms = self._check_predict(model_size, tokens_per_step)
+        st = check_steps(steps, schedule, where=f"predict {self.name}")
         if st.size == 0:
             empty = np.zeros(0)
             return Prediction(empty, empty.copy(), empty.copy())
@@ -487,12 +569,17 @@ class OptLaw(Law):
             ok = np.isfinite(observed.losses) & (observed.losses > 0)
             p_steps, p_losses = observed.steps[ok], observed.losses[ok]
         grid = dyn.chunk_grid(schedule, np.concatenate([st, p_steps]), eta_ref=terms.eta_ref)
-        thetas, h = _fd_thetas(post)
-        loss = _loss_at_targets(terms, post.space, thetas, grid, model_size)
-        pred = self._interval(loss[: st.size, 0], _log_jac(loss[: st.size], h, post))
+        preds, prefix_log = [], []
+        for m_terms, post in self._members:
+            thetas, h = _fd_thetas(post)
+            loss = _loss_at_targets(m_terms, post.space, thetas, grid, model_size)
+            preds.append(self._interval(post, loss[: st.size, 0], _log_jac(loss[: st.size], h, post)))
+            prefix_log.append(np.log(loss[st.size :, 0]))
+        pred = self._mix(preds)
         if p_steps.size:
             pred = condition_on_prefix(
-                pred, st, p_steps, p_losses, loss[st.size :, 0], noise=post.noise, level=self.interval_level
+                pred, st, p_steps, p_losses, np.exp(np.mean(prefix_log, axis=0)),
+                noise=self._post().noise, level=self.interval_level,
             )
         return pred
 
@@ -504,31 +591,29 @@ class OptLaw(Law):
         tokens_per_step: float | None = None,
     ) -> Prediction:
         """Predicted final loss of many schedules at once (vectorised over schedules)."""
-        post = self._post()
-        terms = self._terms
-        assert terms is not None
-        where = f"predict {self.name}"
-        self.check_sizes(model_size, where=where)
-        self._check_tokens(tokens_per_step, where)
+        terms = self._check_predict(model_size, tokens_per_step)
         if len(schedules) == 0:
             empty = np.zeros(0)
             return Prediction(empty, empty.copy(), empty.copy())
         grids = [dyn.chunk_grid(s, np.array([s.total_steps - 1]), eta_ref=terms.eta_ref) for s in schedules]
         batch = dyn.stack_grids(grids)
         kern = dyn.final_kernel(batch, dyn.KAPPA)
-        thetas, h = _fd_thetas(post)
-        loss = _loss_final(terms, post.space, thetas, batch, kern, model_size).T  # (C, p+1)
-        return self._interval(loss[:, 0], _log_jac(loss, h, post))
+        preds = []
+        for m_terms, post in self._members:
+            thetas, h = _fd_thetas(post)
+            loss = _loss_final(m_terms, post.space, thetas, batch, kern, model_size).T  # (C, p+1)
+            preds.append(self._interval(post, loss[:, 0], _log_jac(loss, h, post)))
+        return self._mix(preds)
 
     # ------------------------------------------------------------------ law file
     def _state(self) -> dict[str, Any]:
-        post = self._post()
-        assert self._terms is not None
+        self._post()
         return {
             "version": _STATE_VERSION,
-            "terms": self._terms.to_state(),
-            "values": self.params,
-            "posterior": post.to_state(),
+            "members": [
+                {"terms": t.to_state(), "values": p.space.as_dict(p.theta), "posterior": p.to_state()}
+                for t, p in self._members
+            ],
         }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -536,13 +621,20 @@ class OptLaw(Law):
             raise ValueError("params must be a JSON object")
         if int(state.get("version", 0)) != _STATE_VERSION:
             raise ValueError(f"optlaw parameters version {state.get('version')!r}, expected {_STATE_VERSION}")
-        terms = _Terms.from_state(state["terms"])
-        space = terms.space()
-        post = Posterior.from_state(space, state["posterior"])
-        theta = space.from_mapping(state["values"])
-        if not np.allclose(theta, post.theta, rtol=1e-9, atol=0):
-            raise ValueError("'values' disagree with 'posterior'")
-        self._terms, self._space, self.posterior = terms, space, post
+        members = []
+        for m in state["members"]:
+            terms = _Terms.from_state(m["terms"])
+            space = terms.space()
+            post = Posterior.from_state(space, m["posterior"])
+            theta = space.from_mapping(m["values"])
+            if not np.allclose(theta, post.theta, rtol=1e-9, atol=0):
+                raise ValueError("'values' disagree with 'posterior'")
+            members.append((terms, post))
+        if not members:
+            raise ValueError("no fitted members")
+        self._members = members
+        self._terms, self.posterior = members[0]
+        self._space = self.posterior.space
 
 
 # ---------------------------------------------------------------------- helpers
@@ -607,10 +699,13 @@ def _loco_folds(residuals: Any, groups: NDArray[np.int64], most: int) -> list[tu
 
 def _default_start(terms: _Terms, min_loss: float) -> list[float]:
     """A start from fits of the law on public curves (areas in units of 1000 steps at the peak)."""
-    start = [0.88 * min_loss, 0.8, 0.15]
-    if terms.multi_size:
-        start += [0.08, 0.0, -0.1, 0.0]
-    start += [0.5, 0.03, 0.67, 2.0, 1.2, 100.0]
+    if terms.size_form == "entropy":
+        start = [0.75 * min_loss, 0.13 * min_loss, 0.8, 0.15, 0.3, 0.0, -0.1, 0.0, 0.5, 0.03, 0.67]
+    elif terms.size_form == "power":
+        start = [0.88 * min_loss, 0.8, 0.15, 0.08, 0.0, -0.1, 0.0, 0.5, 0.03, 0.67, 2.0]
+    else:
+        start = [0.88 * min_loss, 0.8, 0.15, 0.5, 0.03, 0.67, 2.0]
+    start += [1.2, 100.0]
     if terms.escape:
         start += [0.01, 1.0]
     return start
