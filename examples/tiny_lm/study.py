@@ -15,7 +15,8 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
 
-    python examples/tiny_lm/study.py --quick                       # ~2-3 min: optlaws arm, 6 trials x 200 steps
+    python examples/tiny_lm/study.py --quick                       # ~2-3 min: optlaws arm, 6 trials x 200 steps,
+                                                                   # report and SQLite in studies/tiny_lm/quick/
     nice -n 10 python examples/tiny_lm/study.py --trials 30        # the full study, all three arms
     optuna-dashboard sqlite:///studies/tiny_lm/tiny_lm.db          # look at it
 """
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=30, help="trials per arm (default 30)")
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per trial (default 600)")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<out-dir>/tiny_lm.db)")
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "studies" / "tiny_lm", help="report folder")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help="report folder (default studies/tiny_lm, with --quick studies/tiny_lm/quick)")
     ap.add_argument("--quick", action="store_true", help="short version: optlaws arm, 6 trials x 200 steps")
     ap.add_argument("--law", default="optlaw", help="law of the optlaws arm (default optlaw)")
     ap.add_argument("--seed", type=int, default=0, help="sampler/pruner seed (default 0)")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if "--steps" not in argv:
             args.steps = 200
     arms = args.arm or list(ARMS)
-    out_dir: Path = args.out_dir
+    out_dir: Path = args.out_dir or ROOT / "studies" / "tiny_lm" / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{os.path.relpath(out_dir / 'tiny_lm.db')}"
     torch.set_num_threads(args.threads)
