@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -88,6 +88,10 @@ class _Terms:
     (``L0(N) = L0 (N/n_ref)^(-g_l0)``, free ``eps``) or ``entropy`` (``L0(N) = E + delta
     (N/n_ref)^(-g_l0)`` with the entropy floor ``E`` shared and ``eps(N) = 1/(L0(N) - E)``)."""
 
+    area_max: float = 0.0
+    """Largest LR area (area units) among the fitted points: beyond it the model
+    discrepancy grows (see :meth:`OptLaw._widen`)."""
+
     @property
     def multi_size(self) -> bool:
         return self.size_form != "single"
@@ -136,7 +140,13 @@ class _Terms:
         return ParamSpace(ps)
 
     def to_state(self) -> dict[str, Any]:
-        return {"eta_ref": self.eta_ref, "sizes": list(self.sizes), "escape": self.escape, "size_form": self.size_form}
+        return {
+            "eta_ref": self.eta_ref,
+            "sizes": list(self.sizes),
+            "escape": self.escape,
+            "size_form": self.size_form,
+            "area_max": self.area_max,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> _Terms:
@@ -147,7 +157,10 @@ class _Terms:
         form = str(state.get("size_form", "single"))
         if form not in SIZE_FORMS or (form == "single") != (len(sizes) < 2):
             raise ValueError(f"size_form {form!r} does not fit {len(sizes)} fitted sizes")
-        return cls(eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form)
+        area_max = float(state.get("area_max", 0.0))
+        if not (math.isfinite(area_max) and area_max >= 0):
+            raise ValueError("area_max must be finite and >= 0")
+        return cls(eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form, area_max=area_max)
 
 
 class _Theta:
@@ -323,11 +336,12 @@ class OptLaw(Law):
             raise InputError(f"{where}: no finite loss after the warmup in runs {ids}")
         log_y = np.concatenate([p[3] for p in prepared])
         groups = np.concatenate([np.full(p[3].size, i, dtype=np.int64) for i, p in enumerate(prepared)])
+        area_max = max(float(grid.s_target[-1]) for _, grid, _, _ in prepared)
         forms = ("power", "entropy") if len(base.sizes) >= 2 else ("single",)
         self._members = []
         infos = []
         for form in forms:
-            terms = _Terms(eta_ref=base.eta_ref, sizes=base.sizes, escape=base.escape, size_form=form)
+            terms = replace(base, size_form=form, area_max=area_max)
             post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
             self._members.append((terms, post))
             infos.append({**info, "size_form": form, "params": post.space.as_dict(post.theta)})
@@ -527,6 +541,21 @@ class OptLaw(Law):
             level=self.interval_level,
         )
 
+    def _widen(self, pred: Prediction, area: FloatArray, terms: _Terms, post: Posterior) -> Prediction:
+        """Add the model discrepancy's growth beyond the fitted LR area: variance
+        ``model_sd^2 * (area / area_max - 1)`` for targets past the largest fitted area
+        (the law's error on an unseen schedule grows with how far it extrapolates)."""
+        if post.model_sd <= 0 or terms.area_max <= 0:
+            return pred
+        extra = post.model_sd**2 * np.maximum(area / terms.area_max - 1.0, 0.0)
+        if not np.any(extra > 0):
+            return pred
+        zq = float(stats.norm.ppf(0.5 + self.interval_level / 2.0))
+        m = np.log(pred.mean)
+        sd0 = (np.log(pred.hi) - np.log(pred.lo)) / (2.0 * zq)
+        half = zq * np.sqrt(sd0**2 + extra)
+        return Prediction(pred.mean, np.exp(m - half), np.exp(m + half))
+
     def _mix(self, preds: Sequence[Prediction]) -> Prediction:
         """Equal-weight mixture of the size forms' predictions (moments in log-loss): the
         forms' disagreement, which grows as ``N`` leaves the fitted sizes, widens the interval."""
@@ -573,7 +602,8 @@ class OptLaw(Law):
         for m_terms, post in self._members:
             thetas, h = _fd_thetas(post)
             loss = _loss_at_targets(m_terms, post.space, thetas, grid, model_size)
-            preds.append(self._interval(post, loss[: st.size, 0], _log_jac(loss[: st.size], h, post)))
+            pred_m = self._interval(post, loss[: st.size, 0], _log_jac(loss[: st.size], h, post))
+            preds.append(self._widen(pred_m, grid.s_target[: st.size], m_terms, post))
             prefix_log.append(np.log(loss[st.size :, 0]))
         pred = self._mix(preds)
         if p_steps.size:
@@ -602,7 +632,8 @@ class OptLaw(Law):
         for m_terms, post in self._members:
             thetas, h = _fd_thetas(post)
             loss = _loss_final(m_terms, post.space, thetas, batch, kern, model_size).T  # (C, p+1)
-            preds.append(self._interval(post, loss[:, 0], _log_jac(loss, h, post)))
+            pred_m = self._interval(post, loss[:, 0], _log_jac(loss, h, post))
+            preds.append(self._widen(pred_m, batch.s_final, m_terms, post))
         return self._mix(preds)
 
     # ------------------------------------------------------------------ law file
