@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Cosine schedules of {args.steps} steps, final LR = peak/10; final validation loss (nats/byte).",
         "",
-        "| peak lr | seed 0, warmup 30 | seeds 1, 2 (warmup 30) | warmup 32, 34 (seed 0) | seed std | max-min (warmup) |",
+        "| peak lr | seed 0, warmup 30 | seeds 1, 2 (warmup 30) | warmup 32, 34 (seed 0) | seed std "
+        "| max-min (warmup) |",
         "|---|---|---|---|---|---|",
     ]
     for peak in (float(p) for p in args.peaks.split(",")):
