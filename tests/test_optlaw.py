@@ -209,3 +209,28 @@ def test_escape_term_only_when_peak_lr_varies() -> None:
     steps = np.arange(500, 20000, 500)
     curves.append(Curve("hot", hot, steps, truth.predict(hot, steps).mean))
     assert "k_esc" in OptLaw(n_random=0, loco=False).fit(curves).params
+
+
+def test_continued_run_starts_from_its_parent() -> None:
+    truth = _law_with(TRUE)
+    parent_s = Schedule.constant(3e-4, 12000, warmup_steps=1000)
+    steps = np.arange(1000, 12000, 250)
+    parent = Curve("pre", parent_s, steps, truth.predict(parent_s, steps).mean)
+    child_s = Schedule.cosine(2e-4, 6000, warmup_steps=200, final_lr=2e-5)
+    child_steps = np.arange(0, 6000, 250)
+    child = Curve("cont", child_s, child_steps, np.full(child_steps.size, np.nan), resume_from="pre", resume_step=8000)
+    with pytest.raises(InputError, match="does not know"):
+        truth.predict_curve(child)
+    truth.add_lineage([parent])
+    cont = truth.predict_curve(child).mean
+    fresh = truth.predict(child_s, child_steps).mean
+    # the continued run picks up where its parent was at step 8000, far below a fresh start
+    at_resume = truth.predict(parent_s, [8000]).mean[0]
+    assert cont[0] == pytest.approx(at_resume, abs=0.02)
+    assert np.all(cont < fresh - 0.1)
+    # fitting on a continued run uses its whole history (no crash, recovers it)
+    child_obs = Curve("cont", child_s, child_steps[1:], cont[1:], resume_from="pre", resume_step=8000)
+    law = OptLaw(n_random=0, loco=False).fit([parent, child_obs, _synthetic(truth, {"c": SCHEDULES["cosine"]})[0]])
+    np.testing.assert_allclose(law.predict_curve(child_obs).mean, child_obs.losses, atol=3e-3)
+    with pytest.raises(InputError, match="not among the curves"):
+        OptLaw().fit([child_obs])

@@ -311,6 +311,10 @@ class OptLaw(Law):
         self._members: list[tuple[_Terms, Posterior]] = []
         """The fitted size forms (one, or ``power`` and ``entropy`` when fitted on
         several sizes): predictions mix them with equal weights."""
+        self.lineage: dict[str, Schedule] = {}
+        """Whole-history schedule of every run fitted on (a continued run's parent part
+        included), by run id: :meth:`predict_curve` continues from these. Not saved in the
+        law file; :meth:`add_lineage` registers more."""
         self.posterior: Posterior | None = None
         """Laplace posterior of the last fit (None before fitting)."""
 
@@ -318,7 +322,9 @@ class OptLaw(Law):
     def fit(self: _L, curves: Sequence[Curve], *, seed: int = 0) -> _L:
         """Fit on the finite losses of ``curves`` after each curve's warmup; returns ``self``."""
         where = f"fit {self.name}"
-        curves = list(curves)
+        given = list(curves)
+        curves = _resolve_lineage(given, where)
+        self.lineage = {c.run_id: c.schedule for c in curves}
         obs = observations(curves, where=where)
         base = _terms_for(curves, where)
         prepared = []
@@ -347,7 +353,7 @@ class OptLaw(Law):
             infos.append({**info, "size_form": form, "params": post.space.as_dict(post.theta)})
         self._terms, self.posterior = self._members[0]
         self._space = self.posterior.space
-        self._record_fitted_on(curves)
+        self._record_fitted_on(given)
         self.fit_info = {**infos[0], "terms": base.to_state(), "members": infos}
         return self
 
@@ -613,6 +619,34 @@ class OptLaw(Law):
             )
         return pred
 
+    def add_lineage(self, curves: Sequence[Curve]) -> None:
+        """Register runs (and their own parents, given in the same list or already known)
+        that later continued runs may resume from."""
+        known = [Curve(rid, sched) for rid, sched in self.lineage.items() if rid not in {c.run_id for c in curves}]
+        for c in _resolve_lineage([*known, *curves], f"{self.name} lineage"):
+            self.lineage[c.run_id] = c.schedule
+
+    def predict_curve(self, curve: Curve, *, observed: Curve | None = None) -> Prediction:
+        """Predicted loss at every observed step of ``curve``. A continued run
+        (``resume_from``) starts from its parent's state at ``resume_step``: its parent
+        must be a fitted run or registered with :meth:`add_lineage`."""
+        if curve.resume_from is None:
+            return super().predict_curve(curve, observed=observed)
+        parent = self.lineage.get(curve.resume_from)
+        if parent is None:
+            raise InputError(
+                f"predict {self.name}: run {curve.run_id!r} resumes from {curve.resume_from!r}, which the law "
+                "does not know; fit on it or register it with add_lineage()"
+            )
+        sched, offset = _continued(parent, int(curve.resume_step or 0), curve.schedule)
+        shifted = None
+        if observed is not None:
+            shifted = replace(observed, schedule=sched, steps=observed.steps + offset, resume_from=None)
+        return self.predict(
+            sched, curve.steps + offset, model_size=curve.model_size, tokens_per_step=curve.tokens_per_step,
+            observed=shifted,
+        )
+
     def predict_final(
         self,
         schedules: Sequence[Schedule],
@@ -669,6 +703,45 @@ class OptLaw(Law):
 
 
 # ---------------------------------------------------------------------- helpers
+def _continued(parent: Schedule, resume_step: int, child: Schedule) -> tuple[Schedule, int]:
+    """The whole-history schedule of a run that starts from its parent's weights after
+    the parent's step ``resume_step`` and then follows ``child`` (its own steps from 0),
+    and the offset that maps the child's steps to whole-history steps."""
+    head = parent.truncated(resume_step + 1)
+    tail = child.truncated(child.total_steps)
+    offset = resume_step + 1
+    hs, hv = np.asarray(head.params["steps"]), np.asarray(head.params["lrs"])
+    ts, tv = np.asarray(tail.params["steps"]) + offset, np.asarray(tail.params["lrs"])
+    return Schedule.from_knots(np.concatenate([hs, ts]), np.concatenate([hv, tv])), offset
+
+
+def _resolve_lineage(curves: Sequence[Curve], where: str) -> list[Curve]:
+    """Curves with every continued run (``resume_from``) rewritten on its whole-history
+    schedule and steps; its parent must be among ``curves``."""
+    by_id = {c.run_id: c for c in curves}
+    done: dict[str, Curve] = {}
+
+    def resolve(c: Curve, depth: int = 0) -> Curve:
+        if c.run_id in done:
+            return done[c.run_id]
+        if c.resume_from is None:
+            out = c
+        else:
+            if depth > len(curves) or c.resume_from == c.run_id:
+                raise InputError(f"{where}: run {c.run_id!r} has a cycle of resume_from")
+            if c.resume_from not in by_id:
+                raise InputError(
+                    f"{where}: run {c.run_id!r} resumes from {c.resume_from!r}, which is not among the curves"
+                )
+            parent = resolve(by_id[c.resume_from], depth + 1)
+            sched, offset = _continued(parent.schedule, int(c.resume_step or 0), c.schedule)
+            out = replace(c, schedule=sched, steps=c.steps + offset, resume_from=None, resume_step=None)
+        done[c.run_id] = out
+        return out
+
+    return [resolve(c) for c in curves]
+
+
 def _terms_for(curves: Sequence[Curve], where: str) -> _Terms:
     given = [c.model_size for c in curves if c.model_size is not None]
     if given and len(given) != len(curves):
