@@ -187,12 +187,13 @@ def simulate(area: FloatArray, target: FloatArray, weights: FloatArray, kappa: F
     kap = np.broadcast_to(np.asarray(kappa, dtype=np.float64), weights.shape)
     decay = np.exp(-area[:, None, None] * kap[None])
     inject = (1.0 - decay) * target[:, :, None]
+    states = np.empty(decay.shape)
     n = np.zeros(weights.shape)
-    out = np.empty(target.shape)
     for k in range(area.size):
-        n = n * decay[k] + inject[k]
-        out[k] = np.einsum("pj,pj->p", n, weights)
-    return out
+        np.multiply(n, decay[k], out=n)
+        n += inject[k]
+        states[k] = n
+    return np.asarray(np.einsum("mpj,pj->mp", states, weights), dtype=np.float64)
 
 
 def final_kernel(batch: GridBatch, kappa: FloatArray) -> FloatArray:

@@ -69,6 +69,10 @@ ESCAPE_POWER = 4.0
 
 _STATE_VERSION = 2
 
+_PREFIX_WINDOW = 0.2
+"""Conditioning on a prefix estimates the run's offset from its last 20% of steps."""
+_PREFIX_MIN_POINTS = 3
+
 SIZE_FORMS = ("single", "power", "entropy")
 """The model-size forms of ``L0(N)``; see :class:`_Terms`."""
 
@@ -603,6 +607,11 @@ class OptLaw(Law):
         if observed is not None and observed.steps.size:
             ok = np.isfinite(observed.losses) & (observed.losses > 0)
             p_steps, p_losses = observed.steps[ok], observed.losses[ok]
+            if p_steps.size:
+                # conditioning reads only the recent window of the prefix: predict just there
+                recent = p_steps >= p_steps.max() * (1.0 - _PREFIX_WINDOW)
+                recent[-_PREFIX_MIN_POINTS:] = True
+                p_steps, p_losses = p_steps[recent], p_losses[recent]
         grid = dyn.chunk_grid(schedule, np.concatenate([st, p_steps]), eta_ref=terms.eta_ref)
         preds, prefix_log = [], []
         for m_terms, post in self._members:
@@ -615,7 +624,8 @@ class OptLaw(Law):
         if p_steps.size:
             pred = condition_on_prefix(
                 pred, st, p_steps, p_losses, np.exp(np.mean(prefix_log, axis=0)),
-                noise=self._post().noise, level=self.interval_level,
+                noise=self._post().noise, level=self.interval_level, window=_PREFIX_WINDOW,
+                min_points=_PREFIX_MIN_POINTS,
             )
         return pred
 
