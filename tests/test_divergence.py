@@ -344,3 +344,21 @@ def test_landscape_law_is_u_shaped_in_lr() -> None:
     assert 13 <= i <= 17
     assert np.all(np.diff(y[: i + 1]) <= 0) and np.all(np.diff(y[i:]) >= 0)
     assert y[-1] - y[i] > y[0] - y[i]  # steeper past the optimum than before it
+
+
+def test_grafted_blowups_on_real_curves_are_caught_between_onset_and_blowup() -> None:
+    from optuna_optlaws.benchmarks.divergence import _graft
+
+    path = importlib.resources.files("optuna_optlaws") / "data" / "mpl_luo2025.csv"
+    curves = read_curves_csv(str(path))
+    runs = list(curves.values()) if isinstance(curves, dict) else list(curves)
+    for c in runs[::3]:
+        s, y = c.steps, c.losses
+        onset = y.size // 2
+        for kind, rate in (("exponential", 0.05), ("jump_then_nan", 0.1)):
+            z = _graft(s, y, onset, kind, rate)
+            sig = detect_divergence(s, z)
+            assert sig is not None, (c.run_id, kind)
+            blown = ~np.isfinite(z) | (z >= 2.0 * np.fmin.accumulate(np.where(np.isfinite(z), z, np.inf)))
+            blown[: onset + 1] = False
+            assert s[onset] < sig.step <= s[int(np.argmax(blown))], (c.run_id, kind)

@@ -30,11 +30,15 @@ class LandscapeLaw:
     """U-shaped law of final loss in ln(peak LR) and ln(batch size), optimum a power law in N, D.
 
     See :mod:`optuna_optlaws.divergence._landscape` for the formula. ``f_scale`` is the
-    scale (relative loss) of the soft-L1 robust fit.
+    scale (relative loss) of the soft-L1 robust fit. ``window`` keeps, in each (N, D) cell,
+    only the runs whose loss is within ``(1 + window)`` of the cell's best run: the law is a
+    model of the basin around the optimum, and runs far up its walls (near the stability
+    edge, or at a hopeless batch size) would otherwise set its shape. None keeps every run.
     """
 
-    def __init__(self, *, f_scale: float = 0.01) -> None:
+    def __init__(self, *, f_scale: float = 0.01, window: float | None = 0.03) -> None:
         self.f_scale = float(f_scale)
+        self.window = None if window is None else float(window)
         self.theta: NDArray[np.float64] | None = None
         self.phi: NDArray[np.float64] | None = None
         self.cells: list[tuple[float, float, float]] = []  # (N, D, fitted optimum loss)
@@ -50,6 +54,11 @@ class LandscapeLaw:
             raise InputError(f"LandscapeLaw.fit: {int((~ok).sum())} runs with non-positive or non-finite values")
         keys, cell = np.unique(np.column_stack([n, d]), axis=0, return_inverse=True)
         cell = cell.ravel().astype(np.int64)
+        if self.window is not None:
+            best = np.full(len(keys), np.inf)
+            np.minimum.at(best, cell, y)
+            keep = y <= (1.0 + self.window) * best[cell]
+            lr, bs, n, d, y, cell = lr[keep], bs[keep], n[keep], d[keep], y[keep], cell[keep]
         self.theta, log_levels, _ = _landscape.fit_shape(lr, bs, n, d, y, cell, f_scale=self.f_scale)
         levels = np.exp(log_levels)
         self.cells = [(float(k[0]), float(k[1]), float(v)) for k, v in zip(keys, levels, strict=True)]
@@ -126,14 +135,15 @@ class LandscapeLaw:
         return {"kind": KIND, "format_version": FORMAT_VERSION, "params": self.params, "formula": self.formula(),
                 "theta": [float(v) for v in self._theta()],
                 "phi": None if self.phi is None else [float(v) for v in self.phi],
-                "cells": [list(c) for c in self.cells], "f_scale": self.f_scale}
+                "cells": [list(c) for c in self.cells], "f_scale": self.f_scale, "window": self.window}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LandscapeLaw:
         """Rebuild from :meth:`to_dict` output."""
         if data.get("kind") != KIND or data.get("format_version") != FORMAT_VERSION:
             raise InputError(f"not a {KIND} of format version {FORMAT_VERSION}")
-        law = cls(f_scale=float(data.get("f_scale", 0.01)))
+        window = data.get("window")
+        law = cls(f_scale=float(data.get("f_scale", 0.01)), window=None if window is None else float(window))
         law.theta = np.asarray(data["theta"], dtype=np.float64)
         law.phi = None if data.get("phi") is None else np.asarray(data["phi"], dtype=np.float64)
         law.cells = [(float(a), float(b), float(c)) for a, b, c in data.get("cells", [])]
