@@ -198,7 +198,7 @@ class OptLawsSampler(BaseSampler):
                 model_size=model_size,
                 tokens_per_step=tokens_per_step,
             )
-        except InputError as exc:
+        except Exception as exc:  # a law that cannot score must never lose the trial
             self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")
             return startup_point(space, self._seed, trial.number)
 

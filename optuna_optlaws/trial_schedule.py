@@ -49,12 +49,12 @@ TOKENS_PER_STEP_KEY = "optlaws:tokens_per_step"
 def suggest_schedule(
     trial: BaseTrial,
     *,
+    total_steps: int | tuple[int, int],
     families: Sequence[str] = ("cosine", "wsd", "linear", "constant"),
     peak_lr: float | tuple[float, float] = (1e-4, 1e-2),
     warmup_steps: int | tuple[int, int] = 0,
     cooldown_fraction: float | tuple[float, float] = (0.1, 0.5),
     final_lr_ratio: float | tuple[float, float] = (0.0, 0.1),
-    total_steps: int | tuple[int, int] = 1000,
     cooldowns: Sequence[str] = ("linear",),
     name: str = "lr",
     model_size: float | None = None,
@@ -62,7 +62,8 @@ def suggest_schedule(
 ) -> Schedule:
     """Suggest an LR schedule and attach it to ``trial``.
 
-    Every range is an inclusive ``(low, high)`` pair or a single fixed value. Parameters
+    ``total_steps`` (the run's optimizer steps) is required. Every range is an inclusive
+    ``(low, high)`` pair or a single fixed value. Parameters
     are named ``f"{name}_<field>"``: ``family`` (categorical), ``peak_lr`` (log-uniform, LR
     units), ``warmup_steps`` and ``total_steps`` (ints, optimizer steps),
     ``cooldown_fraction`` (WSD only: fraction of ``total_steps`` spent in the cooldown),

@@ -108,7 +108,7 @@ def test_bad_arguments_raise_one_line_input_error(kwargs: dict, match: str) -> N
     study = _study()
     trial = study.ask()
     with pytest.raises(InputError, match=match) as info:
-        suggest_schedule(trial, **kwargs)
+        suggest_schedule(trial, **{"total_steps": 1000, **kwargs})
     assert "\n" not in str(info.value)
 
 
@@ -128,5 +128,5 @@ def test_space_is_stored_before_parameters_are_suggested() -> None:
             return super().sample_independent(study, trial, name, dist)
 
     study = optuna.create_study(sampler=Spy(seed=0))
-    suggest_schedule(study.ask())
+    suggest_schedule(study.ask(), total_steps=100)
     assert seen and all(seen)
