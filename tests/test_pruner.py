@@ -249,3 +249,15 @@ def test_law_prefix_keeps_the_recent_quarter_and_few_early_points() -> None:
     assert np.all(np.diff(s) > 0) and np.array_equal(loss, np.interp(s, steps, losses))
     short = np.arange(10, dtype=np.int64)
     assert np.array_equal(law_prefix(short, short.astype(float))[0], short)
+
+
+def test_a_law_that_fails_to_predict_never_loses_the_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study_with_good_trials(_pruner())
+    from optuna_optlaws.laws.momentum import MomentumLaw
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(MomentumLaw, "predict", broken)
+    assert _run(study, BAD)[0] == "COMPLETE"
+    assert "law prediction failed: RuntimeError: boom" in study.trials[-1].user_attrs[WARNING]

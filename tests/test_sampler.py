@@ -143,3 +143,17 @@ def test_bad_arguments() -> None:
         OptLawsSampler("nolaw")
     with pytest.raises(InputError, match="n_candidates"):
         OptLawsSampler(TEST_LAW, n_candidates=0)
+
+
+def test_a_law_that_cannot_score_falls_back_to_sobol(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optuna_optlaws.laws.momentum import MomentumLaw
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(MomentumLaw, "predict_final", broken)
+    study = optuna.create_study(sampler=_sampler())
+    with pytest.warns(UserWarning, match="cannot score schedules"):
+        study.optimize(schedule_objective(), n_trials=5)
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert study.trials[-1].system_attrs[PROPOSAL_KEY]["source"] == "startup"
