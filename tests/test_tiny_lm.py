@@ -12,7 +12,9 @@ import numpy as np
 import optuna
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
+
+import torch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_lm"
 sys.path.insert(0, str(EXAMPLE))

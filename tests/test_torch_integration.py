@@ -9,10 +9,12 @@ import numpy as np
 import optuna
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-from optuna_optlaws import Schedule  # noqa: E402
-from optuna_optlaws.torch import LossReporter, scheduler_for  # noqa: E402
+import torch
+
+from optuna_optlaws import Schedule
+from optuna_optlaws.torch import LossReporter, scheduler_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
