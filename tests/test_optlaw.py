@@ -14,7 +14,8 @@ from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws import load_law, make_law
 from optuna_optlaws.laws._fitting import Posterior
-from optuna_optlaws.laws.optlaw import OptLaw, _Terms
+from optuna_optlaws.laws._optlaw_terms import Terms
+from optuna_optlaws.laws.optlaw import OptLaw
 
 TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")
 
@@ -26,7 +27,7 @@ TRUE = {
 
 def _law_with(values: dict[str, float], eta_ref: float = 3e-4, sizes: tuple[float, ...] = ()) -> OptLaw:
     """An OptLaw holding given parameters (as if fitted), to generate curves."""
-    terms = _Terms(eta_ref=eta_ref, sizes=sizes, escape=False, size_form="power" if sizes else "single")
+    terms = Terms(eta_ref=eta_ref, sizes=sizes, escape=False, size_form="power" if sizes else "single")
     space = terms.space()
     theta = space.from_mapping(values)
     law = OptLaw()

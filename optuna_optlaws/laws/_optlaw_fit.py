@@ -1,0 +1,240 @@
+"""The Opt-Law's fitting problem: residuals and their analytic Jacobian over all fitted
+points at once.
+
+Every fitted point ``o`` of every curve reads its noise excess through the relaxation
+kernel ``K[j, o, m]`` of its curve's chunk grid (:func:`~._optlaw_dynamics.relaxation_kernel`),
+padded to one chunk count so that all curves are evaluated together: the mode weights
+contract ``K`` once per spectrum (cached), and each point's noise is the product with its
+curve's equilibrium targets. Residuals are ``log(observed) - log(predicted)`` (the
+harness's convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws.curves import Curve
+from optuna_optlaws.laws import _optlaw_dynamics as dyn
+from optuna_optlaws.laws._optlaw_terms import ESCAPE_POWER, Terms, Theta
+
+FloatArray = NDArray[np.float64]
+
+
+class FitProblem:
+    """The fitted points of several curves, ready for repeated evaluation."""
+
+    def __init__(
+        self, terms: Terms, curves: Sequence[Curve], grids: Sequence[dyn.ChunkGrid], log_y: FloatArray
+    ) -> None:
+        self.terms = terms
+        self.names = terms.space().names
+        self.col = {n: i for i, n in enumerate(self.names)}
+        self.grids = list(grids)
+        self.log_y = log_y
+        n_c = len(grids)
+        m_max = max(g.area.size for g in grids)
+        counts = [g.target_chunk.size for g in grids]
+        self.curve_of = np.repeat(np.arange(n_c), counts)
+        n_o = int(sum(counts))
+        kern = np.zeros((dyn.KAPPA.size, n_o, m_max))
+        self.eta = np.zeros((n_c, m_max))
+        self.s_mid = np.ones((n_c, m_max))
+        self.s_target = np.empty(n_o)
+        o = 0
+        for i, g in enumerate(grids):
+            m, t = g.area.size, g.target_chunk.size
+            kern[:, o : o + t, :m] = dyn.relaxation_kernel(g, dyn.KAPPA)
+            self.eta[i, :m] = g.eta
+            self.s_mid[i, :m] = g.s_mid
+            self.s_target[o : o + t] = g.s_target
+            o += t
+        self.kern = kern
+        self.kern_flat = kern.reshape(kern.shape[0], -1)
+        with np.errstate(divide="ignore"):
+            self.log_eta = np.where(self.eta > 0, np.log(np.maximum(self.eta, 1e-300)), 0.0)
+        n_ref = terms.n_ref
+        sizes = np.array([c.model_size if (terms.multi_size and c.model_size) else n_ref for c in curves])
+        self.log_x = np.log(sizes / n_ref)
+        self._w_key: tuple[float, float] | None = None
+        self._w_kern: FloatArray = np.zeros(0)
+
+    def _weighted_kernel(self, beta: float, c_cut: float) -> FloatArray:
+        """``sum_j w_j K[j]`` flattened to ``(points, chunks)``, cached for the last spectrum."""
+        if self._w_key != (beta, c_cut):
+            w = dyn.spectrum_weights(beta, c_cut)
+            self._w_kern = (w @ self.kern_flat).reshape(self.kern.shape[1:])
+            self._w_key = (beta, c_cut)
+        return self._w_kern
+
+    def _size_terms(self, p: Theta) -> dict[str, FloatArray]:
+        """Per-curve ``L0, A, B, alpha, eps`` and the size scale of ``L0``'s reducible part."""
+        lx = self.log_x
+        terms = self.terms
+        if not terms.multi_size:
+            one = np.ones_like(lx)
+            return {"l0": p["L0"] * one, "amp": p["A"] * one, "bb": p["B"] * one, "alpha": p["alpha"] * one,
+                    "eps": p["eps"] * one, "scale": one}
+        scale = np.exp(-p["g_l0"] * lx)
+        out = {
+            "amp": p["A"] * np.exp(-p["g_a"] * lx),
+            "bb": p["B"] * np.exp(-p["g_b"] * lx),
+            "alpha": p["alpha"] * np.exp(-p["g_alpha"] * lx),
+            "scale": scale,
+        }
+        if terms.size_form == "power":
+            out["l0"] = p["L0"] * scale
+            out["eps"] = p["eps"] * np.ones_like(lx)
+        else:
+            out["l0"] = p["E"] + p["delta"] * scale
+            out["eps"] = 1.0 / (p["delta"] * scale)
+        return out
+
+    def _parts(self, theta: FloatArray) -> tuple[Theta, dict[str, FloatArray], FloatArray, FloatArray, FloatArray]:
+        p = Theta(self.terms, self.names, theta)
+        st = self._size_terms(p)
+        base = np.where(self.eta > 0, np.exp(p["phi"] * self.log_eta), 0.0)
+        pm = np.power(self.s_mid + p["s_w"], -st["alpha"][:, None])
+        target = base * (1.0 + (st["eps"] * st["amp"])[:, None] * pm)
+        return p, st, base, pm, target
+
+    def loss(self, theta: FloatArray) -> FloatArray:
+        """Predicted loss (nats) at every fitted point."""
+        p, st, _, _, target = self._parts(theta)
+        ci = self.curve_of
+        wk = self._weighted_kernel(p["beta"], p["c_cut"])
+        noise = np.einsum("om,om->o", wk, target[ci])
+        pt = np.power(self.s_target + p["s_w"], -st["alpha"][ci])
+        loss = st["l0"][ci] + st["amp"][ci] * pt + st["bb"][ci] * noise
+        if self.terms.escape and p["k_esc"] > 0:
+            loss = loss + p["k_esc"] * self._escape(p["kappa_esc"])
+        return np.asarray(loss, dtype=np.float64)
+
+    def _escape(self, kappa: float) -> FloatArray:
+        out = []
+        for g in self.grids:
+            ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
+            out.append(ek @ np.power(g.eta, ESCAPE_POWER))
+        return np.concatenate(out)
+
+    def residuals(self, theta: FloatArray) -> FloatArray:
+        """``log(observed) - log(predicted)`` at every fitted point."""
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return np.asarray(self.log_y - np.log(self.loss(theta)), dtype=np.float64)
+
+    def jacobian(self, theta: FloatArray) -> FloatArray:
+        """``d residual / d theta`` (natural units), analytic; ``kappa_esc`` by a forward difference."""
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return self._jacobian(theta)
+
+    def _jacobian(self, theta: FloatArray) -> FloatArray:
+        p, st, base, pm, target = self._parts(theta)
+        ci = self.curve_of
+        col = self.col
+        log_kappa = np.log(dyn.KAPPA)
+        w = dyn.spectrum_weights(p["beta"], p["c_cut"])
+        dw_beta = w * (log_kappa - w @ log_kappa)
+        u = dyn.KAPPA / p["c_cut"] ** 2
+        dw_c = w * (u - w @ u)
+        tgt = target[ci]
+        k_tau = np.einsum("jom,om->jo", self.kern, tgt)
+        wk = self._weighted_kernel(p["beta"], p["c_cut"])
+        sm = self.s_mid + p["s_w"]
+        eps, amp, alpha = st["eps"][:, None], st["amp"][:, None], st["alpha"][:, None]
+        v = np.stack(
+            [
+                base * eps * pm,  # d target / d A(N)
+                -base * eps * amp * pm * np.log(sm),  # d target / d alpha(N)
+                -base * eps * amp * alpha * pm / sm,  # d target / d s_w
+                target * self.log_eta,  # d target / d phi
+                base * amp * pm,  # d target / d eps(N)
+            ]
+        )
+        wv = np.einsum("om,vom->vo", wk, v[:, ci])
+        noise = w @ k_tau
+        l0, a_o, b_o, al_o = st["l0"][ci], st["amp"][ci], st["bb"][ci], st["alpha"][ci]
+        s_t = self.s_target + p["s_w"]
+        pt = np.power(s_t, -al_o)
+        loss = l0 + a_o * pt + b_o * noise
+        d_amp = pt + b_o * wv[0]
+        d_alpha = -a_o * pt * np.log(s_t) + b_o * wv[1]
+        d_eps = b_o * wv[4]
+        jac = np.zeros((loss.size, len(self.names)))
+        jac[:, col["A"]] = d_amp * a_o / p["A"]
+        jac[:, col["B"]] = noise * b_o / p["B"]
+        jac[:, col["alpha"]] = d_alpha * al_o / p["alpha"]
+        jac[:, col["s_w"]] = -a_o * al_o * pt / s_t + b_o * wv[2]
+        jac[:, col["phi"]] = b_o * wv[3]
+        jac[:, col["beta"]] = b_o * (dw_beta @ k_tau)
+        jac[:, col["c_cut"]] = b_o * (dw_c @ k_tau)
+        lx = self.log_x[ci]
+        scale = st["scale"][ci]
+        eps_o = st["eps"][ci]
+        if self.terms.size_form == "entropy":
+            jac[:, col["E"]] = 1.0
+            jac[:, col["delta"]] = scale - d_eps * eps_o / p["delta"]
+            jac[:, col["g_l0"]] = -p["delta"] * scale * lx + d_eps * eps_o * lx
+        else:
+            jac[:, col["L0"]] = scale
+            jac[:, col["eps"]] = d_eps
+        if self.terms.multi_size:
+            if self.terms.size_form == "power":
+                jac[:, col["g_l0"]] = -l0 * lx
+            jac[:, col["g_a"]] = -d_amp * a_o * lx
+            jac[:, col["g_b"]] = -noise * b_o * lx
+            jac[:, col["g_alpha"]] = -d_alpha * al_o * lx
+        if self.terms.escape:
+            esc = self._escape(p["kappa_esc"])
+            loss = loss + p["k_esc"] * esc
+            jac[:, col["k_esc"]] = esc
+            h = 1e-6 * p["kappa_esc"]
+            jac[:, col["kappa_esc"]] = p["k_esc"] * (self._escape(p["kappa_esc"] + h) - esc) / h
+        return np.asarray(-jac / loss[:, None], dtype=np.float64)
+
+
+def fit_points(
+    curve: Curve, steps: NDArray[np.int64], losses: FloatArray, most: int
+) -> tuple[NDArray[np.int64], FloatArray]:
+    """The points of a curve the fit uses: after the warmup (and the first 3% of the run,
+    the initial transient the law does not describe), at most ``most``, evenly spread."""
+    sched = curve.schedule
+    peak = sched.peak_lr
+    first_peak = 0
+    if peak > 0:
+        probe = np.unique(np.concatenate([sched.breakpoints(), [0.0]]))
+        lr = sched.lr_at(probe)
+        reach = probe[lr >= peak * (1 - 1e-9)]
+        first_peak = int(reach[0]) if reach.size else 0
+    start = max(first_peak, int(0.03 * sched.total_steps))
+    keep = steps >= start
+    steps, losses = steps[keep], losses[keep]
+    if steps.size > most:
+        idx = np.unique(np.round(np.linspace(0, steps.size - 1, most)).astype(np.int64))
+        steps, losses = steps[idx], losses[idx]
+    return steps, losses
+
+
+def loco_folds(residuals: Any, groups: NDArray[np.int64], most: int) -> list[tuple[Any, None, Any]]:
+    """Leave-one-curve-out folds for :func:`loco_discrepancy`: the other curves' residuals
+    and the left-out curve's last quarter (at most ``most`` curves, spread evenly)."""
+    folds = []
+    uniq = np.unique(groups)
+    if uniq.size > most:
+        uniq = uniq[np.unique(np.round(np.linspace(0, uniq.size - 1, most)).astype(np.int64))]
+    for g in uniq:
+        keep = groups != g
+        own = np.flatnonzero(~keep)
+        late = own[own.size - max(1, own.size // 4) :]
+        folds.append(
+            (
+                lambda theta, keep=keep: residuals(theta)[keep],
+                None,
+                lambda theta, late=late: residuals(theta)[late],
+            )
+        )
+    return folds
+
+

@@ -1,0 +1,92 @@
+"""Opt-Law predictions for given parameter sets: the loss at a schedule's target steps
+(one chunked pass per parameter set) and the final loss of many schedules (one kernel
+contraction), plus the forward-difference parameter sets the delta-method interval uses."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws.laws import _optlaw_dynamics as dyn
+from optuna_optlaws.laws._fitting import ParamSpace, Posterior
+from optuna_optlaws.laws._optlaw_terms import ESCAPE_POWER, Terms, Theta
+
+FloatArray = NDArray[np.float64]
+
+
+def loss_at_targets(
+    terms: Terms, space: ParamSpace, thetas: FloatArray, grid: dyn.ChunkGrid, model_size: float | None
+) -> FloatArray:
+    """Loss (nats) at a grid's target steps under parameter sets ``thetas`` ``(P, p)``: ``(T, P)``."""
+    n_p = thetas.shape[0]
+    pars = [Theta(terms, space.names, t) for t in thetas]
+    amps = np.array([p.amplitudes(model_size) for p in pars])  # (P, 3)
+    col = {k: np.array([p[k] for p in pars]) for k in ("s_w", "phi", "beta", "c_cut")}
+    col["eps"] = np.array([p.eps(model_size) for p in pars])
+    col["alpha"] = np.array([p.alpha(model_size) for p in pars])
+    eta = grid.eta[:, None]
+    with np.errstate(divide="ignore"):
+        base = np.where(eta > 0, np.power(np.maximum(eta, 1e-300), col["phi"][None, :]), 0.0)
+    riv_mid = amps[None, :, 1] * np.power(grid.s_mid[:, None] + col["s_w"][None, :], -col["alpha"][None, :])
+    target = base * (1.0 + col["eps"][None, :] * riv_mid)
+    weights = np.stack([dyn.spectrum_weights(b, c) for b, c in zip(col["beta"], col["c_cut"], strict=True)])
+    noise = dyn.simulate(grid.area, target, weights, dyn.KAPPA)[grid.target_chunk]
+    s_t = grid.s_target[:, None]
+    river = amps[None, :, 1] * np.power(s_t + col["s_w"][None, :], -col["alpha"][None, :])
+    loss = amps[None, :, 0] + river + amps[None, :, 2] * noise
+    if terms.escape:
+        k_esc = np.array([p["k_esc"] for p in pars])
+        kap = np.array([p["kappa_esc"] for p in pars])[:, None]
+        tgt = np.repeat(np.power(grid.eta, ESCAPE_POWER)[:, None], n_p, axis=1)
+        esc = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
+        loss = loss + k_esc[None, :] * esc
+    return np.asarray(loss, dtype=np.float64)
+
+
+def loss_final(
+    terms: Terms,
+    space: ParamSpace,
+    thetas: FloatArray,
+    batch: dyn.GridBatch,
+    kern: FloatArray,
+    model_size: float | None,
+) -> FloatArray:
+    """Final loss (nats) of the candidates of ``batch`` under parameter sets ``thetas``: ``(P, C)``.
+
+    ``kern``: :func:`~._optlaw_dynamics.final_kernel` of the batch."""
+    out = np.empty((thetas.shape[0], batch.area.shape[1]))
+    for i, theta in enumerate(thetas):
+        p = Theta(terms, space.names, theta)
+        l0, amp, bb = p.amplitudes(model_size)
+        alpha = p.alpha(model_size)
+        target = dyn.noise_target(
+            batch.eta, batch.s_mid, phi=p["phi"], eps=p.eps(model_size), amp=amp, alpha=alpha, s_w=p["s_w"]
+        )
+        noise = np.einsum("mcj,j,mc->c", kern, dyn.spectrum_weights(p["beta"], p["c_cut"]), target, optimize=True)
+        loss = l0 + dyn.river(batch.s_final, amp, alpha, p["s_w"]) + bb * noise
+        if terms.escape and p["k_esc"] > 0:
+            ek = dyn.final_kernel(batch, np.array([p["kappa_esc"]]))[:, :, 0]
+            loss = loss + p["k_esc"] * np.sum(ek * np.power(batch.eta, ESCAPE_POWER), axis=0)
+        out[i] = loss
+    return out
+
+
+def fd_thetas(post: Posterior) -> tuple[FloatArray, FloatArray]:
+    """The optimum and ``p`` forward-perturbed parameter sets (natural, ``(p+1, p)``), and
+    the internal-coordinate steps."""
+    z = post.z
+    p = z.size
+    _, hi = post.space.bounds_internal()
+    h = 1e-6 * np.maximum(1.0, np.abs(z))
+    h = np.where(z + h > hi, -h, h)
+    zs = np.repeat(z[None, :], p + 1, axis=0)
+    zs[np.arange(1, p + 1), np.arange(p)] += h
+    return post.space.to_natural(zs), h
+
+
+def log_jac(loss: FloatArray, h: FloatArray, post: Posterior) -> FloatArray:
+    """``d log L / d theta`` (natural) from losses ``(T, p+1)`` at :func:`fd_thetas`."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logl = np.log(loss)
+    dz = (logl[:, 1:] - logl[:, :1]) / h[None, :]
+    return np.asarray(dz / post.space.dtheta_dz(post.theta)[None, :], dtype=np.float64)
