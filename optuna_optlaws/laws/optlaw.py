@@ -15,10 +15,15 @@ plain additive-noise recursion. The modes' shares ``w_j ~ kappa_j^beta exp(-kapp
 c_cut)`` form a Gamma-like Hessian spectrum. See :mod:`._optlaw_dynamics` for the exact
 chunked integrator (cost independent of the number of steps).
 
-Model size. Fitted on curves of two or more model sizes, ``L0, A, B`` are power laws in
-``N`` around the geometric-mean size ``n_ref`` (``L0(N) = L0 (N / n_ref)^(-g_l0)``, the
-same for ``A`` and ``B``) and the law predicts any ``N``; fitted on one size it predicts
-only that size (InputError otherwise), since the size exponents are then unknown.
+Model size. Fitted on one size, the law predicts only that size (InputError otherwise):
+its size terms are not identified. Fitted on two or more sizes, ``A``, ``B`` and
+``alpha`` are power laws in ``N`` around the geometric-mean size ``n_ref`` (exponents
+``g_a, g_b, g_alpha``), and ``L0(N)`` takes one of two forms that fit the training data
+equally well but extrapolate differently: ``power``, ``L0 (N/n_ref)^(-g_l0)`` with a free
+``eps``; ``entropy``, ``E + delta (N/n_ref)^(-g_l0)`` with the data's entropy floor ``E``
+shared by all sizes and ``eps(N) = 1 / (L0(N) - E)`` (the multiplicative noise above).
+Both are fitted and predictions mix them with equal weights, their disagreement adding
+to the interval; two sizes cannot tell which curvature in ``N`` is right.
 
 Escape term. Time near or past the stability edge leaves an excess ``m(t)`` that relaxes
 at rate ``kappa_esc`` towards ``(eta/eta_ref)^4``; with ``k_esc > 0`` the final loss is
@@ -28,10 +33,17 @@ apart); otherwise it is off (``k_esc = 0``, not a fitted parameter). Too short a
 is not modelled separately.
 
 Fitting: Huber (delta 1e-3) on log-loss through the shared harness
-(:func:`~optuna_optlaws.laws._fitting.fit_least_squares`), several seeded starts, a
-Laplace posterior and a leave-one-curve-out model discrepancy added to every predictive
-interval; ``predict(..., observed=prefix)`` conditions on the run's own prefix with
+(:func:`~optuna_optlaws.laws._fitting.fit_least_squares`, analytic Jacobian from
+:mod:`._optlaw_fit`), several seeded starts, on at most ``fit_points`` points per curve
+after its warmup. Intervals: the Laplace posterior plus a leave-one-curve-out model
+discrepancy (:func:`~optuna_optlaws.laws._fitting.loco_discrepancy`) whose variance grows
+in proportion to the LR area beyond the largest fitted area. ``predict(...,
+observed=prefix)`` conditions on the run's own prefix with
 :func:`~optuna_optlaws.laws._fitting.condition_on_prefix`.
+
+Continued runs (``Curve.resume_from`` / ``resume_step``, steps counted from 0 in the new
+run) are integrated over their whole history, so they start from the parent's mode state
+(:mod:`._optlaw_lineage`).
 """
 
 from __future__ import annotations
