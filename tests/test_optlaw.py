@@ -235,3 +235,24 @@ def test_continued_run_starts_from_its_parent() -> None:
     np.testing.assert_allclose(law.predict_curve(child_obs).mean, child_obs.losses, atol=3e-3)
     with pytest.raises(InputError, match="not among the curves"):
         OptLaw().fit([child_obs])
+
+
+def test_escape_term_fits_a_u_shape_in_peak_lr() -> None:
+    terms = Terms(eta_ref=1e-3, sizes=(), escape=True)
+    space = terms.space()
+    theta = space.from_mapping({**TRUE, "k_esc": 1.0, "kappa_esc": 0.02})
+    truth = OptLaw()
+    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
+    truth._members = [(terms, post)]
+    truth._terms, truth._space, truth.posterior = terms, space, post
+    peaks = [1e-4, 2e-4, 4e-4, 7e-4, 1e-3]
+    scheds = [Schedule.cosine(p, 20000, warmup_steps=1000, final_lr=0.1 * p) for p in peaks]
+    true_final = truth.predict_final(scheds).mean
+    assert 0 < int(np.argmin(true_final)) < len(peaks) - 1  # the truth is U-shaped
+    steps = np.arange(1000, 20000, 500)
+    curves = [Curve(f"p{p:g}", s, steps, truth.predict(s, steps).mean) for p, s in zip(peaks, scheds, strict=True)]
+    law = OptLaw(n_random=1, loco=False).fit(curves[::2])  # peaks 1e-4, 4e-4, 1e-3 only
+    assert law.params["k_esc"] > 0
+    got = law.predict_final(scheds).mean
+    assert int(np.argmin(got)) == int(np.argmin(true_final))
+    np.testing.assert_allclose(got, true_final, atol=0.01)
