@@ -185,3 +185,15 @@ def default_start(terms: Terms, min_loss: float) -> list[float]:
     if terms.escape:
         start += [0.01, 1.0]
     return start
+
+
+def warm_start(terms: Terms, fitted: Mapping[str, float]) -> list[float]:
+    """A start for ``terms`` from another size form's fitted parameters (by name): the
+    ``entropy`` form's ``E = L0 - 1/eps`` and ``delta = 1/eps`` come from ``L0`` and ``eps``."""
+    values = dict(fitted)
+    eps = max(values.get("eps", 1.0), 0.05)
+    if "L0" in values:
+        values.setdefault("delta", min(1.0 / eps, 0.9 * values["L0"]))
+        values.setdefault("E", values["L0"] - values["delta"])
+    space = terms.space()
+    return [float(values.get(p.name, np.mean(p.init_range()))) for p in space.params]

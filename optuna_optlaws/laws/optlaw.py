@@ -73,7 +73,7 @@ from optuna_optlaws.laws._fitting import (
 from optuna_optlaws.laws._optlaw_fit import FitProblem, fit_points, loco_folds
 from optuna_optlaws.laws._optlaw_lineage import continued, resolve_lineage
 from optuna_optlaws.laws._optlaw_predict import fd_thetas, log_jac, loss_at_targets, loss_final
-from optuna_optlaws.laws._optlaw_terms import Terms, default_start, terms_for
+from optuna_optlaws.laws._optlaw_terms import Terms, default_start, terms_for, warm_start
 from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
@@ -150,7 +150,16 @@ class OptLaw(Law):
         infos = []
         for form in forms:
             terms = replace(base, size_form=form, area_max=area_max)
-            post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
+            if not self._members:
+                post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
+            else:
+                # the second size form starts from the first one's optimum and shares its
+                # schedule discrepancy (both have the same schedule dynamics)
+                first = self._members[0][1]
+                post, info = self._fit_form(
+                    terms, prepared, log_y, groups, seed, where, warm=first.space.as_dict(first.theta)
+                )
+                post.model_sd = first.model_sd
             self._members.append((terms, post))
             infos.append({**info, "size_form": form, "params": post.space.as_dict(post.theta)})
         self._terms, self.posterior = self._members[0]
@@ -167,16 +176,22 @@ class OptLaw(Law):
         groups: NDArray[np.int64],
         seed: int,
         where: str,
+        warm: Mapping[str, float] | None = None,
     ) -> tuple[Posterior, dict[str, Any]]:
-        """Fit one size form on prepared curves; its posterior (with LOCO discrepancy) and diagnostics."""
+        """Fit one size form on prepared curves; its posterior and diagnostics. ``warm``:
+        parameters of the ``power`` form to start the ``entropy`` form from (then one
+        random start and no LOCO refits: the caller shares the first form's discrepancy)."""
         space = terms.space()
         problem = FitProblem(terms, [c for c, _, _ in prepared], [g for _, g, _ in prepared], log_y)
-        start = default_start(terms, float(np.exp(log_y).min()))
+        starts = [default_start(terms, float(np.exp(log_y).min()))]
+        if warm is not None:
+            starts.insert(0, warm_start(terms, warm))
         result = fit_least_squares(
-            space, problem.residuals, jacobian=problem.jacobian, starts=[start], n_random=self.n_random, seed=seed,
+            space, problem.residuals, jacobian=problem.jacobian, starts=starts,
+            n_random=self.n_random if warm is None else 1, seed=seed,
             huber_delta=self.huber_delta, groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
         )
-        if self.loco and len(prepared) >= 2:
+        if self.loco and len(prepared) >= 2 and warm is None:
             result.posterior.model_sd = loco_discrepancy(
                 space, result.theta, loco_folds(problem.residuals, groups, self.loco_folds),
                 noise=result.posterior.noise, huber_delta=self.huber_delta,
