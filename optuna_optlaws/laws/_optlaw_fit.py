@@ -195,8 +195,12 @@ class FitProblem:
         return np.asarray(-jac / loss[:, None], dtype=np.float64)
 
 
+TRANSIENT_FRACTION = 0.03
+"""The fit skips each curve's first 3% of steps (the initial transient the law does not describe)."""
+
+
 def fit_points(
-    curve: Curve, steps: NDArray[np.int64], losses: FloatArray, most: int
+    curve: Curve, steps: NDArray[np.int64], losses: FloatArray, most: int, transient: float = TRANSIENT_FRACTION
 ) -> tuple[NDArray[np.int64], FloatArray]:
     """The points of a curve the fit uses: after the warmup (and the first 3% of the run,
     the initial transient the law does not describe), at most ``most``, evenly spread."""
@@ -208,7 +212,7 @@ def fit_points(
         lr = sched.lr_at(probe)
         reach = probe[lr >= peak * (1 - 1e-9)]
         first_peak = int(reach[0]) if reach.size else 0
-    start = max(first_peak, int(0.03 * sched.total_steps))
+    start = max(first_peak, int(transient * sched.total_steps))
     keep = steps >= start
     steps, losses = steps[keep], losses[keep]
     if steps.size > most:
