@@ -198,6 +198,9 @@ def test_two_sizes_predict_a_third() -> None:
     assert far.lo[0] < want < far.hi[0]
     # extrapolating in N is less certain than predicting a fitted size
     assert far.hi[0] - far.lo[0] > at_fitted.hi[0] - at_fitted.lo[0]
+    batch = law.predict_final([HELD_OUT, SCHEDULES["step"]], model_size=4e8)
+    assert batch.mean[0] == pytest.approx(far.mean[0], rel=1e-9)
+    assert batch.hi[0] == pytest.approx(far.hi[0], rel=1e-6)
     with pytest.raises(InputError, match="give the model_size"):
         law.predict(HELD_OUT)
 
