@@ -14,7 +14,7 @@ of training. ``s`` is the width of the transition in ln eta: small s is a sharp 
 
 It is fitted as a linear logistic regression in (ln eta, ln N, ln B, ln D[, ln(1+W)])
 with a small ridge penalty on standardised weights (so separable data still gives a finite
-s), then rewritten in the interpretable form above.
+s), by Newton's method, then rewritten in the interpretable form above.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ def fit_logistic(
     :class:`InputError` when the outcomes are all one class or when a higher peak LR does
     not make divergence more likely (no stability edge to fit).
     """
-    from scipy.optimize import minimize
-
     y = diverged.astype(np.float64)
     if y.sum() == 0 or y.sum() == y.size:
         which = "diverged" if y.sum() else "stable"
@@ -64,13 +62,29 @@ def fit_logistic(
     z = np.column_stack([np.ones(y.size), (x - mu) / sd])
     penalty = np.r_[0.0, np.full(x.shape[1], ridge)]
 
-    def objective(w: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+    def objective(w: NDArray[np.float64]) -> float:
         t = z @ w
-        p = 0.5 * (1.0 + np.tanh(0.5 * t))
-        value = float(np.sum(np.logaddexp(0.0, t) - y * t) + np.sum(penalty * w * w))
-        return value, z.T @ (p - y) + 2.0 * penalty * w
+        return float(np.sum(np.logaddexp(0.0, t) - y * t) + np.sum(penalty * w * w))
 
-    w = minimize(objective, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B").x
+    # Newton's method (IRLS) with step halving: the objective is convex, a handful of steps
+    w = np.zeros(z.shape[1])
+    value = objective(w)
+    for _ in range(100):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (z @ w)))
+        grad = z.T @ (p - y) + 2.0 * penalty * w
+        hess = (z * (p * (1.0 - p))[:, None]).T @ z + np.diag(2.0 * penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-6:
+            trial = objective(w - scale * step)
+            if trial <= value:
+                break
+            scale *= 0.5
+        w = w - scale * step
+        done = value - trial < 1e-10 * max(1.0, abs(value))
+        value = trial
+        if done:
+            break
     # back to raw features: logit = b + c_lr ln(eta) + sum c_k f_k
     c = w[1:] / sd
     b = w[0] - float(np.sum(c * mu))

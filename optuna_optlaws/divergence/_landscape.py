@@ -33,6 +33,7 @@ Fitting is robust least squares (soft-L1 on log-loss residuals, scale ``f_scale`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,6 +50,41 @@ def bowl(x: NDArray[np.float64], p: float, q: float) -> NDArray[np.float64]:
     up = np.exp(np.clip(p * x, -50.0, 50.0))
     down = np.exp(np.clip(-q * x, -50.0, 50.0))
     return ((q * up + p * down) / (p + q) - 1.0) / (p * q)
+
+
+def _bowl_derivatives(
+    x: NDArray[np.float64], p: float, q: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """``g``, ``dg/dx``, ``dg/d ln p`` and ``dg/d ln q`` of :func:`bowl`."""
+    e1 = np.exp(np.clip(p * x, -50.0, 50.0))
+    e2 = np.exp(np.clip(-q * x, -50.0, 50.0))
+    s = p + q
+    den = s * p * q
+    g = (q * e1 + p * e2 - s) / den
+    dg_dx = (e1 - e2) / s
+    dg_dp = (q * x * e1 + e2 - 1.0 - g * q * (2.0 * p + q)) / den
+    dg_dq = (e1 - p * x * e2 - 1.0 - g * p * (p + 2.0 * q)) / den
+    return g, dg_dx, p * dg_dp, q * dg_dq
+
+
+def shape_jacobian(
+    theta: NDArray[np.float64],
+    lr: NDArray[np.float64],
+    bs: NDArray[np.float64],
+    n: NDArray[np.float64],
+    d: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """d shape / d theta, one row per run, columns in the order of :data:`SHAPE_NAMES`."""
+    kappa = theta[3]
+    x, u = coordinates(theta, lr, bs, n, d)
+    h_eta, p, q, h_b, p_b, q_b = np.exp(theta[7:13])
+    gx, gx_x, gx_p, gx_q = _bowl_derivatives(x, p, q)
+    gu, gu_u, gu_p, gu_q = _bowl_derivatives(u, p_b, q_b)
+    ln_n, ln_d = np.log(n / N0), np.log(d / D0)
+    sx = h_eta * gx_x  # d shape / dx
+    su = h_b * gu_u - kappa * sx  # d shape / du (x moves with u through kappa)
+    return np.column_stack([-sx, -sx * ln_n, -sx * ln_d, -sx * u, -su, -su * ln_n, -su * ln_d,
+                            h_eta * gx, h_eta * gx_p, h_eta * gx_q, h_b * gu, h_b * gu_p, h_b * gu_q])
 
 
 def coordinates(
@@ -118,17 +154,19 @@ def fit_shape(
     k = int(cell.max()) + 1
     y = np.log(loss)
     m = len(SHAPE_NAMES)
-    sparsity = hstack([csr_matrix(np.ones((y.size, m))), csr_matrix((np.ones(y.size), (np.arange(y.size), cell)),
-                                                                    shape=(y.size, k))]).tocsr()
+    one_hot = csr_matrix((-np.ones(y.size), (np.arange(y.size), cell)), shape=(y.size, k))
 
     def residuals(z: NDArray[np.float64]) -> NDArray[np.float64]:
         return y - z[m:][cell] - shape(z[:m], lr, bs, n, d)
+
+    def jacobian(z: NDArray[np.float64]) -> Any:
+        return hstack([csr_matrix(-shape_jacobian(z[:m], lr, bs, n, d)), one_hot]).tocsr()
 
     best: tuple[NDArray[np.float64], NDArray[np.float64], float] | None = None
     for start in starts if starts is not None else _starts():
         levels = np.array([y[cell == c].min() if np.any(cell == c) else 0.0 for c in range(k)])
         z0 = np.concatenate([start, levels])
-        res = least_squares(residuals, z0, loss="soft_l1", f_scale=f_scale, jac_sparsity=sparsity,
+        res = least_squares(residuals, z0, loss="soft_l1", f_scale=f_scale, jac=jacobian,
                             x_scale="jac", max_nfev=400)
         if best is None or res.cost < best[2]:
             best = (res.x[:m].copy(), res.x[m:].copy(), float(res.cost))
