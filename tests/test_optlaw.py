@@ -259,3 +259,15 @@ def test_escape_term_fits_a_u_shape_in_peak_lr() -> None:
     got = law.predict_final(scheds).mean
     assert int(np.argmin(got)) == int(np.argmin(true_final))
     np.testing.assert_allclose(got, true_final, atol=0.01)
+
+
+def test_other_batch_size_is_refused() -> None:
+    truth = _law_with(TRUE)
+    curves = [
+        Curve(c.run_id, c.schedule, c.steps, c.losses, tokens_per_step=524288.0)
+        for c in _synthetic(truth, SCHEDULES, every=1000)
+    ]
+    law = OptLaw(n_random=0, loco=False).fit(curves)
+    law.predict(HELD_OUT, tokens_per_step=524288.0)
+    with pytest.raises(InputError, match="no batch-size term"):
+        law.predict(HELD_OUT, tokens_per_step=1048576.0)
