@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, *a: object, **k: object) -> str:
+def _warning_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *a: object, **k: object
+) -> str:
     return f"warning: {message}\n"
 
 

@@ -141,9 +141,11 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
                     raise InputError(f"{where} column 'run_id': empty run id")
                 step = _parse_float(record[cols["step"]], where, "step")
                 if step is None or not math.isfinite(step):
-                    raise InputError(f"{where} column 'step': step must be a finite number, got {record[cols['step']]!r}")
+                    raw = record[cols["step"]]
+                    raise InputError(f"{where} column 'step': step must be a finite number, got {raw!r}")
                 if step < 0 or step != int(step):
-                    raise InputError(f"{where} column 'step': step must be a whole number >= 0, got {record[cols['step']]!r}")
+                    raw = record[cols["step"]]
+                    raise InputError(f"{where} column 'step': step must be a whole number >= 0, got {raw!r}")
                 lr = _parse_float(record[cols["lr"]], where, "lr")
                 if lr is not None and (not math.isfinite(lr) or lr < 0):
                     raise InputError(f"{where} column 'lr': lr must be finite and >= 0, got {record[cols['lr']]!r}")
@@ -165,19 +167,23 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
                         if val is None:
                             continue
                         if not math.isfinite(val) or val <= 0:
-                            raise InputError(f"{where} column {col!r}: must be a finite number > 0, got {record[cols[col]]!r}")
+                            raw = record[cols[col]]
+                            raise InputError(f"{where} column {col!r}: must be a finite number > 0, got {raw!r}")
                         seen = run_const[run_id].get(col)
                         if seen is not None and seen[0] != val:
                             raise InputError(
-                                f"{where} column {col!r}: run {run_id!r} has {col}={val:g} here but {seen[0]:g} on line {seen[1]}"
+                                f"{where} column {col!r}: run {run_id!r} has {col}={val:g} here "
+                                f"but {seen[0]:g} on line {seen[1]}"
                             )
                         run_const[run_id].setdefault(col, (val, line))
                 if "resume_from" in cols and record[cols["resume_from"]].strip():
-                    parent = record[cols["resume_from"]].strip()
-                    rstep = _parse_float(record[cols["resume_step"]], where, "resume_step") if "resume_step" in cols else None
+                    parent_id = record[cols["resume_from"]].strip()
+                    rstep = None
+                    if "resume_step" in cols:
+                        rstep = _parse_float(record[cols["resume_step"]], where, "resume_step")
                     if rstep is None or rstep < 0 or rstep != int(rstep):
                         raise InputError(f"{where} column 'resume_step': a resumed run needs a whole resume_step >= 0")
-                    resume[run_id] = (parent, int(rstep))
+                    resume[run_id] = (parent_id, int(rstep))
         except csv.Error as exc:
             raise InputError(f"{name} line {line}: malformed CSV ({exc})") from None
     if not order:
@@ -238,5 +244,5 @@ def write_curves_csv(path: str | Path, curves: Sequence[Curve]) -> None:
                 if int(s) == s and int(s) not in obs and s < c.schedule.total_steps:
                     w.writerow([c.run_id, int(s), repr(float(c.schedule.lr_at([s])[0])), "", *sizes])
             lrs = c.schedule.lr_at(c.steps.astype(np.float64))
-            for s, lr, loss in zip(c.steps.tolist(), lrs.tolist(), c.losses.tolist()):
+            for s, lr, loss in zip(c.steps.tolist(), lrs.tolist(), c.losses.tolist(), strict=True):
                 w.writerow([c.run_id, s, repr(lr), repr(loss), *sizes])

@@ -281,7 +281,7 @@ class Schedule:
         if fam == "step":
             out = np.full_like(t, peak)
             mult = 1.0
-            for m, f in zip(p["milestones"], p["factors"]):
+            for m, f in zip(p["milestones"], p["factors"], strict=True):
                 mult *= f
                 out = np.where(t >= m * total, peak * mult, out)
             return out

@@ -130,8 +130,7 @@ class Law(ABC):
         A law without a model-size term predicts only the size(s) it was fitted on."""
         if self.uses_model_size or model_size is None:
             return
-        sizes = {r.get("model_size") for r in self.fitted_on}
-        sizes.discard(None)
+        sizes = {float(r["model_size"]) for r in self.fitted_on if r.get("model_size") is not None}
         if sizes and not any(math.isclose(model_size, s, rel_tol=1e-6) for s in sizes):
             place = f"{where}: " if where else ""
             raise InputError(

@@ -360,6 +360,52 @@ def laplace_posterior(
 
 
 # ---------------------------------------------------------------------- fitting
+def _internal_problem(
+    space: ParamSpace, residuals: ResidualFn, jacobian: JacobianFn | None
+) -> tuple[Callable[[FloatArray], FloatArray], Any]:
+    """Residuals (non-finite ones replaced by a large value) and Jacobian (or
+    ``"2-point"``) in internal coordinates, as :func:`scipy.optimize.least_squares` wants."""
+
+    def fun(z: FloatArray) -> FloatArray:
+        r = np.asarray(residuals(space.to_natural(z)), dtype=np.float64)
+        return np.where(np.isfinite(r), r, 1e3)
+
+    if jacobian is None:
+        return fun, "2-point"
+
+    def jac(z: FloatArray) -> FloatArray:
+        th = space.to_natural(z)
+        J = np.asarray(jacobian(th), dtype=np.float64) * space.dtheta_dz(th)[None, :]
+        return np.where(np.isfinite(J), J, 0.0)
+
+    return fun, jac
+
+
+def _solve(
+    fun: Callable[[FloatArray], FloatArray],
+    jac: Any,
+    z0: FloatArray,
+    bounds: tuple[FloatArray, FloatArray],
+    huber_delta: float,
+    max_nfev: int,
+) -> Any:
+    """One bounded Huber ``trf`` solve from ``z0``; ``None`` when it breaks down.
+
+    BLAS is held to one thread: the problems are small (thousands of residuals x ~15
+    parameters), and a multi-threaded SVD on a busy machine is hundreds of times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            return optimize.least_squares(
+                fun, z0, jac=jac, bounds=bounds, loss="huber", f_scale=huber_delta,
+                x_scale="jac", max_nfev=max_nfev, method="trf",
+            )
+        except (ValueError, np.linalg.LinAlgError):
+            return None
+
+
 def fit_least_squares(
     space: ParamSpace,
     residuals: ResidualFn,
@@ -396,18 +442,7 @@ def fit_least_squares(
         raise ValueError("fit_least_squares needs at least one start")
     lo, hi = space.bounds_internal()
 
-    def fun(z: FloatArray) -> FloatArray:
-        r = np.asarray(residuals(space.to_natural(z)), dtype=np.float64)
-        return np.where(np.isfinite(r), r, 1e3)
-
-    jac: Any = "2-point"
-    if jacobian is not None:
-
-        def jac(z: FloatArray) -> FloatArray:
-            th = space.to_natural(z)
-            J = np.asarray(jacobian(th), dtype=np.float64) * space.dtheta_dz(th)[None, :]
-            return np.where(np.isfinite(J), J, 0.0)
-
+    fun, jac = _internal_problem(space, residuals, jacobian)
     best: Any = None
     costs: list[float] = []
     progress = Progress(label, len(zs))
@@ -417,17 +452,11 @@ def fit_least_squares(
             costs.append(math.inf)
             progress.advance()
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                res = optimize.least_squares(
-                    fun, z0, jac=jac, bounds=(lo, hi), loss="huber", f_scale=huber_delta,
-                    x_scale="jac", max_nfev=max_nfev, method="trf",
-                )
-            except (ValueError, np.linalg.LinAlgError):
-                costs.append(math.inf)
-                progress.advance()
-                continue
+        res = _solve(fun, jac, z0, (lo, hi), huber_delta, max_nfev)
+        if res is None:
+            costs.append(math.inf)
+            progress.advance()
+            continue
         costs.append(float(res.cost))
         if best is None or res.cost < best.cost:
             best = res
@@ -503,28 +532,12 @@ def loco_discrepancy(
     z0 = space.clip_internal(space.to_internal(theta))
     mse = []
     for residuals, jacobian, held_out in folds:
-
-        def fun(z: FloatArray, residuals: ResidualFn = residuals) -> FloatArray:
-            r = np.asarray(residuals(space.to_natural(z)), dtype=np.float64)
-            return np.where(np.isfinite(r), r, 1e3)
-
-        jac: Any = "2-point"
-        if jacobian is not None:
-
-            def jac(z: FloatArray, jacobian: JacobianFn = jacobian) -> FloatArray:
-                th = space.to_natural(z)
-                J = np.asarray(jacobian(th), dtype=np.float64) * space.dtheta_dz(th)[None, :]
-                return np.where(np.isfinite(J), J, 0.0)
-
+        fun, jac = _internal_problem(space, residuals, jacobian)
+        res = _solve(fun, jac, z0, (lo, hi), huber_delta, max_nfev)
+        if res is None:
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                res = optimize.least_squares(
-                    fun, z0, jac=jac, bounds=(lo, hi), loss="huber", f_scale=huber_delta,
-                    x_scale="jac", max_nfev=max_nfev, method="trf",
-                )
-            except (ValueError, np.linalg.LinAlgError):
-                continue
             e = np.asarray(held_out(space.to_natural(res.x)), dtype=np.float64)
         if e.size and np.all(np.isfinite(e)):
             mse.append(float(np.mean(e**2)))
