@@ -14,7 +14,8 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
    needs ``n_min_trials`` COMPLETE trials in the group.
 
 User attributes written on the trial: ``optlaws_pred_final``, ``optlaws_pred_lo``,
-``optlaws_pred_hi`` (plain floats, nats, the latest prediction of the final loss),
+``optlaws_pred_hi`` (plain floats, nats, the latest prediction of the final loss, within
+``record_tol`` nats: they are rewritten when the prediction moved by more than that),
 ``optlaws_prune_reason`` (text, when pruned) and ``optlaws_warning`` (text: bad evidence
 that was ignored, a corrupt stored law that was refitted, a law that could not predict).
 
