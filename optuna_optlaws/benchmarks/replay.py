@@ -106,7 +106,7 @@ def _size_label(n: float | None) -> str:
         return "N=?"
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
-            return f"N={n / scale:g}{unit}"
+            return f"N={n / scale:.3g}{unit}"
     return f"N={n:g}"
 
 
@@ -404,6 +404,7 @@ def run_replay(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, Any] = {
+        "machine": _machine(),
         "orders_requested": orders,
         "seed": seed,
         "group_by": list(group_by),
@@ -428,7 +429,7 @@ def run_replay(
     }
     try:
         for name in pruners:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             per_group = []
             for gi, (group, group_orders) in enumerate(plan):
                 outcomes = []
@@ -450,6 +451,7 @@ def run_replay(
             results["pruners"][name] = {
                 "settings": pruner_settings(name),
                 **_combine(per_group, wall),
+                "cpu_s": time.process_time() - cpu_start,
                 "per_group": per_group,
             }
     finally:
@@ -458,18 +460,32 @@ def run_replay(
     return results
 
 
+def _machine() -> dict[str, Any]:
+    """Where the replay ran: wall times depend on the machine and its load."""
+    import os
+    import platform
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": None if load is None else round(load[0], 2),
+    }
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The per-pruner summary as a Markdown table."""
     lines = [
         "| pruner | steps trained (vs no pruning) | best run survived | regret mean (nats) | regret worst (nats) "
-        "| wall (s) |",
-        "|---|---|---|---|---|---|",
+        "| wall (s) | CPU (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results["pruners"].items():
         lines.append(
             f"| {name} | {100 * r['steps_share']:.1f}% | {100 * r['best_survival']:.1f}% "
             f"({r['group_orders']} group-orders) | {r['regret_mean']:.4f} | {r['regret_worst']:.4f} "
-            f"| {r['wall_s']:.1f} |"
+            f"| {r['wall_s']:.1f} | {r.get('cpu_s', math.nan):.1f} |"
         )
     return "\n".join(lines)
 
@@ -500,6 +516,7 @@ def write_results(out_dir: str | Path, results: dict[str, Any], command: str) ->
         f"reports every {g['report_steps']['every']} steps from step {g['report_steps']['first']}"
         for g in results["groups"]
     )
+    machine = results.get("machine", {})
     settings = "\n".join(f"- `{name}`: {r['settings']}" for name, r in results["pruners"].items())
     text = f"""# Pruner replay: {results.get('curves', '')}
 
@@ -516,6 +533,10 @@ Steps trained: optimizer steps trained up to the pruning report, or the whole ho
 the steps of no pruning. Best run survived: the group's lowest-final-loss run completed.
 Regret: final loss of the best completed run minus the group's best final loss (nats; inf
 when every run of a study was pruned or failed).
+
+Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, 1-minute load average
+{machine.get('load_average_1min_at_start')} at the start (wall time depends on the load; CPU time is this
+process's).
 
 Groups (grouped by {', '.join(results['group_by']) or 'none'}; each group reports on one grid of steps, losses
 linearly interpolated between a run's logged points where its logs are off that grid):
