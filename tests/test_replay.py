@@ -157,3 +157,15 @@ def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixtur
     write_curves_csv(path, _synthetic())
     assert main(["replay", str(path), "--pruner", "bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_target_line_judges_the_optlaws_row() -> None:
+    from optuna_optlaws.benchmarks.replay import target_line
+
+    res = run_replay(_synthetic(), ["none"], orders=2, progress=False)
+    assert "not checked" in target_line(res)
+    res["pruners"]["optlaws"] = dict(res["pruners"]["none"])  # survives always, trains everything
+    line = target_line(res)
+    assert "NOT met" in line and "100.0%" in line
+    res["pruners"]["optlaws"].update(steps_share=0.3, best_survival=0.96)
+    assert "Targets (issue 3) met" in target_line(res)

@@ -64,7 +64,7 @@ def _pruner_names(requested: list[str] | None) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from optuna_optlaws.benchmarks.replay import format_table, run_replay, write_results
+    from optuna_optlaws.benchmarks.replay import format_table, run_replay, target_line, write_results
     from optuna_optlaws.curves import read_curves_csv
 
     group_by = [] if args.group_by.strip() == "none" else [k.strip() for k in args.group_by.split(",") if k.strip()]
@@ -87,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     for g in results["groups"]:
         print(f"  {g['group']}: {len(g['runs'])} runs, {g['orders']} orders, best {g['best_run']}")
     print(format_table(results))
+    print(target_line(results))
     if args.out:
         write_results(args.out, results, _command(args, pruners))
         print(f"wrote {args.out}/README.md and results.json")

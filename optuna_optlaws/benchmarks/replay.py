@@ -490,6 +490,28 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TARGET_SURVIVAL = 0.95
+"""Issue 3: with the optlaws pruner the best run survives in at least this share of orders..."""
+
+TARGET_STEPS_SHARE = 0.35
+"""...while at most this share of the optimizer steps of no pruning is trained."""
+
+
+def target_line(results: dict[str, Any]) -> str:
+    """Whether the optlaws pruner met the targets of issue 3 in this replay (one line)."""
+    r = results["pruners"].get("optlaws")
+    if r is None:
+        return "Targets (issue 3): not checked, the optlaws pruner was not replayed."
+    survival_ok = r["best_survival"] >= TARGET_SURVIVAL
+    steps_ok = r["steps_share"] <= TARGET_STEPS_SHARE
+    verdict = "met" if survival_ok and steps_ok else "NOT met"
+    return (
+        f"Targets (issue 3) {verdict}: optlaws best run survived {100 * r['best_survival']:.1f}% "
+        f"(target >= {100 * TARGET_SURVIVAL:.0f}%: {'yes' if survival_ok else 'no'}), steps trained "
+        f"{100 * r['steps_share']:.1f}% (target <= {100 * TARGET_STEPS_SHARE:.0f}%: {'yes' if steps_ok else 'no'})."
+    )
+
+
 def format_group_table(results: dict[str, Any]) -> str:
     """Per group and pruner: steps share, best-run survival, worst regret (Markdown)."""
     lines = ["| group | runs | best run | orders | pruner | steps trained | best survived | regret worst (nats) |",
@@ -544,6 +566,8 @@ linearly interpolated between a run's logged points where its logs are off that 
 {groups}
 
 {format_table(results)}
+
+{target_line(results)}
 
 Pruner settings (T: the group's horizon in steps):
 
