@@ -18,7 +18,8 @@ Numerics. Within a chunk the target is held at its value for the chunk's mean LR
 mid-chunk area; the update ``n <- n e^{-kappa a} + (1 - e^{-kappa a}) target`` (``a`` the
 chunk's area) is then exact, so the cost is the number of chunks, not of steps. Chunk
 boundaries are the schedule's breakpoints (and LR jumps of logged schedules), the
-steps asked for, and a uniform grid of ``max_chunks`` chunks.
+steps asked for, and a uniform grid of ``max_chunks`` chunks (long logged schedules keep
+only their jumps and kinks).
 
 Units: steps are optimizer steps; LR areas are measured in *area units* of
 ``eta_ref * 1000`` (a thousand steps at the reference peak LR), so the fitted shape
@@ -45,7 +46,11 @@ STEPS_PER_AREA_UNIT = 1000.0
 """An area unit is this many steps at the reference LR."""
 
 _MAX_KNOT_BREAKS = 1024
-"""Logged schedules with more knots than this keep only their jumps as breakpoints."""
+"""Logged schedules with more knots than this keep only their jumps and kinks as breakpoints."""
+
+KINK_TOL = 1e-3
+"""A knot of a thinned schedule is kept when its LR departs from the straight line
+through its neighbours by more than this fraction of the schedule's largest LR."""
 
 
 @dataclass(frozen=True)
@@ -75,24 +80,38 @@ class ChunkGrid:
         return np.asarray(self.s_end[self.target_chunk], dtype=np.float64)
 
 
-def _jump_steps(schedule: Schedule) -> NDArray[np.float64]:
-    """Breakpoints of a schedule; for heavily logged knot schedules only its jumps."""
+def _jump_steps(schedule: Schedule, max_knots: int = _MAX_KNOT_BREAKS) -> NDArray[np.float64]:
+    """Breakpoints of a schedule. A knot schedule with more than ``max_knots`` knots keeps
+    its ends, its jumps and its kinks (see ``KINK_TOL``): between them the LR is smooth on
+    the scale of a chunk, where the chunk's Simpson area and mean LR are accurate."""
     if schedule.family != "knots":
         return np.ceil(schedule.breakpoints())
     ks = np.asarray(schedule.params["steps"], dtype=np.float64)
-    if ks.size <= _MAX_KNOT_BREAKS:
+    if ks.size <= max_knots:
         return ks
     kv = np.asarray(schedule.params["lrs"], dtype=np.float64)
     gap = np.diff(ks)
     jump = (gap <= 1.0) & (np.abs(np.diff(kv)) > 0.0)
     idx = np.flatnonzero(jump)
-    return np.unique(np.concatenate([ks[idx], ks[idx + 1], ks[[0, -1]]]))
+    keep = [ks[idx], ks[idx + 1], ks[[0, -1]]]
+    if ks.size >= 3:
+        w = gap[:-1] / (gap[:-1] + gap[1:])
+        line = kv[:-2] + w * (kv[2:] - kv[:-2])
+        kink = np.abs(kv[1:-1] - line) > KINK_TOL * max(float(np.abs(kv).max()), 1e-300)
+        keep.append(ks[1:-1][kink])
+    return np.unique(np.concatenate(keep))
 
 
 def chunk_grid(
-    schedule: Schedule, targets: NDArray[np.int64], *, eta_ref: float, max_chunks: int = 256
+    schedule: Schedule,
+    targets: NDArray[np.int64],
+    *,
+    eta_ref: float,
+    max_chunks: int = 256,
+    max_knots: int = _MAX_KNOT_BREAKS,
 ) -> ChunkGrid:
-    """The chunk grid of ``schedule`` that has a boundary right after every target step."""
+    """The chunk grid of ``schedule`` that has a boundary right after every target step;
+    ``max_knots``: see :func:`_jump_steps` (the fit thins every knot schedule)."""
     targets = np.asarray(targets, dtype=np.int64)
     horizon = max(schedule.total_steps, int(targets.max()) + 1 if targets.size else 1)
     pts = np.concatenate(
@@ -100,7 +119,7 @@ def chunk_grid(
             [0.0, float(horizon)],
             targets.astype(np.float64) + 1.0,
             np.round(np.linspace(0.0, horizon, max_chunks + 1)),
-            _jump_steps(schedule),
+            _jump_steps(schedule, max_knots),
         ]
     )
     bounds = np.unique(np.clip(pts, 0, horizon)).astype(np.int64)

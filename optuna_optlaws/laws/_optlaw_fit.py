@@ -195,14 +195,18 @@ class FitProblem:
         return np.asarray(-jac / loss[:, None], dtype=np.float64)
 
 
-TRANSIENT_FRACTION = 0.03
-"""The fit skips each curve's first 3% of steps (the initial transient the law does not describe)."""
+TRANSIENT_FRACTION = 0.1
+"""The fit skips each curve's first 10% of steps (the initial transient, where the
+quadratic picture behind the law is poor)."""
+
+HUBER_EFFICIENCY = 1.345
+"""Huber scale in units of the point noise (95% efficiency for Gaussian noise)."""
 
 
 def fit_points(
     curve: Curve, steps: NDArray[np.int64], losses: FloatArray, most: int, transient: float = TRANSIENT_FRACTION
 ) -> tuple[NDArray[np.int64], FloatArray]:
-    """The points of a curve the fit uses: after the warmup (and the first 3% of the run,
+    """The points of a curve the fit uses: after the warmup (and the first 10% of the run,
     the initial transient the law does not describe), at most ``most``, evenly spread."""
     sched = curve.schedule
     peak = sched.peak_lr
@@ -221,9 +225,25 @@ def fit_points(
     return steps, losses
 
 
-def loco_folds(residuals: Any, groups: NDArray[np.int64], most: int) -> list[tuple[Any, None, Any]]:
+def point_noise(log_y: FloatArray, groups: NDArray[np.int64]) -> float:
+    """Robust per-point noise of the fitted log-losses (log-loss units): per curve the
+    scaled median absolute deviation of second differences over ``sqrt(6)`` (a smooth
+    curve's second differences are its noise's), median over curves; 0 when no curve has
+    four points."""
+    sds = []
+    for g in np.unique(groups):
+        d = np.diff(log_y[groups == g], 2)
+        if d.size >= 2:
+            sds.append(1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(6.0))
+    return float(np.median(sds)) if sds else 0.0
+
+
+def loco_folds(
+    residuals: Any, jacobian: Any, groups: NDArray[np.int64], most: int
+) -> list[tuple[Any, Any, Any]]:
     """Leave-one-curve-out folds for :func:`loco_discrepancy`: the other curves' residuals
-    and the left-out curve's last quarter (at most ``most`` curves, spread evenly)."""
+    and Jacobian rows, and the left-out curve's last quarter (at most ``most`` curves,
+    spread evenly)."""
     folds = []
     uniq = np.unique(groups)
     if uniq.size > most:
@@ -235,10 +255,8 @@ def loco_folds(residuals: Any, groups: NDArray[np.int64], most: int) -> list[tup
         folds.append(
             (
                 lambda theta, keep=keep: residuals(theta)[keep],
-                None,
+                lambda theta, keep=keep: jacobian(theta)[keep],
                 lambda theta, late=late: residuals(theta)[late],
             )
         )
     return folds
-
-
