@@ -32,12 +32,14 @@ identifiable when the fitting curves use different peak LRs (at least a factor 1
 apart); otherwise it is off (``k_esc = 0``, not a fitted parameter). Too short a warmup
 is not modelled separately.
 
-Fitting: Huber (delta 1e-3) on log-loss through the shared harness
-(:func:`~optuna_optlaws.laws._fitting.fit_least_squares`, analytic Jacobian from
-:mod:`._optlaw_fit`), several seeded starts, on at most ``fit_points`` points per curve
-after its warmup. Intervals: the Laplace posterior plus a leave-one-curve-out model
-discrepancy (:func:`~optuna_optlaws.laws._fitting.loco_discrepancy`) whose variance grows
-in proportion to the LR area beyond the largest fitted area. ``predict(...,
+Fitting: Huber on log-loss, its scale 1.345 times the curves' own point noise, through
+the shared harness (:func:`~optuna_optlaws.laws._fitting.fit_least_squares`, analytic
+Jacobian from :mod:`._optlaw_fit`), several seeded starts, on at most ``fit_points``
+points per curve after its warmup and its first 10% of steps (the initial transient);
+the fit's chunk grids thin logged schedules to their jumps and kinks. Intervals: the
+Laplace posterior plus a leave-one-curve-out model discrepancy
+(:func:`~optuna_optlaws.laws._fitting.loco_discrepancy`) whose variance grows in
+proportion to the LR area beyond the largest fitted area. ``predict(...,
 observed=prefix)`` conditions on the run's own prefix with
 :func:`~optuna_optlaws.laws._fitting.condition_on_prefix`.
 
@@ -70,7 +72,7 @@ from optuna_optlaws.laws._fitting import (
     loco_discrepancy,
     predictive,
 )
-from optuna_optlaws.laws._optlaw_fit import FitProblem, fit_points, loco_folds
+from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, FitProblem, fit_points, loco_folds, point_noise
 from optuna_optlaws.laws._optlaw_lineage import continued, resolve_lineage
 from optuna_optlaws.laws._optlaw_predict import fd_thetas, log_jac, loss_at_targets, loss_final
 from optuna_optlaws.laws._optlaw_terms import Terms, default_start, terms_for, warm_start
@@ -85,6 +87,12 @@ _PREFIX_WINDOW = 0.2
 """Conditioning on a prefix estimates the run's offset from its last 20% of steps."""
 _PREFIX_MIN_POINTS = 3
 
+_FIT_CHUNKS = 128
+"""Uniform chunks of a fitted curve's grid (besides its fitted steps and kinks)."""
+_FIT_KNOTS = 0
+"""The fit thins every logged (knot) schedule to its jumps and kinks: the fit's cost
+grows with the chunk count of the longest curve."""
+
 
 class OptLaw(Law):
     """The Opt-Law (default law): convergence + multiplicative-noise modes + escape term,
@@ -93,8 +101,11 @@ class OptLaw(Law):
     name = "optlaw"
     uses_model_size = True
 
-    huber_delta: float = 1e-3
-    """Huber scale on log-loss residuals (nats)."""
+    huber_delta: float | None = None
+    """Huber scale on log-loss residuals (nats); ``None``: ``HUBER_EFFICIENCY`` times the
+    fitted points' own noise (:func:`~._optlaw_fit.point_noise`), at least ``min_huber``."""
+    min_huber: float = 5e-5
+    """Floor of the automatic Huber scale (nats), for noiseless (synthetic) curves."""
     total_fit_points: int = 900
     """Budget of fitted points over all curves (each curve keeps at least 24)."""
     loco_folds: int = 6
@@ -137,7 +148,9 @@ class OptLaw(Law):
             steps, losses = fit_points(c, steps, losses, per_curve)
             if steps.size == 0:
                 continue
-            grid = dyn.chunk_grid(c.schedule, steps, eta_ref=base.eta_ref, max_chunks=128)
+            grid = dyn.chunk_grid(
+                c.schedule, steps, eta_ref=base.eta_ref, max_chunks=_FIT_CHUNKS, max_knots=_FIT_KNOTS
+            )
             prepared.append((c, grid, np.log(losses)))
         if not prepared:
             ids = ", ".join(c.run_id for c in curves[:5])
@@ -184,19 +197,26 @@ class OptLaw(Law):
         space = terms.space()
         problem = FitProblem(terms, [c for c, _, _ in prepared], [g for _, g, _ in prepared], log_y)
         starts = [default_start(terms, float(np.exp(log_y).min()))]
+        huber = self.huber_scale(log_y, groups)
         if warm is not None:
             starts.insert(0, warm_start(terms, warm))
         result = fit_least_squares(
             space, problem.residuals, jacobian=problem.jacobian, starts=starts,
             n_random=self.n_random if warm is None else 1, seed=seed,
-            huber_delta=self.huber_delta, groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
+            huber_delta=huber, groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
         )
         if self.loco and len(prepared) >= 2 and warm is None:
             result.posterior.model_sd = loco_discrepancy(
-                space, result.theta, loco_folds(problem.residuals, groups, self.loco_folds),
-                noise=result.posterior.noise, huber_delta=self.huber_delta,
+                space, result.theta, loco_folds(problem.residuals, problem.jacobian, groups, self.loco_folds),
+                noise=result.posterior.noise, huber_delta=huber,
             )
-        return result.posterior, result.info()
+        return result.posterior, {**result.info(), "huber_delta": huber}
+
+    def huber_scale(self, log_y: FloatArray, groups: NDArray[np.int64]) -> float:
+        """The Huber scale (nats of log-loss) for fitted points ``log_y`` of curves ``groups``."""
+        if self.huber_delta is not None:
+            return float(self.huber_delta)
+        return max(self.min_huber, HUBER_EFFICIENCY * point_noise(log_y, groups))
 
     # ------------------------------------------------------------------ prediction
     @property
