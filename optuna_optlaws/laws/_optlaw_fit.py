@@ -238,20 +238,30 @@ def point_noise(log_y: FloatArray, groups: NDArray[np.int64]) -> float:
     return float(np.median(sds)) if sds else 0.0
 
 
+def _late(own: NDArray[np.intp]) -> NDArray[np.intp]:
+    """The last quarter (at least one) of a curve's point indices."""
+    return own[own.size - max(1, own.size // 4) :]
+
+
 def loco_folds(
     residuals: Any, jacobian: Any, groups: NDArray[np.int64], most: int
 ) -> list[tuple[Any, Any, Any]]:
-    """Leave-one-curve-out folds for :func:`loco_discrepancy`: the other curves' residuals
-    and Jacobian rows, and the left-out curve's last quarter (at most ``most`` curves,
-    spread evenly)."""
+    """Folds for :func:`loco_discrepancy`: leave one curve out (at most ``most`` curves,
+    spread evenly): the other curves' residuals and Jacobian rows, and the left-out
+    curve's last quarter. A single curve has one fold instead: fit its first three
+    quarters, predict its last quarter (the error of extrapolating in time; on several
+    curves such a fold was not better calibrated than leaving curves out)."""
     folds = []
     uniq = np.unique(groups)
     if uniq.size > most:
         uniq = uniq[np.unique(np.round(np.linspace(0, uniq.size - 1, most)).astype(np.int64))]
-    for g in uniq:
-        keep = groups != g
-        own = np.flatnonzero(~keep)
-        late = own[own.size - max(1, own.size // 4) :]
+    masks = [(groups != g, _late(np.flatnonzero(groups == g))) for g in uniq]
+    if uniq.size == 1:
+        late = _late(np.arange(groups.size))
+        keep = np.ones(groups.size, dtype=bool)
+        keep[late] = False
+        masks = [(keep, late)]
+    for keep, late in masks:
         folds.append(
             (
                 lambda theta, keep=keep: residuals(theta)[keep],

@@ -37,7 +37,8 @@ the shared harness (:func:`~optuna_optlaws.laws._fitting.fit_least_squares`, ana
 Jacobian from :mod:`._optlaw_fit`), several seeded starts, on at most ``fit_points``
 points per curve after its warmup and its first 10% of steps (the initial transient);
 the fit's chunk grids thin logged schedules to their jumps and kinks. Intervals: the
-Laplace posterior plus a leave-one-curve-out model discrepancy
+Laplace posterior plus a leave-one-curve-out model discrepancy (for a single curve: fit
+its first three quarters, predict the last)
 (:func:`~optuna_optlaws.laws._fitting.loco_discrepancy`) whose variance grows in
 proportion to the LR area beyond the largest fitted area. ``predict(...,
 observed=prefix)`` conditions on the run's own prefix with
@@ -205,9 +206,10 @@ class OptLaw(Law):
             n_random=self.n_random if warm is None else 1, seed=seed,
             huber_delta=huber, groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
         )
-        if self.loco and len(prepared) >= 2 and warm is None:
+        if self.loco and warm is None:
+            folds = loco_folds(problem.residuals, problem.jacobian, groups, self.loco_folds)
             result.posterior.model_sd = loco_discrepancy(
-                space, result.theta, loco_folds(problem.residuals, problem.jacobian, groups, self.loco_folds),
+                space, result.theta, folds,
                 noise=result.posterior.noise, huber_delta=huber,
             )
         return result.posterior, {**result.info(), "huber_delta": huber}
