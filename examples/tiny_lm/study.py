@@ -10,7 +10,9 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
 
 * ``optlaws``: :class:`~optuna_optlaws.OptLawsSampler` + :class:`~optuna_optlaws.OptLawsPruner`;
 * ``tpe-median``: ``TPESampler`` + ``MedianPruner``;
-* ``tpe``: ``TPESampler``, no pruning.
+* ``tpe``: ``TPESampler``, no pruning;
+* ``tpe-optlaws`` (only when asked): ``TPESampler`` + :class:`~optuna_optlaws.OptLawsPruner`,
+  the pruner alone.
 
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
@@ -46,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tinylm import TinyLMConfig, count_parameters, default_device, train
 
 ROOT = Path(__file__).resolve().parents[2]
-ARMS = ("optlaws", "tpe-median", "tpe")
+ARMS = ("optlaws", "tpe-median", "tpe", "tpe-optlaws")
+"""``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner; it runs only when asked."""
+DEFAULT_ARMS = ("optlaws", "tpe-median", "tpe")
 STEPS_ATTR = "steps_trained"
 """User attribute of every trial: optimizer steps it actually trained."""
 
@@ -113,6 +117,9 @@ def make_study(arm: str, storage: str, seed: int, steps: int, resume: bool, law:
     elif arm == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed)
         pruner = optuna.pruners.NopPruner()
+    elif arm == "tpe-optlaws":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = OptLawsPruner(law, seed=seed)
     else:
         raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
     if not resume:
@@ -222,7 +229,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arm", action="append", choices=ARMS, help="arm(s) to run (repeatable; default: all three)")
+    ap.add_argument("--arm", action="append", choices=ARMS, help="arm(s) to run (repeatable; default: the first three)")
     ap.add_argument("--trials", type=int, default=30, help="trials per arm (default 30)")
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per trial (default 600)")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<out-dir>/tiny_lm.db)")
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             args.trials = 6
         if "--steps" not in argv:
             args.steps = 200
-    arms = args.arm or list(ARMS)
+    arms = args.arm or list(DEFAULT_ARMS)
     out_dir: Path = args.out_dir or ROOT / "studies" / "tiny_lm" / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{os.path.relpath(out_dir / 'tiny_lm.db')}"
