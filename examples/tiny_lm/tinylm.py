@@ -22,6 +22,7 @@ when present.
 from __future__ import annotations
 
 import math
+import os
 import sysconfig
 import time
 from collections.abc import Callable
@@ -66,14 +67,16 @@ def corpus_files(corpus: str = "stdlib") -> list[Path]:
     if corpus == "site_docs":
         return _site_docs()
     root = Path(sysconfig.get_paths()["stdlib"])
-    out = []
-    for p in sorted(root.rglob("*.py"), key=lambda q: q.relative_to(root).as_posix()):
-        rel = p.relative_to(root).as_posix()
-        if "site-packages" in rel or "dist-packages" in rel:
-            continue
-        if _is_test_path(rel) == (corpus == "stdlib_tests"):
-            out.append(p)
-    return out
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")]
+        for name in filenames:
+            if name.endswith(".py"):
+                p = Path(dirpath) / name
+                rel = p.relative_to(root).as_posix()
+                if _is_test_path(rel) == (corpus == "stdlib_tests"):
+                    found.append((rel, p))
+    return [p for _, p in sorted(found)]
 
 
 def _site_docs() -> list[Path]:
