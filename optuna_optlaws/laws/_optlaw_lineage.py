@@ -1,11 +1,16 @@
 """Continued runs: a run that resumes from its parent's weights (``Curve.resume_from``,
 ``resume_step``) is the parent's schedule up to ``resume_step`` followed by its own; the
-Opt-Law integrates that whole history, so the run starts from its parent's mode state."""
+Opt-Law integrates that whole history, so the run starts from its parent's mode state.
+
+The lineage (whole-history schedule of every run a law knows, by run id) is saved in the
+law file (:func:`lineage_state`, :func:`lineage_from_state`), so ``optlaws predict`` can
+continue a run the law was fitted on; law files written before that simply have none."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -13,11 +18,29 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.schedules import Schedule
 
+_COLLINEAR_RTOL = 1e-12
+"""A logged knot is dropped from a saved lineage schedule only when it lies on the line
+through its neighbours to this relative precision (the schedule is unchanged)."""
 
-def continued(parent: Schedule, resume_step: int, child: Schedule) -> tuple[Schedule, int]:
+
+def check_resume_step(run_id: str, parent_id: str, resume_step: int, parent_steps: int, where: str) -> None:
+    """InputError unless ``resume_step`` is a step of the parent (``0 .. parent_steps - 1``)."""
+    if not 0 <= resume_step < parent_steps:
+        raise InputError(
+            f"{where}: run {run_id!r} resumes from {parent_id!r} at step {resume_step}, past the parent's "
+            f"last step {parent_steps - 1}"
+        )
+
+
+def continued(
+    parent: Schedule, resume_step: int, child: Schedule, *, where: str = "continued run", run_id: str = "?",
+    parent_id: str = "?",
+) -> tuple[Schedule, int]:
     """The whole-history schedule of a run that starts from its parent's weights after
     the parent's step ``resume_step`` and then follows ``child`` (its own steps from 0),
-    and the offset that maps the child's steps to whole-history steps."""
+    and the offset that maps the child's steps to whole-history steps. InputError when
+    ``resume_step`` is past the parent's last step."""
+    check_resume_step(run_id, parent_id, resume_step, parent.total_steps, where)
     head = parent.truncated(resume_step + 1)
     tail = child.truncated(child.total_steps)
     offset = resume_step + 1
@@ -45,9 +68,52 @@ def resolve_lineage(curves: Sequence[Curve], where: str) -> list[Curve]:
                     f"{where}: run {c.run_id!r} resumes from {c.resume_from!r}, which is not among the curves"
                 )
             parent = resolve(by_id[c.resume_from], depth + 1)
-            sched, offset = continued(parent.schedule, int(c.resume_step or 0), c.schedule)
+            sched, offset = continued(
+                parent.schedule, int(c.resume_step or 0), c.schedule, where=where, run_id=c.run_id,
+                parent_id=c.resume_from,
+            )
             out = replace(c, schedule=sched, steps=c.steps + offset, resume_from=None, resume_step=None)
         done[c.run_id] = out
         return out
 
     return [resolve(c) for c in curves]
+
+
+def _thinned(schedule: Schedule) -> Schedule:
+    """The same schedule with logged knots that lie exactly on the line through their
+    neighbours removed (constant and linear stretches shrink to their ends)."""
+    if schedule.family != "knots":
+        return schedule
+    s = np.asarray(schedule.params["steps"], dtype=np.float64)
+    v = np.asarray(schedule.params["lrs"], dtype=np.float64)
+    if s.size < 3:
+        return schedule
+    keep = np.ones(s.size, dtype=bool)
+    left, mid, right = s[:-2], s[1:-1], s[2:]
+    span = right - left
+    with np.errstate(invalid="ignore", divide="ignore"):
+        line = v[:-2] + (v[2:] - v[:-2]) * (mid - left) / span
+    flat = (span > 0) & (mid > left) & (mid < right)
+    keep[1:-1] = ~(flat & (np.abs(v[1:-1] - line) <= _COLLINEAR_RTOL * np.maximum(np.abs(v[1:-1]), 1e-300)))
+    return Schedule.from_knots(s[keep], v[keep])
+
+
+def lineage_state(lineage: Mapping[str, Schedule]) -> dict[str, Any]:
+    """The law file's record of whole-history schedules by run id (JSON-ready)."""
+    return {rid: _thinned(sched).to_dict() for rid, sched in lineage.items()}
+
+
+def lineage_from_state(state: Any) -> dict[str, Schedule]:
+    """Inverse of :func:`lineage_state`; ``None`` (a law file written before lineages were
+    saved) gives an empty lineage. ValueError on a malformed record."""
+    if state is None:
+        return {}
+    if not isinstance(state, Mapping):
+        raise ValueError("'lineage' must be a JSON object of schedules by run id")
+    out: dict[str, Schedule] = {}
+    for rid, data in state.items():
+        try:
+            out[str(rid)] = Schedule.from_dict(data)
+        except InputError as exc:
+            raise ValueError(f"lineage of run {rid!r}: {exc}") from None
+    return out

@@ -74,7 +74,7 @@ from optuna_optlaws.laws._fitting import (
     predictive,
 )
 from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, FitProblem, fit_points, loco_folds, point_noise
-from optuna_optlaws.laws._optlaw_lineage import continued, resolve_lineage
+from optuna_optlaws.laws._optlaw_lineage import continued, lineage_from_state, lineage_state, resolve_lineage
 from optuna_optlaws.laws._optlaw_predict import fd_thetas, log_jac, loss_at_targets, loss_final
 from optuna_optlaws.laws._optlaw_terms import Terms, default_start, terms_for, warm_start
 from optuna_optlaws.schedules import Schedule
@@ -128,8 +128,9 @@ class OptLaw(Law):
         several sizes): predictions mix them with equal weights."""
         self.lineage: dict[str, Schedule] = {}
         """Whole-history schedule of every run fitted on (a continued run's parent part
-        included), by run id: :meth:`predict_curve` continues from these. Not saved in the
-        law file; :meth:`add_lineage` registers more."""
+        included), by run id: :meth:`predict_curve` continues from these. Saved in the
+        law file (absent from files written before, which load with none);
+        :meth:`add_lineage` registers more."""
         self.posterior: Posterior | None = None
         """Laplace posterior of the last fit (None before fitting)."""
 
@@ -376,7 +377,10 @@ class OptLaw(Law):
                 f"predict {self.name}: run {curve.run_id!r} resumes from {curve.resume_from!r}, which the law "
                 "does not know; fit on it or register it with add_lineage()"
             )
-        sched, offset = continued(parent, int(curve.resume_step or 0), curve.schedule)
+        sched, offset = continued(
+            parent, int(curve.resume_step or 0), curve.schedule, where=f"predict {self.name}",
+            run_id=curve.run_id, parent_id=curve.resume_from,
+        )
         shifted = None
         if observed is not None:
             shifted = replace(observed, schedule=sched, steps=observed.steps + offset, resume_from=None)
@@ -417,6 +421,7 @@ class OptLaw(Law):
                 {"terms": t.to_state(), "values": p.space.as_dict(p.theta), "posterior": p.to_state()}
                 for t, p in self._members
             ],
+            "lineage": lineage_state(self.lineage),
         }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -438,4 +443,5 @@ class OptLaw(Law):
         self._members = members
         self._terms, self.posterior = members[0]
         self._space = self.posterior.space
+        self.lineage = lineage_from_state(state.get("lineage"))
 
