@@ -8,7 +8,10 @@
   ``rank run_id pred_final pred_lo pred_hi``.
 
 Predictions use each run's schedule (its ``lr`` values) and sizes only; any ``loss``
-values in SCHEDULES.csv are ignored. Bad input raises :class:`InputError`, which the
+values in SCHEDULES.csv are ignored. A continued run (``resume_from``/``resume_step``)
+must resume from a run in SCHEDULES.csv or one the law was fitted on, at one of its
+steps; the Opt-Law starts it from its parent's state (the lineage saved in the law file),
+the baselines, which have no parent state, from its own step 0. Bad input raises :class:`InputError`, which the
 ``optlaws`` entry point prints as one line before exiting with code 2.
 """
 
@@ -20,6 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import DEFAULT_LAW, LAW_MODULES, Law, Prediction, load_law, make_law
+from optuna_optlaws.laws._optlaw_lineage import check_resume_step
 
 
 def register(subparsers: Any) -> None:
@@ -84,6 +89,13 @@ def _parse_runs(text: str | None) -> list[str] | None:
 
 def _run_fit(args: argparse.Namespace) -> int:
     curves = read_curves_csv(args.curves, runs=_parse_runs(args.runs))
+    ids = {c.run_id for c in curves}
+    for c in curves:
+        if c.resume_from is not None and c.resume_from not in ids:
+            raise InputError(
+                f"{args.curves}: run {c.run_id!r} resumes from {c.resume_from!r}, which is not among the "
+                "runs being fitted (add it to the file or to --runs)"
+            )
     observed = [c for c in curves if np.any(c.finite)]
     if not observed:
         raise InputError(f"{args.curves}: no run has a finite 'loss' value, so there is nothing to fit")
@@ -148,6 +160,42 @@ def _row_keys(path: str) -> list[tuple[str, int]]:
     return keys
 
 
+def _prepare_continued(law: Law, curves: Sequence[Curve], where: str) -> None:
+    """Check every continued run's parent and resume step (parent in the file, else among
+    the law's fitted runs or lineage) and register the file's parents with a law that
+    continues runs from their parent's state (``add_lineage``)."""
+    in_file = {c.run_id: c for c in curves}
+    lineage = getattr(law, "lineage", {})
+    known = {str(r["run_id"]): int(r["total_steps"]) for r in law.fitted_on if r.get("total_steps") is not None}
+    known.update({rid: s.total_steps for rid, s in lineage.items()})
+    parents = set()
+    for c in curves:
+        if c.resume_from is None:
+            continue
+        parents.add(c.resume_from)
+        if c.resume_from in in_file:
+            continue  # read_curves_csv checked the resume step
+        if c.resume_from not in known:
+            raise InputError(
+                f"{where}: run {c.run_id!r} resumes from {c.resume_from!r}, which is neither in this file nor "
+                f"among the runs the law was fitted on"
+            )
+        check_resume_step(c.run_id, c.resume_from, int(c.resume_step or 0), known[c.resume_from], where)
+    add_lineage = getattr(law, "add_lineage", None)
+    if add_lineage is not None and parents & in_file.keys():
+        add_lineage([in_file[p] for p in parents if p in in_file])
+
+
+def _predict_run(law: Law, curve: Curve, steps: NDArray[np.int64]) -> Prediction:
+    """Loss of ``curve``'s schedule at ``steps``; a continued run through
+    :meth:`Law.predict_curve` (the Opt-Law starts it from its parent's state)."""
+    if curve.resume_from is None:
+        return law.predict(
+            curve.schedule, steps, model_size=curve.model_size, tokens_per_step=curve.tokens_per_step
+        )
+    return law.predict_curve(replace(curve, steps=steps, losses=np.full(steps.size, math.nan)))
+
+
 def _finite_or_nan(x: float) -> str:
     return repr(float(x)) if math.isfinite(x) else "nan"
 
@@ -156,6 +204,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     law = load_law(args.law)
     curves = read_curves_csv(args.schedules)
     _check_law_sizes(law, curves, args.schedules)
+    _prepare_continued(law, curves, args.schedules)
     keys = _row_keys(args.schedules)
     steps_of: dict[str, list[int]] = {}
     for run_id, step in keys:
@@ -164,7 +213,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     progress = Progress("optlaws predict", len(curves))
     for c in curves:
         steps = np.unique(np.asarray(steps_of[c.run_id], dtype=np.int64))
-        p = law.predict(c.schedule, steps, model_size=c.model_size, tokens_per_step=c.tokens_per_step)
+        p = _predict_run(law, c, steps)
         for s, m, lo, hi in zip(steps.tolist(), *(np.asarray(a, dtype=np.float64) for a in p), strict=True):
             table[(c.run_id, int(s))] = (float(m), float(lo), float(hi))
         progress.advance(1)
@@ -193,12 +242,21 @@ def _write_rows(out: str, header: list[str], rows: list[list[Any]]) -> None:
 
 def predict_final_losses(law: Law, curves: Sequence[Curve], where: str = "") -> Prediction:
     """Predicted loss (nats) at the last step of each curve's schedule, in input order,
-    vectorised over the curves that share a model size and tokens per step."""
+    vectorised over the curves that share a model size and tokens per step; a continued
+    run (``resume_from``) one by one from its parent's state."""
     _check_law_sizes(law, curves, where or "schedules")
+    _prepare_continued(law, curves, where or "schedules")
     mean = np.full(len(curves), math.nan)
     lo = np.full(len(curves), math.nan)
     hi = np.full(len(curves), math.nan)
-    for (model_size, tokens), idx in _group_by_sizes(curves).items():
+    for i, c in enumerate(curves):
+        if c.resume_from is not None:
+            p = _predict_run(law, c, np.array([c.schedule.total_steps - 1], dtype=np.int64))
+            mean[i], lo[i], hi[i] = p.mean[0], p.lo[0], p.hi[0]
+    for (model_size, tokens), all_idx in _group_by_sizes(curves).items():
+        idx = [i for i in all_idx if curves[i].resume_from is None]
+        if not idx:
+            continue
         p = law.predict_final([curves[i].schedule for i in idx], model_size=model_size, tokens_per_step=tokens)
         mean[idx], lo[idx], hi[idx] = p.mean, p.lo, p.hi
     return Prediction(mean, lo, hi)

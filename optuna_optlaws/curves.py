@@ -125,6 +125,7 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
         order: list[str] = []
         run_const: dict[str, dict[str, tuple[float, int]]] = {}
         resume: dict[str, tuple[str | None, int | None]] = {}
+        resume_line: dict[str, int] = {}
         line = 1
         try:
             for record in reader:
@@ -184,10 +185,21 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
                     if rstep is None or rstep < 0 or rstep != int(rstep):
                         raise InputError(f"{where} column 'resume_step': a resumed run needs a whole resume_step >= 0")
                     resume[run_id] = (parent_id, int(rstep))
+                    resume_line[run_id] = line
         except csv.Error as exc:
             raise InputError(f"{name} line {line}: malformed CSV ({exc})") from None
     if not order:
         raise InputError(f"{name}: the curves file has a header but no rows")
+    for child_id, (par_id, rstep) in resume.items():
+        # a parent in this file must reach the resume step (one outside it is checked by its user)
+        if par_id is not None and par_id in rows and rstep is not None:
+            par = rows[par_id]
+            last = int(max([*par["lr_steps"], *par["steps"]], default=-1))
+            if rstep > last:
+                raise InputError(
+                    f"{name} line {resume_line[child_id]} column 'resume_step': run {child_id!r} resumes from "
+                    f"{par_id!r} at step {rstep}, past the parent's last step {last}"
+                )
     wanted = list(order) if runs is None else [r.strip() for r in runs if r.strip()]
     for run_id in wanted:
         if run_id not in rows:
