@@ -1,0 +1,340 @@
+"""Continual pre-training and fine-tuning benchmark: can a law fitted on a few continued
+runs pick the best of the others?
+
+``python -m optuna_optlaws.benchmarks.transfer`` reads the real tiny-LM curves of
+``studies/continual/curves.csv`` and ``studies/finetune/curves.csv`` (written by
+``examples/tiny_lm/continual.py`` and ``finetune.py``). In each setting the candidates
+are the runs that resume from the parent run (``resume_from``); runs trained from random
+weights (``scratch_*``) are neither fitted nor ranked. Grouping: every 3-run subset of the
+candidates is a training set and the other candidates are held out; when there are more
+subsets than ``--groups``, that many distinct subsets are drawn with a seeded generator.
+For each group every method predicts the held-out runs' final losses (the loss at each
+run's last row of the curves file, nats) and is scored on:
+
+* Top-2 / Top-1 hit: the truly best held-out run is among the method's two lowest (its
+  lowest) predictions; predictions that tie are ordered at random, so a tie counts the
+  expected hit (issue target: Top-2 >= 94%, the seed paper's figure);
+* Spearman of predicted vs observed final losses over the held-out runs (mean over groups);
+* mean absolute error of the predicted final loss (nats) over all held-out predictions.
+
+Methods: ``optlaw+parent``, the Opt-Law fitted on the parent's curve and the 3 training
+runs, each continued run starting from the parent's mode state; ``optlaw+lineage``, the
+same but the parent's losses are not fitted, only its schedule (the state the continued
+runs start from; the parent's losses are on another corpus); ``multipower`` and
+``momentum``, which have no parent state, fitted on the 3 training runs' own curves, each
+counted from its own step 0; ``nearest-peak``, a trivial baseline that predicts the mean
+final loss of the training runs with the nearest peak LR (log scale).
+Only predicted means are ranked, so the Opt-Law is fitted without its leave-one-curve-out
+interval refits (``loco=False``: the same fitted parameters, less time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._progress import Progress
+from optuna_optlaws.benchmarks.law_accuracy import _machine_info, _spearman
+from optuna_optlaws.curves import Curve, read_curves_csv
+from optuna_optlaws.laws import Law, make_law
+from optuna_optlaws.laws.optlaw import OptLaw
+
+FloatArray = NDArray[np.float64]
+
+SETTINGS = {
+    "continual": "studies/continual",
+    "finetune": "studies/finetune",
+}
+"""Setting name -> folder holding its ``curves.csv`` (and where its results are written)."""
+
+METHODS = ("optlaw+parent", "optlaw+lineage", "multipower", "momentum", "nearest-peak")
+TOP2_TARGET = 0.94
+"""Top-2 hit rate of the seed paper (issue 4)."""
+
+
+# ---------------------------------------------------------------------- grouping
+@dataclass(frozen=True)
+class Setting:
+    """One setting's curves: the parent run, its continued runs (candidates), and the
+    runs trained from scratch (excluded)."""
+
+    name: str
+    path: Path
+    parent: Curve
+    candidates: list[Curve]
+    excluded: list[str]
+
+
+def load_setting(name: str, path: str | Path) -> Setting:
+    """Read ``path`` (a curves file) and split it into parent, candidates and excluded
+    runs; InputError unless every continued run resumes from the same parent."""
+    curves = read_curves_csv(path)
+    by_id = {c.run_id: c for c in curves}
+    parents = {c.resume_from for c in curves if c.resume_from is not None}
+    if len(parents) != 1:
+        raise InputError(f"{path}: needs continued runs that all resume from one parent, found {sorted(parents)}")
+    parent_id = parents.pop()
+    assert parent_id is not None
+    if parent_id not in by_id:
+        raise InputError(f"{path}: the continued runs resume from {parent_id!r}, which is not in the file")
+    cands = [c for c in curves if c.resume_from == parent_id and np.any(c.finite)]
+    excluded = [c.run_id for c in curves if c.run_id != parent_id and c.resume_from is None]
+    return Setting(name, Path(path), by_id[parent_id], cands, excluded)
+
+
+def training_groups(n: int, size: int, limit: int, seed: int = 0) -> list[tuple[int, ...]]:
+    """Training subsets (indices into ``n`` candidates) of ``size`` runs: all of them when
+    there are at most ``limit``, else ``limit`` distinct ones drawn with ``seed``."""
+    every = list(itertools.combinations(range(n), size))
+    if len(every) <= limit:
+        return every
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(every), size=limit, replace=False)
+    return [every[i] for i in sorted(pick.tolist())]
+
+
+# ---------------------------------------------------------------------- methods
+def _own_start(c: Curve) -> Curve:
+    """The run counted from its own step 0, without a parent (for laws with no parent state)."""
+    return replace(c, resume_from=None, resume_step=None)
+
+
+def _at_last(c: Curve) -> Curve:
+    """The run with only its last observed point (the final loss to predict)."""
+    return replace(c, steps=c.steps[-1:], losses=c.losses[-1:])
+
+
+def predict_finals(method: str, parent: Curve, train: Sequence[Curve], test: Sequence[Curve]) -> FloatArray:
+    """Predicted final loss (nats) of every run of ``test`` by ``method`` fitted on
+    ``train`` (and the parent, for the Opt-Law)."""
+    if method == "nearest-peak":
+        peaks = np.log([c.schedule.peak_lr for c in train])
+        finals = np.array([c.final_loss for c in train])
+        out = []
+        for c in test:
+            d = np.abs(peaks - math.log(c.schedule.peak_lr))
+            out.append(float(finals[d <= d.min() + 1e-9].mean()))
+        return np.asarray(out)
+    law: Law
+    if method.startswith("optlaw"):
+        law = OptLaw(loco=False)
+        root = parent
+        if method == "optlaw+lineage":
+            root = replace(parent, steps=np.zeros(0, dtype=np.int64), losses=np.zeros(0))
+        law.fit([root, *train])
+        return np.array([law.predict_curve(_at_last(c)).mean[-1] for c in test])
+    law = make_law(method)
+    law.fit([_own_start(c) for c in train])
+    return np.array([law.predict_curve(_at_last(_own_start(c))).mean[-1] for c in test])
+
+
+def top_k_hit(pred: FloatArray, true: FloatArray, k: int) -> float:
+    """Expected indicator that the truly best run is among the ``k`` lowest predictions,
+    ties in ``pred`` ordered at random (a non-finite prediction ranks last)."""
+    p = np.where(np.isfinite(pred), pred, np.inf)
+    best = int(np.argmin(true))
+    others = np.delete(p, best)
+    below = int(np.sum(others < p[best]))
+    tied = int(np.sum(others == p[best]))
+    return float(np.clip((k - below) / (tied + 1), 0.0, 1.0))
+
+
+@dataclass
+class Score:
+    """Scores of one method over the groups of one setting."""
+
+    top2: list[float] = field(default_factory=list)
+    top1: list[float] = field(default_factory=list)
+    spearman: list[float] = field(default_factory=list)
+    abs_err: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Means over groups (hit rates, Spearman) and over held-out predictions (error)."""
+        def mean(x: list[float]) -> float | None:
+            vals = [v for v in x if math.isfinite(v)]
+            return float(np.mean(vals)) if vals else None
+
+        return {
+            "groups": len(self.top2),
+            "top2_hit_rate": mean(self.top2),
+            "top1_hit_rate": mean(self.top1),
+            "spearman_mean": mean(self.spearman),
+            "mean_abs_error_nats": mean(self.abs_err),
+            "seconds": round(self.seconds, 1),
+            "failed_groups": self.failed,
+        }
+
+
+def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple[int, ...]],
+                progress: Progress) -> dict[str, Any]:
+    """Score every method on every training group of ``setting``."""
+    cands = setting.candidates
+    true_all = np.array([c.final_loss for c in cands])
+    scores = {m: Score() for m in methods}
+    rows = []
+    for g in groups:
+        train = [cands[i] for i in g]
+        held = [i for i in range(len(cands)) if i not in g]
+        test = [cands[i] for i in held]
+        true = true_all[held]
+        row: dict[str, Any] = {"train": [c.run_id for c in train], "best": test[int(np.argmin(true))].run_id}
+        for m in methods:
+            began = time.perf_counter()
+            try:
+                pred = predict_finals(m, setting.parent, train, test)
+            except (InputError, FloatingPointError, np.linalg.LinAlgError) as exc:
+                scores[m].failed.append(f"{'+'.join(row['train'])}: {exc}")
+                scores[m].seconds += time.perf_counter() - began
+                continue
+            s = scores[m]
+            s.seconds += time.perf_counter() - began
+            s.top2.append(top_k_hit(pred, true, 2))
+            s.top1.append(top_k_hit(pred, true, 1))
+            s.spearman.append(_spearman(pred, true))
+            s.abs_err.extend(np.abs(pred - true).tolist())
+            row[m] = {"top2": s.top2[-1], "picked": [test[i].run_id for i in np.argsort(pred, kind="stable")[:2]]}
+        rows.append(row)
+        progress.advance(1, setting.name)
+    return {
+        "curves": str(setting.path / "curves.csv") if setting.path.is_dir() else str(setting.path),
+        "parent": setting.parent.run_id,
+        "candidates": {c.run_id: c.final_loss for c in cands},
+        "excluded": setting.excluded,
+        "groups": len(groups),
+        "group_size": len(groups[0]) if groups else 0,
+        "methods": {m: scores[m].summary() for m in methods},
+        "per_group": rows,
+    }
+
+
+# ---------------------------------------------------------------------- report
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: int) -> str:
+    """The Markdown report of one setting."""
+    n = len(res["candidates"])
+    grouping = (f"all {res['groups']} subsets" if res["groups"] == all_subsets
+                else f"{res['groups']} of the {all_subsets} subsets, drawn with seed {meta['seed']}")
+    lines = [
+        f"# {name}: ranking held-out continued runs with a law fitted on a few (generated)",
+        "",
+        "Written by `optuna_optlaws/benchmarks/transfer.py`; do not edit by hand.",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date_utc']}, git commit {meta['git_commit'] or 'unknown'}",
+        f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs), {meta['platform']}; "
+        f"benchmark {meta['benchmark_seconds']} s in all",
+        f"- curves: `{res['curves']}`; parent `{res['parent']}`; {n} candidates (the runs that resume from it); "
+        f"excluded (trained from scratch, neither fitted nor ranked): {', '.join(res['excluded']) or 'none'}",
+        f"- grouping: each group fits on {res['group_size']} candidates and ranks the other "
+        f"{n - res['group_size']} by predicted final loss; {grouping}",
+        "- truth: each run's loss at its last row of the curves file (nats); Top-k hit: the truly best "
+        "held-out run is among the k lowest predictions (ties ordered at random: expected hit)",
+        "- `optlaw+parent`: Opt-Law fitted on the parent's curve and the training runs, continued runs "
+        "start from the parent's state; `optlaw+lineage`: the same without fitting the parent's losses "
+        "(its schedule only); `multipower`, `momentum`: no parent state, fitted on the training runs' own "
+        "curves from their own step 0; `nearest-peak`: mean final loss of the training runs with the "
+        "nearest peak LR",
+        "",
+        f"| method | groups | Top-2 hit rate (target >= {TOP2_TARGET:.0%}) | Top-1 hit rate | Spearman (mean) "
+        "| mean abs error of final loss (nats) | seconds | failed groups |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, s in res["methods"].items():
+        top2 = s["top2_hit_rate"]
+        met = "" if top2 is None else (" (met)" if top2 >= TOP2_TARGET else " (not met)")
+        lines.append(
+            f"| {m} | {s['groups']} | {_fmt(top2)}{met} | {_fmt(s['top1_hit_rate'])} | {_fmt(s['spearman_mean'])} "
+            f"| {_fmt(s['mean_abs_error_nats'], 4)} | {s['seconds']} | {len(s['failed_groups'])} |"
+        )
+    lines += ["", "Candidates and their observed final losses (nats):", "",
+              "| run_id | final loss |", "|---|---|"]
+    for rid, loss in sorted(res["candidates"].items(), key=lambda kv: kv[1]):
+        lines.append(f"| {rid} | {loss:.4f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, group_size: int, seed: int,
+        command: str) -> dict[str, dict[str, Any]]:
+    """Run the benchmark and write ``law_results.md``/``.json`` into each setting's folder."""
+    began = time.perf_counter()
+    loaded = []
+    for name in settings:
+        if name not in SETTINGS:
+            raise InputError(f"--settings: unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+        loaded.append(load_setting(name, Path(SETTINGS[name]) / "curves.csv"))
+    for m in methods:
+        if m not in METHODS:
+            raise InputError(f"--methods: unknown method {m!r}; known: {', '.join(METHODS)}")
+    plans = []
+    for st in loaded:
+        if not 1 <= group_size < len(st.candidates) - 1:
+            raise InputError(f"--group-size {group_size}: {st.name} has {len(st.candidates)} candidates")
+        plans.append((st, training_groups(len(st.candidates), group_size, max_groups, seed)))
+    progress = Progress("transfer", sum(len(g) for _, g in plans))
+    results = {st.name: run_setting(st, methods, groups, progress) for st, groups in plans}
+    progress.close()
+    meta = _machine_info(command, time.perf_counter() - began, "")
+    meta["seed"] = seed
+    meta.pop("shared_data", None)
+    for st, _ in plans:
+        res = {**results[st.name], "meta": meta}
+        out = Path(SETTINGS[st.name])
+        (out / "law_results.json").write_text(json.dumps(res, indent=1) + "\n")
+        all_subsets = math.comb(len(st.candidates), group_size)
+        (out / "law_results.md").write_text(render(st.name, res, meta, all_subsets))
+    return results
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m optuna_optlaws.benchmarks.transfer``."""
+    prog = "python -m optuna_optlaws.benchmarks.transfer"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated settings (default: all)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
+    parser.add_argument("--groups", type=int, default=30, help="most training groups per setting (default: 30)")
+    parser.add_argument("--group-size", type=int, default=3, help="training runs per group (default: 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn groups (default: 0)")
+    args = parser.parse_args(argv)
+    command = (f"{prog} --settings {args.settings} --methods {args.methods} --groups {args.groups} "
+               f"--group-size {args.group_size} --seed {args.seed}")
+    try:
+        if args.groups < 1:
+            raise InputError(f"--groups {args.groups}: must be >= 1")
+        results = run(_split(args.settings), _split(args.methods), max_groups=args.groups,
+                      group_size=args.group_size, seed=args.seed, command=command)
+    except InputError as exc:
+        print(f"transfer: error: {exc}", file=sys.stderr)
+        return 2
+    for name, res in results.items():
+        for m, s in res["methods"].items():
+            print(f"{name:>9} {m:>15}: groups {s['groups']}, top2 {_fmt(s['top2_hit_rate'])}, "
+                  f"top1 {_fmt(s['top1_hit_rate'])}, spearman {_fmt(s['spearman_mean'])}, "
+                  f"mae {_fmt(s['mean_abs_error_nats'], 4)} nats, {s['seconds']} s")
+        print(f"wrote {SETTINGS[name]}/law_results.md and law_results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
