@@ -79,7 +79,7 @@ class OptLawsSampler(BaseSampler):
         prior: str | Path | Law | None = None,
         inner_sampler: BaseSampler | None = None,
         n_startup_trials: int = 4,
-        n_candidates: int = 512,
+        n_candidates: int = 256,
         acquisition: str = "lcb",
         kappa: float = 1.0,
         seed: int | None = None,
