@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         db_dir = Path(tempfile.mkdtemp(prefix="optlaws-overhead-")) if own_tmp else Path(args.db_dir)
         db_dir.mkdir(parents=True, exist_ok=True)
         load_start = _load()
+        commit = _git_commit()  # the code measured: taken before the run
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -366,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sampler_trials": args.trials if args.sampler_trials is None else args.sampler_trials,
             "db_dir_kind": "a temporary folder" if args.db_dir is None else str(args.db_dir),
         },
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
