@@ -122,7 +122,7 @@ def chunk_grid(
             _jump_steps(schedule, max_knots),
         ]
     )
-    bounds = np.unique(np.clip(pts, 0, horizon)).astype(np.int64)
+    bounds = np.unique(np.floor(np.clip(pts, 0, horizon)).astype(np.int64))  # knots may be fractional
     a = bounds[:-1].astype(np.float64)
     last = bounds[1:].astype(np.float64) - 1.0
     dt = last - a + 1.0
