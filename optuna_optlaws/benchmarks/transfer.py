@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated settings (default: all)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
-    parser.add_argument("--groups", type=int, default=30, help="most training groups per setting (default: 30)")
+    parser.add_argument("--groups", type=int, default=24, help="most training groups per setting (default: 24)")
     parser.add_argument("--group-size", type=int, default=3, help="training runs per group (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn groups (default: 0)")
     args = parser.parse_args(argv)
