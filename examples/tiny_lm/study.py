@@ -34,6 +34,7 @@ import platform
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "steps_to_best": steps_to_best,
         "seconds": round(seconds, 1),
         "command": study.user_attrs.get("command", ""),
+        "families": dict(Counter(str(t.params.get("lr_family")) for t in trials)),
     }
 
 
@@ -215,6 +217,11 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
             "seed is fixed, so schedules are compared on the same initialisation and batch order.",
             "",
         ]
+    lines += ["Trials per schedule family:", ""]
+    for arm, r in results.items():
+        fams = ", ".join(f"{k} {v}" for k, v in sorted(r.get("families", {}).items()))
+        lines.append(f"- {arm}: {fams}")
+    lines.append("")
     lines += ["Best parameters per arm:", ""]
     for arm, r in results.items():
         lines.append(f"- {arm}: `{json.dumps(r['best_params'], sort_keys=True)}`")
@@ -307,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
         noise = {"seeds": seeds, "values": values, "std": std}
+        optuna.load_study(study_name="tiny_lm-tpe", storage=storage).set_user_attr("noise", noise)
+    elif "tpe" in results:
+        # measured by an earlier --noise-seeds run on the same best trial: keep it in the report
+        noise = optuna.load_study(study_name="tiny_lm-tpe", storage=storage).user_attrs.get("noise")
     meta = {
         "command": command,
         "storage": storage,
