@@ -206,7 +206,11 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
             s.top1.append(top_k_hit(pred, true, 1))
             s.spearman.append(_spearman(pred, true))
             s.abs_err.extend(np.abs(pred - true).tolist())
-            row[m] = {"top2": s.top2[-1], "picked": [test[i].run_id for i in np.argsort(pred, kind="stable")[:2]]}
+            row[m] = {
+                "top2": s.top2[-1],
+                "picked": [test[i].run_id for i in np.argsort(pred, kind="stable")[:2]],
+                "pred": {c.run_id: float(v) for c, v in zip(test, pred, strict=True)},
+            }
         rows.append(row)
         progress.advance(1, setting.name)
     return {
@@ -263,10 +267,16 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
             f"| {m} | {s['groups']} | {_fmt(top2)}{met} | {_fmt(s['top1_hit_rate'])} | {_fmt(s['spearman_mean'])} "
             f"| {_fmt(s['mean_abs_error_nats'], 4)} | {s['seconds']} | {len(s['failed_groups'])} |"
         )
-    lines += ["", "Candidates and their observed final losses (nats):", "",
-              "| run_id | final loss |", "|---|---|"]
+    methods = list(res["methods"])
+    lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
+              "over the groups that held them out (nats):", "",
+              "| run_id | final loss | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for rid, loss in sorted(res["candidates"].items(), key=lambda kv: kv[1]):
-        lines.append(f"| {rid} | {loss:.4f} |")
+        errs = []
+        for m in methods:
+            got = [g[m]["pred"][rid] for g in res["per_group"] if m in g and rid in g[m]["pred"]]
+            errs.append(_fmt(float(np.mean(np.abs(np.asarray(got) - loss))) if got else None, 4))
+        lines.append(f"| {rid} | {loss:.4f} | " + " | ".join(errs) + " |")
     lines.append("")
     return "\n".join(lines)
 
