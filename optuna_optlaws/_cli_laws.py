@@ -167,7 +167,8 @@ def _prepare_continued(law: Law, curves: Sequence[Curve], where: str) -> None:
     in_file = {c.run_id: c for c in curves}
     lineage = getattr(law, "lineage", {})
     known = {str(r["run_id"]): int(r["total_steps"]) for r in law.fitted_on if r.get("total_steps") is not None}
-    known.update({rid: s.total_steps for rid, s in lineage.items()})
+    offsets = getattr(law, "lineage_offsets", {})
+    known.update({rid: s.total_steps - offsets.get(rid, 0) for rid, s in lineage.items()})
     parents = set()
     for c in curves:
         if c.resume_from is None:

@@ -33,33 +33,43 @@ def check_resume_step(run_id: str, parent_id: str, resume_step: int, parent_step
 
 
 def continued(
-    parent: Schedule, resume_step: int, child: Schedule, *, where: str = "continued run", run_id: str = "?",
-    parent_id: str = "?",
+    parent: Schedule, resume_step: int, child: Schedule, *, parent_offset: int = 0, where: str = "continued run",
+    run_id: str = "?", parent_id: str = "?",
 ) -> tuple[Schedule, int]:
     """The whole-history schedule of a run that starts from its parent's weights after
-    the parent's step ``resume_step`` and then follows ``child`` (its own steps from 0),
-    and the offset that maps the child's steps to whole-history steps. InputError when
-    ``resume_step`` is past the parent's last step."""
-    check_resume_step(run_id, parent_id, resume_step, parent.total_steps, where)
-    head = parent.truncated(resume_step + 1)
+    the parent's own step ``resume_step`` and then follows ``child`` (its own steps from
+    0), and the offset that maps the child's steps to whole-history steps. ``parent`` is
+    the parent's whole-history schedule, on which the parent's own step 0 is step
+    ``parent_offset`` (non-zero when the parent is itself a continued run). InputError
+    when ``resume_step`` is past the parent's last step."""
+    check_resume_step(run_id, parent_id, resume_step, parent.total_steps - parent_offset, where)
+    at = parent_offset + resume_step
+    head = parent.truncated(at + 1)
     tail = child.truncated(child.total_steps)
-    offset = resume_step + 1
+    offset = at + 1
     hs, hv = np.asarray(head.params["steps"]), np.asarray(head.params["lrs"])
     ts, tv = np.asarray(tail.params["steps"]) + offset, np.asarray(tail.params["lrs"])
     return Schedule.from_knots(np.concatenate([hs, ts]), np.concatenate([hv, tv])), offset
 
 
-def resolve_lineage(curves: Sequence[Curve], where: str) -> list[Curve]:
+def resolve_lineage_offsets(
+    curves: Sequence[Curve], where: str, offsets: Mapping[str, int] | None = None
+) -> tuple[list[Curve], dict[str, int]]:
     """Curves with every continued run (``resume_from``) rewritten on its whole-history
-    schedule and steps; its parent must be among ``curves``."""
+    schedule and steps (its parent must be among ``curves``), and the whole-history step
+    of each run's own step 0. ``offsets``: that step for runs given without ``resume_from``
+    whose schedule is already a whole history (a law's known lineage); 0 otherwise."""
     by_id = {c.run_id: c for c in curves}
     done: dict[str, Curve] = {}
+    starts: dict[str, int] = {}
+    known = dict(offsets or {})
 
     def resolve(c: Curve, depth: int = 0) -> Curve:
         if c.run_id in done:
             return done[c.run_id]
         if c.resume_from is None:
             out = c
+            starts[c.run_id] = int(known.get(c.run_id, 0))
         else:
             if depth > len(curves) or c.resume_from == c.run_id:
                 raise InputError(f"{where}: run {c.run_id!r} has a cycle of resume_from")
@@ -69,14 +79,21 @@ def resolve_lineage(curves: Sequence[Curve], where: str) -> list[Curve]:
                 )
             parent = resolve(by_id[c.resume_from], depth + 1)
             sched, offset = continued(
-                parent.schedule, int(c.resume_step or 0), c.schedule, where=where, run_id=c.run_id,
-                parent_id=c.resume_from,
+                parent.schedule, int(c.resume_step or 0), c.schedule, parent_offset=starts[c.resume_from],
+                where=where, run_id=c.run_id, parent_id=c.resume_from,
             )
             out = replace(c, schedule=sched, steps=c.steps + offset, resume_from=None, resume_step=None)
+            starts[c.run_id] = offset
         done[c.run_id] = out
         return out
 
-    return [resolve(c) for c in curves]
+    return [resolve(c) for c in curves], starts
+
+
+def resolve_lineage(curves: Sequence[Curve], where: str) -> list[Curve]:
+    """Curves with every continued run (``resume_from``) rewritten on its whole-history
+    schedule and steps; its parent must be among ``curves``."""
+    return resolve_lineage_offsets(curves, where)[0]
 
 
 def _thinned(schedule: Schedule) -> Schedule:
@@ -101,6 +118,15 @@ def _thinned(schedule: Schedule) -> Schedule:
 def lineage_state(lineage: Mapping[str, Schedule]) -> dict[str, Any]:
     """The law file's record of whole-history schedules by run id (JSON-ready)."""
     return {rid: _thinned(sched).to_dict() for rid, sched in lineage.items()}
+
+
+def offsets_from_state(state: Any) -> dict[str, int]:
+    """The saved whole-history step of each continued run's own step 0 (missing: none)."""
+    if state is None:
+        return {}
+    if not isinstance(state, Mapping):
+        raise ValueError("'lineage_offsets' must be a JSON object of steps by run id")
+    return {str(rid): int(v) for rid, v in state.items()}
 
 
 def lineage_from_state(state: Any) -> dict[str, Schedule]:

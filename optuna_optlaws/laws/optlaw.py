@@ -74,7 +74,13 @@ from optuna_optlaws.laws._fitting import (
     predictive,
 )
 from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, FitProblem, fit_points, loco_folds, point_noise
-from optuna_optlaws.laws._optlaw_lineage import continued, lineage_from_state, lineage_state, resolve_lineage
+from optuna_optlaws.laws._optlaw_lineage import (
+    continued,
+    lineage_from_state,
+    lineage_state,
+    offsets_from_state,
+    resolve_lineage_offsets,
+)
 from optuna_optlaws.laws._optlaw_predict import fd_thetas, log_jac, loss_at_targets, loss_final
 from optuna_optlaws.laws._optlaw_terms import Terms, default_start, terms_for, warm_start
 from optuna_optlaws.schedules import Schedule
@@ -131,6 +137,8 @@ class OptLaw(Law):
         included), by run id: :meth:`predict_curve` continues from these. Saved in the
         law file (absent from files written before, which load with none);
         :meth:`add_lineage` registers more."""
+        self.lineage_offsets: dict[str, int] = {}
+        """Whole-history step of a continued run's own step 0, by run id (absent: 0)."""
         self.posterior: Posterior | None = None
         """Laplace posterior of the last fit (None before fitting)."""
 
@@ -139,8 +147,9 @@ class OptLaw(Law):
         """Fit on the finite losses of ``curves`` after each curve's warmup; returns ``self``."""
         where = f"fit {self.name}"
         given = list(curves)
-        curves = resolve_lineage(given, where)
+        curves, offsets = resolve_lineage_offsets(given, where)
         self.lineage = {c.run_id: c.schedule for c in curves}
+        self.lineage_offsets = {rid: off for rid, off in offsets.items() if off}
         obs = observations(curves, where=where)
         base = terms_for(curves, where)
         prepared: list[tuple[Curve, dyn.ChunkGrid, FloatArray]] = []
@@ -362,8 +371,12 @@ class OptLaw(Law):
         """Register runs (and their own parents, given in the same list or already known)
         that later continued runs may resume from."""
         known = [Curve(rid, sched) for rid, sched in self.lineage.items() if rid not in {c.run_id for c in curves}]
-        for c in resolve_lineage([*known, *curves], f"{self.name} lineage"):
+        given = {c.run_id for c in curves}
+        old = {rid: off for rid, off in self.lineage_offsets.items() if rid not in given}
+        resolved, offsets = resolve_lineage_offsets([*known, *curves], f"{self.name} lineage", old)
+        for c in resolved:
             self.lineage[c.run_id] = c.schedule
+        self.lineage_offsets = {rid: off for rid, off in offsets.items() if off}
 
     def predict_curve(self, curve: Curve, *, observed: Curve | None = None) -> Prediction:
         """Predicted loss at every observed step of ``curve``. A continued run
@@ -378,7 +391,8 @@ class OptLaw(Law):
                 "does not know; fit on it or register it with add_lineage()"
             )
         sched, offset = continued(
-            parent, int(curve.resume_step or 0), curve.schedule, where=f"predict {self.name}",
+            parent, int(curve.resume_step or 0), curve.schedule,
+            parent_offset=self.lineage_offsets.get(curve.resume_from, 0), where=f"predict {self.name}",
             run_id=curve.run_id, parent_id=curve.resume_from,
         )
         shifted = None
@@ -422,6 +436,7 @@ class OptLaw(Law):
                 for t, p in self._members
             ],
             "lineage": lineage_state(self.lineage),
+            "lineage_offsets": dict(self.lineage_offsets),
         }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -444,4 +459,5 @@ class OptLaw(Law):
         self._terms, self.posterior = members[0]
         self._space = self.posterior.space
         self.lineage = lineage_from_state(state.get("lineage"))
+        self.lineage_offsets = offsets_from_state(state.get("lineage_offsets"))
 
