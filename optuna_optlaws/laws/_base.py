@@ -138,6 +138,20 @@ class Law(ABC):
                 f"{sorted(sizes)}, cannot extrapolate to model_size={model_size:g}"
             )
 
+    def check_tokens_per_step(self, tokens_per_step: float | None, where: str = "") -> None:
+        """Raise :class:`InputError` when asked for a ``tokens_per_step`` other than the
+        fitted one(s): no law here has a batch-size term, so a step means the fitted
+        batch's step."""
+        if tokens_per_step is None:
+            return
+        fitted = sorted({float(r["tokens_per_step"]) for r in self.fitted_on if r.get("tokens_per_step") is not None})
+        if fitted and not any(math.isclose(tokens_per_step, t, rel_tol=1e-6) for t in fitted):
+            place = f"{where}: " if where else ""
+            raise InputError(
+                f"{place}law {self.name!r} has no batch-size term: fitted on tokens_per_step "
+                f"{fitted}, cannot predict tokens_per_step={tokens_per_step:g}"
+            )
+
     def _record_fitted_on(self, curves: Sequence[Curve]) -> None:
         self.fitted_on = [
             {

@@ -210,19 +210,6 @@ class ParametricLaw(Law):
         """The fitted parameters by name (natural units)."""
         return self.space.as_dict(self._post().theta)
 
-    def check_tokens_per_step(self, tokens_per_step: float | None, where: str = "") -> None:
-        """InputError when asked for a ``tokens_per_step`` other than the fitted one: the
-        law has no batch-size term (its steps mean the fitted batch's steps)."""
-        if tokens_per_step is None:
-            return
-        fitted = sorted({float(r["tokens_per_step"]) for r in self.fitted_on if r.get("tokens_per_step") is not None})
-        if fitted and not any(math.isclose(tokens_per_step, t, rel_tol=1e-6) for t in fitted):
-            place = f"{where}: " if where else ""
-            raise InputError(
-                f"{place}law {self.name!r} has no batch-size term: fitted on tokens_per_step "
-                f"{fitted}, cannot predict tokens_per_step={tokens_per_step:g}"
-            )
-
     def _post(self) -> Posterior:
         if self.posterior is None:
             raise InputError(f"law {self.name!r} is not fitted; call fit() or load a law file first")

@@ -270,16 +270,6 @@ class OptLaw(Law):
                 "fit it on curves of two or more sizes"
             )
 
-    def _check_tokens(self, tokens_per_step: float | None, where: str) -> None:
-        if tokens_per_step is None:
-            return
-        fitted = sorted(float(r["tokens_per_step"]) for r in self.fitted_on if r.get("tokens_per_step") is not None)
-        if fitted and not any(math.isclose(tokens_per_step, t, rel_tol=1e-6) for t in fitted):
-            raise InputError(
-                f"{where}: law {self.name!r} has no batch-size term: fitted on tokens_per_step "
-                f"{fitted}, cannot predict tokens_per_step={tokens_per_step:g}"
-            )
-
     def _interval(self, post: Posterior, mean: FloatArray, log_jac: FloatArray) -> Prediction:
         """Predictive interval from the mean loss and ``d log L / d theta`` (harness delta method)."""
         return predictive(
@@ -320,7 +310,7 @@ class OptLaw(Law):
         self._post()
         where = f"predict {self.name}"
         self.check_sizes(model_size, where=where)
-        self._check_tokens(tokens_per_step, where)
+        self.check_tokens_per_step(tokens_per_step, where=where)
         assert self._terms is not None
         return self._terms
 
