@@ -260,6 +260,9 @@ def test_escape_term_fits_a_u_shape_in_peak_lr() -> None:
     got = law.predict_final(scheds).mean
     assert int(np.argmin(got)) == int(np.argmin(true_final))
     np.testing.assert_allclose(got, true_final, atol=0.01)
+    # past the largest fitted peak the escape excess is held, not extrapolated as eta^4
+    hotter = Schedule.cosine(3e-3, 20000, warmup_steps=1000, final_lr=3e-4)
+    assert law.predict_final([hotter]).mean[0] < float(np.max(true_final)) + 0.05
 
 
 def test_other_batch_size_is_refused() -> None:

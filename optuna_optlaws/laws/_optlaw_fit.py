@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
-from optuna_optlaws.laws._optlaw_terms import ESCAPE_POWER, Terms, Theta
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target
 
 FloatArray = NDArray[np.float64]
 
@@ -117,7 +117,7 @@ class FitProblem:
         out = []
         for g in self.grids:
             ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
-            out.append(ek @ np.power(g.eta, ESCAPE_POWER))
+            out.append(ek @ escape_target(g.eta))
         return np.concatenate(out)
 
     def residuals(self, theta: FloatArray) -> FloatArray:

@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._fitting import ParamSpace, Posterior
-from optuna_optlaws.laws._optlaw_terms import ESCAPE_POWER, Terms, Theta
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target
 
 FloatArray = NDArray[np.float64]
 
@@ -37,7 +37,7 @@ def loss_at_targets(
     if terms.escape:
         k_esc = np.array([p["k_esc"] for p in pars])
         kap = np.array([p["kappa_esc"] for p in pars])[:, None]
-        tgt = np.repeat(np.power(grid.eta, ESCAPE_POWER)[:, None], n_p, axis=1)
+        tgt = np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)
         esc = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
         loss = loss + k_esc[None, :] * esc
     return np.asarray(loss, dtype=np.float64)
@@ -66,7 +66,7 @@ def loss_final(
         loss = l0 + dyn.river(batch.s_final, amp, alpha, p["s_w"]) + bb * noise
         if terms.escape and p["k_esc"] > 0:
             ek = dyn.final_kernel(batch, np.array([p["kappa_esc"]]))[:, :, 0]
-            loss = loss + p["k_esc"] * np.sum(ek * np.power(batch.eta, ESCAPE_POWER), axis=0)
+            loss = loss + p["k_esc"] * np.sum(ek * escape_target(batch.eta), axis=0)
         out[i] = loss
     return out
 

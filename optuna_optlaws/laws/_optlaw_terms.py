@@ -21,6 +21,18 @@ FloatArray = NDArray[np.float64]
 ESCAPE_POWER = 4.0
 """Steepness of the escape excess in the LR: its equilibrium is ``(eta/eta_ref)^4``."""
 
+
+def escape_target(eta_rel: FloatArray) -> FloatArray:
+    """Equilibrium of the escape excess at LR ``eta_rel = eta / eta_ref`` (dimensionless).
+
+    ``eta_rel^4`` up to the largest LR of the fitting data (``eta_rel = 1``) and flat past
+    it: the data says nothing about where the stability edge lies beyond the LRs it
+    tried, so the law does not extrapolate the steep power there (doing so predicted
+    losses several nats too high for a fine-tuning run at 3x the largest fitted peak).
+    Past the fitted range the law is therefore optimistic, which lets the sampler explore
+    higher LRs and keeps the pruner from killing them on an extrapolation."""
+    return np.asarray(np.power(np.minimum(eta_rel, 1.0), ESCAPE_POWER), dtype=np.float64)
+
 SIZE_FORMS = ("single", "power", "entropy")
 """The model-size forms of ``L0(N)``; see :class:`Terms`."""
 
