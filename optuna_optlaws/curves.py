@@ -240,21 +240,26 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
 
 def write_curves_csv(path: str | Path, curves: Sequence[Curve]) -> None:
     """Write curves in the long format: one knot row per schedule knot (lr, no loss) and
-    one row per observation (lr at that step and loss)."""
+    one row per observation (lr at that step and loss); ``resume_from``/``resume_step``
+    columns are added when any curve continues another run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    resumed = any(c.resume_from for c in curves)
     with path.open("w", newline="", encoding="utf-8") as handle:
         w = csv.writer(handle)
-        w.writerow(["run_id", "step", "lr", "loss", "model_size", "tokens_per_step", "batch_size"])
+        header = ["run_id", "step", "lr", "loss", "model_size", "tokens_per_step", "batch_size"]
+        w.writerow(header + (["resume_from", "resume_step"] if resumed else []))
         for c in curves:
-            sizes = ["" if v is None else repr(float(v)) for v in (c.model_size, c.tokens_per_step, c.batch_size)]
+            tail = ["" if v is None else repr(float(v)) for v in (c.model_size, c.tokens_per_step, c.batch_size)]
+            if resumed:
+                tail += [c.resume_from or "", "" if c.resume_step is None else str(c.resume_step)]
             obs = set(c.steps.tolist())
             knot_steps = c.schedule.breakpoints()
             if c.schedule.family == "knots":
                 knot_steps = np.asarray(c.schedule.params["steps"], dtype=np.float64)
             for s in knot_steps:
                 if int(s) == s and int(s) not in obs and s < c.schedule.total_steps:
-                    w.writerow([c.run_id, int(s), repr(float(c.schedule.lr_at([s])[0])), "", *sizes])
+                    w.writerow([c.run_id, int(s), repr(float(c.schedule.lr_at([s])[0])), "", *tail])
             lrs = c.schedule.lr_at(c.steps.astype(np.float64))
             for s, lr, loss in zip(c.steps.tolist(), lrs.tolist(), c.losses.tolist(), strict=True):
-                w.writerow([c.run_id, s, repr(lr), repr(loss), *sizes])
+                w.writerow([c.run_id, s, repr(lr), repr(loss), *tail])

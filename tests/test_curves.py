@@ -182,3 +182,18 @@ def test_vendored_mpl_data(mpl_csv: Path) -> None:
     assert cos.schedule.lr_at([2160])[0] == pytest.approx(3e-4)
     assert all(not c.diverged and math.isfinite(c.final_loss) for c in curves)
     assert by_id["400M_cosine_24000"].final_loss < by_id["25M_cosine_24000"].final_loss
+
+
+def test_written_curves_read_back_with_their_parent(tmp_path: Path) -> None:
+    parent = Curve("pre", Schedule.cosine(1e-3, 400, 20, 1e-4), np.arange(0, 400, 50), np.linspace(4, 3, 8))
+    child = Curve(
+        "ft", Schedule.constant(3e-4, 200, 10), np.arange(0, 200, 50), np.linspace(3.2, 3.0, 4),
+        resume_from="pre", resume_step=350,
+    )
+    path = tmp_path / "c.csv"
+    write_curves_csv(path, [parent, child])
+    back = {c.run_id: c for c in read_curves_csv(path)}
+    assert back["ft"].resume_from == "pre" and back["ft"].resume_step == 350
+    assert back["pre"].resume_from is None
+    np.testing.assert_allclose(back["ft"].losses, child.losses)
+    np.testing.assert_allclose(back["pre"].schedule.lr_at([25, 200]), parent.schedule.lr_at([25, 200]), rtol=0.05)

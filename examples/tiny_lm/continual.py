@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.curves import Curve
+from optuna_optlaws.curves import Curve, write_curves_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tinylm import TinyLMConfig, curve_of, loss_of_state, pretrained, train, write_curves
+from tinylm import TinyLMConfig, curve_of, loss_of_state, pretrained, train
 
 ROOT = Path(__file__).resolve().parents[2]
 PRE_PEAK = 3e-3
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                  "wall_seconds": round(time.perf_counter() - t0, 1)}
         parent, rstep = ("pre", args.pre_steps - 1) if from_pre else (None, None)
         record(run_id, sched, new_cfg, res, parent, rstep, extra)
-    write_curves(out / "curves.csv", curves)
+    write_curves_csv(out / "curves.csv", curves)
     (out / "runs.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     lines = [
         "# Continual pre-training curves of the tiny LM (generated)",

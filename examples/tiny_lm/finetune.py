@@ -33,11 +33,11 @@ from typing import Any
 import torch
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.curves import Curve
+from optuna_optlaws.curves import Curve, write_curves_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual import pre_schedule
-from tinylm import TinyLMConfig, corpus_files, curve_of, loss_of_state, pretrained, train, write_curves
+from tinylm import TinyLMConfig, corpus_files, curve_of, loss_of_state, pretrained, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                            "resume_from": parent, "resume_step": rstep, "corpus": "site_docs"}
         print(f"{run_id}: last {res.losses[-1]:.4f} best {best:.4f} final {res.final_loss:.4f} ({res.seconds:.0f} s)",
               flush=True)
-    write_curves(out / "curves.csv", curves)
+    write_curves_csv(out / "curves.csv", curves)
     (out / "runs.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     epochs = args.steps * ft_cfg.tokens_per_step / args.train_bytes
     lines = [

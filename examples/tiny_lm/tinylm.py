@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.curves import Curve, write_curves_csv
+from optuna_optlaws.curves import Curve
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / ".cache"
@@ -375,17 +375,3 @@ def curve_of(
     )
 
 
-def write_curves(path: Path | str, curves: list[Curve]) -> None:
-    """The long curves file (:func:`~optuna_optlaws.curves.write_curves_csv`), plus the
-    ``resume_from`` and ``resume_step`` columns when a curve continues another run."""
-    path = Path(path)
-    write_curves_csv(path, curves)
-    if not any(c.resume_from for c in curves):
-        return
-    resume = {c.run_id: (c.resume_from or "", "" if c.resume_step is None else str(c.resume_step)) for c in curves}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = [lines[0] + ",resume_from,resume_step"]
-    for line in lines[1:]:
-        parent, step = resume[line.split(",", 1)[0]]
-        out.append(f"{line},{parent},{step}")
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
