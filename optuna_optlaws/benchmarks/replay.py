@@ -441,7 +441,7 @@ def run_replay(
                             order,
                             make_pruner(name, group),
                             storage=storage,
-                            study_name=f"replay-{name}-{gi}-{oi}" if storage else None,
+                            study_name=f"replay-{name}-{gi}-{oi}",  # fixed: HyperbandPruner hashes it
                             seed=seed + oi,
                         )
                     outcomes.append(outcome)
