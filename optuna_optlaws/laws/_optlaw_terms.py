@@ -27,8 +27,8 @@ def escape_target(eta_rel: FloatArray) -> FloatArray:
 
     ``eta_rel^4`` up to the largest LR of the fitting data (``eta_rel = 1``) and flat past
     it: the data says nothing about where the stability edge lies beyond the LRs it
-    tried, so the law does not extrapolate the steep power there (doing so predicted
-    losses several nats too high for a fine-tuning run at 3x the largest fitted peak).
+    tried, so the law does not extrapolate the steep power there (at 3x the largest
+    fitted peak, ``eta^4`` alone would add 81 times the largest fitted escape excess).
     Past the fitted range the law is therefore optimistic, which lets the sampler explore
     higher LRs and keeps the pruner from killing them on an extrapolation."""
     return np.asarray(np.power(np.minimum(eta_rel, 1.0), ESCAPE_POWER), dtype=np.float64)
