@@ -80,11 +80,26 @@ def trial_sizes(trial: FrozenTrial) -> tuple[float | None, float | None]:
     )
 
 
+GROUP_D_TOLERANCE = 0.02
+"""Relative difference in data size D under which two runs share an (N, D) group: logged
+runs of "24k steps" end at 23,905 or 23,937 steps and are still comparable."""
+
+
 def group_key(schedule: Schedule, model_size: float | None, tokens_per_step: float | None) -> tuple[Any, ...]:
     """The (N, D) group of a run: model size and data size (tokens, or steps when the
-    tokens per step are unknown). Only runs of one group are compared with each other."""
+    tokens per step are unknown). Compare keys with :func:`same_group`."""
     d = schedule.total_steps * tokens_per_step if tokens_per_step is not None else float(schedule.total_steps)
     return (model_size, tokens_per_step is not None, d)
+
+
+def same_group(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
+    """Whether two runs are compared with each other: the same N, and data sizes D within
+    :data:`GROUP_D_TOLERANCE` of each other (relative)."""
+    if a is None or b is None:
+        return False
+    if a[0] != b[0] or a[1] != b[1]:
+        return False
+    return abs(a[2] - b[2]) <= GROUP_D_TOLERANCE * max(abs(a[2]), abs(b[2]))
 
 
 def raw_points(trial: FrozenTrial) -> tuple[np.ndarray, np.ndarray]:

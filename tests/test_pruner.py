@@ -261,3 +261,15 @@ def test_a_law_that_fails_to_predict_never_loses_the_trial(monkeypatch: pytest.M
     monkeypatch.setattr(MomentumLaw, "predict", broken)
     assert _run(study, BAD)[0] == "COMPLETE"
     assert "law prediction failed: RuntimeError: boom" in study.trials[-1].user_attrs[WARNING]
+
+
+def test_runs_of_nearly_equal_horizon_share_a_group() -> None:
+    from optuna_optlaws._study_state import group_key, same_group
+
+    a = group_key(Schedule.constant(1e-3, 23905), 1e8, None)
+    b = group_key(Schedule.constant(1e-3, 23937), 1e8, None)
+    shorter = group_key(Schedule.constant(1e-3, 15936), 1e8, None)
+    bigger = group_key(Schedule.constant(1e-3, 23905), 4e8, None)
+    assert same_group(a, b)
+    assert not same_group(a, shorter)
+    assert not same_group(a, bigger)

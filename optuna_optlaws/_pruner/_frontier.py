@@ -24,7 +24,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._errors import InputError
-from optuna_optlaws._study_state import group_key, raw_points, trial_schedule, trial_sizes
+from optuna_optlaws._study_state import group_key, raw_points, same_group, trial_schedule, trial_sizes
 
 PRED_FINAL = "optlaws_pred_final"
 PRED_LO = "optlaws_pred_lo"
@@ -90,7 +90,7 @@ def frontier(
             continue
         if t.state == TrialState.COMPLETE:
             g, final = completed_final(storage, t)
-            if g != group or not math.isfinite(final):
+            if not same_group(g, group) or not math.isfinite(final):
                 continue
             n_complete += 1
             if final < best:
@@ -103,7 +103,7 @@ def frontier(
                 schedule = trial_schedule(t)
             except InputError:
                 continue
-            if schedule is None or group_key(schedule, *trial_sizes(t)) != group:
+            if schedule is None or not same_group(group_key(schedule, *trial_sizes(t)), group):
                 continue
             steps, _ = raw_points(t)
             if steps.size == 0 or not has_evidence(
