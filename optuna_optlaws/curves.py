@@ -104,7 +104,7 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
     path = Path(path)
     name = str(path)
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"{name}: cannot open curves file ({exc.strerror})") from None
     with handle:

@@ -197,3 +197,10 @@ def test_written_curves_read_back_with_their_parent(tmp_path: Path) -> None:
     assert back["pre"].resume_from is None
     np.testing.assert_allclose(back["ft"].losses, child.losses)
     np.testing.assert_allclose(back["pre"].schedule.lr_at([25, 200]), parent.schedule.lr_at([25, 200]), rtol=0.05)
+
+
+def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes("run_id,step,lr,loss\na,0,0.001,\na,10,0.001,3.0\n".encode("utf-8-sig"))
+    (curve,) = read_curves_csv(path)
+    assert curve.run_id == "a" and curve.final_loss == 3.0
