@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from optuna_optlaws._csvio import open_input_csv
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
 from optuna_optlaws.curves import Curve, read_curves_csv
@@ -149,7 +150,7 @@ def _row_keys(path: str) -> list[tuple[str, int]]:
 
     Called only after :func:`read_curves_csv` has validated the file."""
     keys: list[tuple[str, int]] = []
-    with Path(path).open(newline="", encoding="utf-8") as handle:
+    with open_input_csv(path, "curves file") as handle:
         reader = csv.reader(handle)
         header = next(reader)
         cols = {c.strip(): i for i, c in enumerate(header)}

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from optuna_optlaws._csvio import open_input_csv
 from optuna_optlaws._errors import InputError
 from optuna_optlaws.schedules import Schedule
 
@@ -103,11 +104,7 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
     """
     path = Path(path)
     name = str(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open curves file ({exc.strerror})") from None
-    with handle:
+    with open_input_csv(path, "curves file") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)

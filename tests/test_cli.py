@@ -105,6 +105,17 @@ def test_predict_one_row_per_input_row(fitted: Path, tmp_path: Path, capsys: pyt
     assert const[-1] < const[0]
 
 
+def test_predict_accepts_a_byte_order_mark(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sched = schedules_csv(tmp_path / "sched.csv")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(sched.read_text().encode("utf-8-sig"))
+    plain, marked = tmp_path / "plain.csv", tmp_path / "marked.csv"
+    assert run_main(capsys, "predict", str(fitted), str(sched), "--out", str(plain))[0] == 0
+    code, _, err = run_main(capsys, "predict", str(fitted), str(bom), "--out", str(marked))
+    assert code == 0, err
+    assert marked.read_text() == plain.read_text()
+
+
 def test_predict_matches_observed_training_run(fitted: Path, mpl_csv: Path, tmp_path: Path) -> None:
     (cos,) = read_curves_csv(mpl_csv, runs=["25M_cosine_24000"])
     sched = tmp_path / "cos.csv"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from optuna_optlaws._csvio import open_input_csv
 from optuna_optlaws._errors import InputError
 
 REQUIRED = ("run_id", "peak_lr", "batch_size", "model_size", "tokens")
@@ -56,11 +57,7 @@ def _number(text: str, where: str) -> float:
 def read_run_table(path: str | Path, *, need_diverged: bool = False) -> RunTable:
     """Read a run table CSV; ``need_diverged`` makes the ``diverged`` column required (fitting)."""
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    with handle:
+    with open_input_csv(path, "run table") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if not header:
