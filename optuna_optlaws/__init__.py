@@ -26,9 +26,18 @@ _LAZY = {
     "suggest_schedule": "optuna_optlaws.trial_schedule",
     "set_schedule": "optuna_optlaws.trial_schedule",
     "get_schedule": "optuna_optlaws.trial_schedule",
+    "publish_dashboard": "optuna_optlaws.dashboard",
+    "OptLawsDashboardCallback": "optuna_optlaws.dashboard",
+    "DivergenceCriterion": "optuna_optlaws.divergence.criterion",
+    "LandscapeLaw": "optuna_optlaws.divergence.landscape",
+    "detect_divergence": "optuna_optlaws.divergence.online",
 }
 
 if TYPE_CHECKING:
+    from optuna_optlaws.dashboard import OptLawsDashboardCallback, publish_dashboard
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion
+    from optuna_optlaws.divergence.landscape import LandscapeLaw
+    from optuna_optlaws.divergence.online import detect_divergence
     from optuna_optlaws.laws import load_law
     from optuna_optlaws.laws.momentum import MomentumLaw
     from optuna_optlaws.laws.multipower import MultiPowerLaw
@@ -46,15 +55,20 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Curve",
+    "DivergenceCriterion",
     "InputError",
+    "LandscapeLaw",
     "MomentumLaw",
     "MultiPowerLaw",
     "OptLaw",
+    "OptLawsDashboardCallback",
     "OptLawsPruner",
     "OptLawsSampler",
     "Schedule",
+    "detect_divergence",
     "get_schedule",
     "load_law",
+    "publish_dashboard",
     "read_curves_csv",
     "set_schedule",
     "suggest_schedule",
