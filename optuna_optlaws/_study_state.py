@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws.curves import Curve
-from optuna_optlaws.divergence.online import detect_divergence
+from optuna_optlaws.divergence.online import DivergenceSignal, detect_divergence
 from optuna_optlaws.laws import Law, load_law, make_law
 from optuna_optlaws.laws._base import _json_default
 from optuna_optlaws.schedules import Schedule
@@ -115,15 +115,17 @@ def raw_points(trial: FrozenTrial) -> tuple[np.ndarray, np.ndarray]:
     return steps, losses
 
 
-def usable_points(schedule: Schedule, steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def usable_points(
+    schedule: Schedule, steps: np.ndarray, losses: np.ndarray, divergence: DivergenceSignal | None
+) -> tuple[np.ndarray, np.ndarray]:
     """The points a law may see: within the schedule, before the first diverging point,
-    finite."""
+    finite. ``divergence`` is :func:`detect_divergence` of these same points, passed in
+    because the prune check has already computed it (the detector is causal, so cutting
+    the points at the schedule's end first would not move it)."""
     keep = steps < schedule.total_steps
+    if divergence is not None:
+        keep &= steps < divergence.step
     steps, losses = steps[keep], losses[keep]
-    sig = detect_divergence(steps, losses)
-    if sig is not None:
-        keep = steps < sig.step
-        steps, losses = steps[keep], losses[keep]
     fin = np.isfinite(losses)
     return steps[fin], losses[fin]
 
@@ -138,7 +140,8 @@ def trial_curve(trial: FrozenTrial, max_points: int | None = None) -> Curve | No
         return None
     if schedule is None:
         return None
-    steps, losses = usable_points(schedule, *raw_points(trial))
+    steps, losses = raw_points(trial)
+    steps, losses = usable_points(schedule, steps, losses, detect_divergence(steps, losses))
     if steps.size == 0:
         return None
     if max_points is not None and steps.size > max_points:

@@ -94,7 +94,7 @@ def check(
     if seen.last_step >= total:
         out.notes.append(f"step {seen.last_step} is past the schedule's end ({total} steps); not pruning on it")
         law_ok = False
-    ok_steps, ok_losses = usable_points(schedule, steps, losses)
+    ok_steps, ok_losses = usable_points(schedule, steps, losses, sig)
     if ok_steps.size and not has_evidence(
         ok_steps.size, int(ok_steps[-1]), total, gates.min_reports, gates.min_fraction
     ):
