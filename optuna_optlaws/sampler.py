@@ -4,7 +4,8 @@ Schedule parameters (those :func:`~optuna_optlaws.suggest_schedule` registers) a
 *jointly*: when a trial asks for its first schedule parameter, the sampler fits (or reuses)
 the study's law, scores many quasi-random candidate schedules from the search space with
 ``law.predict_final`` and picks one by an acquisition over the law's predictive
-distribution (lower confidence bound by default, or Thompson sampling); the trial's
+distribution (lower confidence bound by default, or Thompson sampling), after correcting
+the law by a Gaussian process on its errors on the study's finished trials; the trial's
 other schedule parameters then take that candidate's values. While the study has fewer
 than ``n_startup_trials`` COMPLETE curves and no ``prior`` law, schedules come from a
 seeded space-filling (Sobol) sequence instead. Every other parameter goes to
@@ -35,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._sampler._acquisition import ACQUISITIONS, Proposal, propose, startup_point
+from optuna_optlaws._sampler._residual import observations
 from optuna_optlaws._sampler._space import ScheduleSpace
 from optuna_optlaws._study_state import LawStore, resolve_prior, trial_sizes
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
@@ -70,6 +72,11 @@ class OptLawsSampler(BaseSampler):
         refit_growth: Refit the law when the study's finished trials (at least one more)
             or reported points grew by this fraction since the last fit.
         max_fit_points: Each curve is thinned to at most this many points for the fit.
+        correct_residuals: Correct the law's predictions with a Gaussian process fitted
+            on its errors on the study's finished trials (COMPLETE: last reported loss;
+            pruned by the law: the pruner's predicted final loss), so that a law biased
+            on part of the search space does not keep the search there. ``False``
+            scores candidates with the law alone.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class OptLawsSampler(BaseSampler):
         seed: int | None = None,
         refit_growth: float = 0.25,
         max_fit_points: int = 128,
+        correct_residuals: bool = True,
     ) -> None:
         law_class(law, where="OptLawsSampler(law=...)")
         if acquisition not in ACQUISITIONS:
@@ -109,6 +117,7 @@ class OptLawsSampler(BaseSampler):
         self._n_candidates = n_candidates
         self._acquisition = acquisition
         self._kappa = float(kappa)
+        self._correct = bool(correct_residuals)
         self._proposals: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], Proposal]] = (
             weakref.WeakKeyDictionary()
         )
@@ -197,6 +206,7 @@ class OptLawsSampler(BaseSampler):
                 kappa=self._kappa,
                 model_size=model_size,
                 tokens_per_step=tokens_per_step,
+                observed=observations(trials, model_size, tokens_per_step) if self._correct else None,
             )
         except Exception as exc:  # a law that cannot score must never lose the trial
             self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")

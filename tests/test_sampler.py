@@ -35,7 +35,7 @@ def test_suggestions_lie_in_the_space_startup_then_law() -> None:
     study = optuna.create_study(sampler=_sampler())
     study.optimize(schedule_objective(), n_trials=6)
     sources = [t.system_attrs[PROPOSAL_KEY]["source"] for t in study.trials]
-    assert sources == ["startup"] * 3 + ["law:lcb"] * 3
+    assert sources == ["startup"] * 3 + ["law+residual-gp:lcb"] * 3
     for t in study.trials:
         for name, dist in t.distributions.items():
             assert dist._contains(dist.to_internal_repr(t.params[name])), (name, t.params[name])
@@ -129,7 +129,7 @@ def test_multivariate_inner_sampler_never_sees_schedule_params() -> None:
 def test_thompson_acquisition_stays_in_space() -> None:
     study = optuna.create_study(sampler=_sampler(acquisition="thompson"))
     study.optimize(schedule_objective(families=("wsd",), cooldown_fraction=(0.1, 0.4), **SPACE), n_trials=5)
-    assert study.trials[-1].system_attrs[PROPOSAL_KEY]["source"] == "law:thompson"
+    assert study.trials[-1].system_attrs[PROPOSAL_KEY]["source"] == "law+residual-gp:thompson"
     for t in study.trials:
         assert 0.1 <= t.params["lr_cooldown_fraction"] <= 0.4
         assert 0 <= t.params["lr_warmup_steps"] <= 60
@@ -157,3 +157,24 @@ def test_a_law_that_cannot_score_falls_back_to_sobol(monkeypatch: pytest.MonkeyP
         study.optimize(schedule_objective(), n_trials=5)
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert study.trials[-1].system_attrs[PROPOSAL_KEY]["source"] == "startup"
+
+
+def _peak(t: optuna.trial.FrozenTrial) -> float:
+    return float(next(v for k, v in t.params.items() if k.endswith("peak_lr")))
+
+
+def test_residual_correction_leaves_a_region_the_law_gets_wrong() -> None:
+    # the momentum law has no peak-LR penalty, so on these runs it keeps rating the
+    # largest peak LR best; the GP on its residuals learns that those runs lose
+    runs = {}
+    for correct in (True, False):
+        study = optuna.create_study(sampler=_sampler(correct_residuals=correct, n_candidates=128))
+        study.optimize(schedule_objective(peak_penalty=0.2), n_trials=12)
+        runs[correct] = study.trials[3:]
+    values = {c: np.median([t.value for t in ts]) for c, ts in runs.items()}
+    peaks = {c: np.median([_peak(t) for t in ts]) for c, ts in runs.items()}
+    assert peaks[False] > 2.5e-2  # the uncorrected law sticks to the top of the range
+    assert peaks[True] < 0.5 * peaks[False]
+    assert values[True] < values[False] - 0.3
+    assert all(t.system_attrs[PROPOSAL_KEY]["source"] == "law+residual-gp:lcb" for t in runs[True])
+    assert all(t.system_attrs[PROPOSAL_KEY]["source"] == "law:lcb" for t in runs[False])

@@ -26,14 +26,13 @@ from typing import Any
 import numpy as np
 
 from optuna_optlaws._errors import InputError
+from optuna_optlaws._sampler._residual import Z90, Observations, fit_residuals, schedule_features
 from optuna_optlaws._sampler._space import ScheduleSpace
 from optuna_optlaws.laws import Law
 
 ACQUISITIONS = ("lcb", "thompson")
 """Acquisition functions :func:`propose` knows."""
 
-_Z90 = 1.6448536269514722
-"""Standard normal quantile of 0.95: half-width of a central 90% interval in sigmas."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,14 @@ def propose(
     kappa: float,
     model_size: float | None,
     tokens_per_step: float | None,
+    observed: Observations | None = None,
 ) -> Proposal:
     """The best of ``n_candidates`` quasi-random schedules under ``acquisition``.
+
+    With ``observed`` finished trials (at least
+    :data:`~optuna_optlaws._sampler._residual.MIN_OBSERVATIONS`), the law's predictions
+    are corrected by a GP fitted on its residuals on them (:mod:`._residual`): the
+    candidate's mean is the law's plus the GP's, its sigma the GP's posterior one.
 
     Raises :class:`InputError` when the law cannot predict these schedules (for example
     a model size it has no term for)."""
@@ -90,8 +95,22 @@ def propose(
     pred = law.predict_final(schedules, model_size=model_size, tokens_per_step=tokens_per_step)
     mean = np.asarray(pred.mean, dtype=np.float64)
     sigma = np.maximum(np.asarray(pred.hi, dtype=np.float64) - np.asarray(pred.lo, dtype=np.float64), 0.0) / (
-        2 * _Z90
+        2 * Z90
     )
+    source = f"law:{acquisition}"
+    if observed is not None and len(observed.schedules) > 0:
+        fitted = law.predict_final(observed.schedules, model_size=model_size, tokens_per_step=tokens_per_step)
+        cand_x = schedule_features(schedules)
+        model = fit_residuals(
+            schedule_features(observed.schedules),
+            observed.finals - np.asarray(fitted.mean, dtype=np.float64),
+            observed.extra_var,
+            cand_x,
+        )
+        if model is not None:
+            mu, sd = model.predict(cand_x)
+            mean, sigma = mean + mu, sd
+            source = f"law+residual-gp:{acquisition}"
     ok = np.isfinite(mean) & np.isfinite(sigma)
     if not ok.any():
         raise InputError(f"law {law.name!r} predicted no finite final loss for {n_candidates} candidate schedules")
@@ -104,4 +123,4 @@ def propose(
         raise InputError(f"unknown acquisition {acquisition!r}; known: {', '.join(ACQUISITIONS)}")
     score = np.where(ok, score, np.inf)
     best = int(np.argmin(score))
-    return Proposal(values[best], float(mean[best]), float(sigma[best]), f"law:{acquisition}")
+    return Proposal(values[best], float(mean[best]), float(sigma[best]), source)
