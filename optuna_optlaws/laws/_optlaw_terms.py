@@ -55,6 +55,13 @@ class Terms:
     area_max: float = 0.0
     """Largest LR area (area units) among the fitted points: beyond it the model
     discrepancy grows (see :meth:`OptLaw._widen`)."""
+    shift: bool = False
+    """Whether continued runs have a data-shift excess ``D (1 + S_c / s_d)^(-gamma_d)``
+    (``S_c``: LR area since the resume; see :mod:`._optlaw_lineage`). Only fits that
+    include continued runs (``resume_from``) have it."""
+    shift_offset: bool = False
+    """Whether continued runs also have a constant offset ``d0`` (the new corpus's floor
+    differs from the parent's): only when the parent's own losses are fitted too."""
 
     @property
     def multi_size(self) -> bool:
@@ -101,6 +108,14 @@ class Terms:
                 Param("k_esc", 0.0, 10.0, init=(0.0, 0.1)),
                 Param("kappa_esc", 1e-3, 1e3, log=True, init=(0.01, 10.0)),
             ]
+        if self.shift:
+            ps += [
+                Param("D", 1e-6, 10.0, log=True, init=(0.02, 0.5)),
+                Param("s_d", 1e-4, 1e2, log=True, init=(0.003, 0.3)),
+                Param("gamma_d", 0.05, 4.0, init=(0.3, 1.5)),
+            ]
+        if self.shift_offset:
+            ps += [Param("d0", -3.0, 3.0, init=(-0.2, 0.2))]
         return ParamSpace(ps)
 
     def to_state(self) -> dict[str, Any]:
@@ -110,6 +125,8 @@ class Terms:
             "escape": self.escape,
             "size_form": self.size_form,
             "area_max": self.area_max,
+            "shift": self.shift,
+            "shift_offset": self.shift_offset,
         }
 
     @classmethod
@@ -124,7 +141,10 @@ class Terms:
         area_max = float(state.get("area_max", 0.0))
         if not (math.isfinite(area_max) and area_max >= 0):
             raise ValueError("area_max must be finite and >= 0")
-        return cls(eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form, area_max=area_max)
+        return cls(
+            eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form, area_max=area_max,
+            shift=bool(state.get("shift", False)), shift_offset=bool(state.get("shift_offset", False)),
+        )
 
 
 class Theta:
@@ -196,6 +216,10 @@ def default_start(terms: Terms, min_loss: float) -> list[float]:
     start += [1.2, 100.0]
     if terms.escape:
         start += [0.01, 1.0]
+    if terms.shift:
+        start += [0.1, 0.03, 0.7]
+    if terms.shift_offset:
+        start += [0.0]
     return start
 
 
