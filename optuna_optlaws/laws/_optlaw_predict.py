@@ -9,15 +9,20 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._fitting import ParamSpace, Posterior
+from optuna_optlaws.laws._optlaw_lineage import shift_excess
 from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target
 
 FloatArray = NDArray[np.float64]
 
 
 def loss_at_targets(
-    terms: Terms, space: ParamSpace, thetas: FloatArray, grid: dyn.ChunkGrid, model_size: float | None
+    terms: Terms, space: ParamSpace, thetas: FloatArray, grid: dyn.ChunkGrid, model_size: float | None,
+    resume_area: float | None = None,
 ) -> FloatArray:
-    """Loss (nats) at a grid's target steps under parameter sets ``thetas`` ``(P, p)``: ``(T, P)``."""
+    """Loss (nats) at a grid's target steps under parameter sets ``thetas`` ``(P, p)``: ``(T, P)``.
+
+    ``resume_area``: for a continued run, the LR area before its resume (area units):
+    adds the data-shift excess when ``terms`` has one (:mod:`._optlaw_lineage`)."""
     n_p = thetas.shape[0]
     pars = [Theta(terms, space.names, t) for t in thetas]
     amps = np.array([p.amplitudes(model_size) for p in pars])  # (P, 3)
@@ -40,6 +45,9 @@ def loss_at_targets(
         tgt = np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)
         esc = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
         loss = loss + k_esc[None, :] * esc
+    if terms.shift and resume_area is not None:
+        since = grid.s_target - resume_area
+        loss = loss + np.stack([shift_excess(p, since) for p in pars], axis=1)
     return np.asarray(loss, dtype=np.float64)
 
 

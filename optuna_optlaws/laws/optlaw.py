@@ -73,13 +73,16 @@ from optuna_optlaws.laws._fitting import (
     loco_discrepancy,
     predictive,
 )
-from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, FitProblem, fit_points, loco_folds, point_noise
+from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, fit_points, loco_folds, point_noise
 from optuna_optlaws.laws._optlaw_lineage import (
     continued,
+    fit_problem,
     lineage_from_state,
     lineage_state,
     offsets_from_state,
     resolve_lineage_offsets,
+    resume_area,
+    shift_terms,
 )
 from optuna_optlaws.laws._optlaw_predict import fd_thetas, log_jac, loss_at_targets, loss_final
 from optuna_optlaws.laws._optlaw_terms import Terms, default_start, terms_for, warm_start
@@ -169,6 +172,7 @@ class OptLaw(Law):
         log_y = np.concatenate([p[2] for p in prepared])
         groups = np.concatenate([np.full(p[2].size, i, dtype=np.int64) for i, p in enumerate(prepared)])
         area_max = max(float(grid.s_target[-1]) for _, grid, _ in prepared)
+        base = shift_terms(base, [c for c, _, _ in prepared], self.lineage_offsets)
         forms = ("power", "entropy") if len(base.sizes) >= 2 else ("single",)
         self._members = []
         infos = []
@@ -206,7 +210,9 @@ class OptLaw(Law):
         parameters of the ``power`` form to start the ``entropy`` form from (then one
         random start and no LOCO refits: the caller shares the first form's discrepancy)."""
         space = terms.space()
-        problem = FitProblem(terms, [c for c, _, _ in prepared], [g for _, g, _ in prepared], log_y)
+        problem = fit_problem(
+            terms, [c for c, _, _ in prepared], [g for _, g, _ in prepared], log_y, self.lineage_offsets
+        )
         starts = [default_start(terms, float(np.exp(log_y).min()))]
         huber = self.huber_scale(log_y, groups)
         if warm is not None:
@@ -325,6 +331,21 @@ class OptLaw(Law):
     ) -> Prediction:
         """Loss (nats) of ``schedule`` at ``steps`` (default its last step) with a central
         90% interval; conditioned on the run's own prefix ``observed`` when given."""
+        return self._predict(schedule, steps, model_size=model_size, tokens_per_step=tokens_per_step,
+                             observed=observed)
+
+    def _predict(
+        self,
+        schedule: Schedule,
+        steps: ArrayLike | None = None,
+        *,
+        model_size: float | None = None,
+        tokens_per_step: float | None = None,
+        observed: Curve | None = None,
+        resume_at: int = 0,
+    ) -> Prediction:
+        """:meth:`predict`; ``resume_at``: the whole-history step of a continued run's own
+        step 0 on ``schedule`` (its data-shift term starts there), 0 for a fresh run."""
         terms = self._check_predict(model_size, tokens_per_step)
         st = check_steps(steps, schedule, where=f"predict {self.name}")
         if st.size == 0:
@@ -341,10 +362,11 @@ class OptLaw(Law):
                 recent[-_PREFIX_MIN_POINTS:] = True
                 p_steps, p_losses = p_steps[recent], p_losses[recent]
         grid = dyn.chunk_grid(schedule, np.concatenate([st, p_steps]), eta_ref=terms.eta_ref)
+        s_resume = resume_area(schedule, resume_at, terms.eta_ref)
         preds, prefix_log = [], []
         for m_terms, post in self._members:
             thetas, h = fd_thetas(post)
-            loss = loss_at_targets(m_terms, post.space, thetas, grid, model_size)
+            loss = loss_at_targets(m_terms, post.space, thetas, grid, model_size, s_resume)
             pred_m = self._interval(post, loss[: st.size, 0], log_jac(loss[: st.size], h, post))
             preds.append(self._widen(pred_m, grid.s_target[: st.size], m_terms, post))
             prefix_log.append(np.log(loss[st.size :, 0]))
@@ -388,9 +410,9 @@ class OptLaw(Law):
         shifted = None
         if observed is not None:
             shifted = replace(observed, schedule=sched, steps=observed.steps + offset, resume_from=None)
-        return self.predict(
+        return self._predict(
             sched, curve.steps + offset, model_size=curve.model_size, tokens_per_step=curve.tokens_per_step,
-            observed=shifted,
+            observed=shifted, resume_at=offset,
         )
 
     def predict_final(
