@@ -14,9 +14,12 @@ from test_cli import assert_one_line_error, run_main
 from test_optlaw import TRUE, _law_with
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.benchmarks.transfer import top_k_hit, training_groups
+from optuna_optlaws.benchmarks.transfer import noise_ceiling, top_k_hit, training_groups
 from optuna_optlaws.curves import Curve, read_curves_csv
+from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws import load_law
+from optuna_optlaws.laws._optlaw_lineage import ShiftedFitProblem, fit_problem, resolve_lineage_offsets
+from optuna_optlaws.laws._optlaw_terms import Terms
 from optuna_optlaws.laws.optlaw import OptLaw
 
 PARENT = Schedule.cosine(3e-4, 2400, warmup_steps=200, final_lr=3e-5)
@@ -152,6 +155,75 @@ def test_law_file_round_trip_keeps_the_lineage(truth: OptLaw, tmp_path: Path) ->
     assert old.predict(PARENT).mean[0] == pytest.approx(law.predict(PARENT).mean[0], rel=1e-12)
 
 
+# ---------------------------------------------------------------------- data shift
+SHIFT = {"D": 0.3, "s_d": 0.05, "gamma_d": 0.8}
+
+
+def shifted_child(truth: OptLaw, name: str, steps: np.ndarray) -> Curve:
+    """A continued run on another corpus: the truth law's whole-history loss plus an
+    excess ``D (1 + S_c / s_d)^(-gamma_d)`` in the LR area ``S_c`` since the resume."""
+    s = CHILDREN[name]
+    s_c = np.cumsum(s.lrs())[steps] / (3e-4 * 1000.0)  # the loss at step t follows the update of step t
+    extra = SHIFT["D"] * (1.0 + s_c / SHIFT["s_d"]) ** (-SHIFT["gamma_d"])
+    return Curve(name, s, steps, true_continued(truth, s, steps) + extra, resume_from="pre", resume_step=RESUME)
+
+
+def test_data_shift_of_continued_runs_is_fitted_and_predicted(truth: OptLaw, tmp_path: Path) -> None:
+    steps = np.arange(EVERY, 1200, EVERY)
+    train = [shifted_child(truth, n, steps) for n in ("cpt_cos", "cpt_const")]
+    held = shifted_child(truth, "cpt_wsd", steps)
+    # the parent's schedule only (its losses are on another corpus): shift, no floor offset
+    law = OptLaw(n_random=1, loco=False).fit([Curve("pre", PARENT), *train])
+    assert {"D", "s_d", "gamma_d"} <= set(law.params) and "d0" not in law.params
+    err = np.abs(law.predict_curve(held).mean - held.losses)
+    assert err.max() < 0.02
+    assert law.params["D"] == pytest.approx(SHIFT["D"], rel=0.3)
+    # the law file keeps the term; a fresh (not continued) run gets no shift
+    law.save(tmp_path / "law.json")
+    back = load_law(tmp_path / "law.json")
+    np.testing.assert_allclose(back.predict_curve(held).mean, law.predict_curve(held).mean, rtol=1e-9)
+    fresh = CHILDREN["cpt_wsd"]
+    plain = _law_with({**TRUE, **law.params}).predict(fresh, steps).mean
+    np.testing.assert_allclose(law.predict(fresh, steps).mean, plain, rtol=1e-9)
+    # with the parent's losses fitted too, continued runs also get a floor offset d0
+    pre_steps = np.arange(EVERY, PARENT.total_steps, EVERY)
+    pre = Curve("pre", PARENT, pre_steps, truth.predict(PARENT, pre_steps).mean)
+    both = OptLaw(n_random=0, loco=False).fit([pre, *train])
+    assert "d0" in both.params
+    # no continued run fitted: no shift term
+    assert "D" not in OptLaw(n_random=0, loco=False).fit([pre]).params
+
+
+def test_shifted_fit_problem_jacobian_matches_finite_differences(truth: OptLaw) -> None:
+    steps = np.arange(EVERY, 1200, EVERY)
+    law = OptLaw(n_random=0, loco=False)
+    law.fit([Curve("pre", PARENT), *(shifted_child(truth, n, steps) for n in ("cpt_cos", "cpt_const"))])
+    terms = law._terms
+    assert terms is not None and terms.shift
+    curves, offsets = resolve_lineage_offsets(
+        [Curve("pre", PARENT), *(shifted_child(truth, n, steps) for n in ("cpt_cos", "cpt_const"))], "test"
+    )
+    fitted = curves[1:]
+    grids = [dyn.chunk_grid(c.schedule, c.steps, eta_ref=terms.eta_ref) for c in fitted]
+    log_y = np.log(np.concatenate([c.losses for c in fitted]))
+    problem = fit_problem(terms, fitted, grids, log_y, offsets)
+    assert isinstance(problem, ShiftedFitProblem)
+    assert law.posterior is not None
+    theta = law.posterior.theta.copy()
+    jac = problem.jacobian(theta)
+    for i, name in enumerate(problem.names):
+        if name == "kappa_esc":
+            continue
+        h = 1e-6 * max(1.0, abs(theta[i]))
+        up = theta.copy()
+        up[i] += h
+        num = (problem.residuals(up) - problem.residuals(theta)) / h
+        np.testing.assert_allclose(jac[:, i], num, rtol=2e-3, atol=1e-6, err_msg=name)
+    # without continued runs the plain problem
+    plain = Terms(eta_ref=terms.eta_ref, sizes=(), escape=False)
+    assert not isinstance(fit_problem(plain, fitted, grids, log_y, offsets), ShiftedFitProblem)
+
+
 # ---------------------------------------------------------------------- command line
 def test_cli_predict_and_rank_continue_from_the_fitted_parent(
     truth: OptLaw, fitted_law: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -230,6 +302,14 @@ def test_top_k_hit_counts_ties_as_expected_hits() -> None:
     # the best ties with two others for second place: one slot for three runs
     assert top_k_hit(np.array([0.5, 0.1, 0.5, 0.5]), true, 2) == pytest.approx(1 / 3)
     assert top_k_hit(np.array([np.nan, 0.1, 0.2, 0.3]), true, 2) == 0.0
+
+
+def test_noise_ceiling_of_an_oracle_ranking() -> None:
+    rng = np.random.default_rng(0)
+    # gaps far above the noise: the oracle always hits; equal runs: k of n by chance
+    assert noise_ceiling(np.array([1.0, 2.0, 3.0]), 0.01, 2, rng) == 1.0
+    assert noise_ceiling(np.full(4, 2.0), 0.01, 2, rng) == pytest.approx(0.5, abs=0.05)
+    assert noise_ceiling(np.array([2.0, 2.005, 3.0]), 0.02, 1, rng) < 0.7
 
 
 def test_training_groups_all_or_seeded_subset() -> None:
