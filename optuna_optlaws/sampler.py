@@ -74,7 +74,7 @@ class OptLawsSampler(BaseSampler):
         max_fit_points: Each curve is thinned to at most this many points for the fit.
         correct_residuals: Correct the law's predictions with a Gaussian process fitted
             on its errors on the study's finished trials (COMPLETE: last reported loss;
-            pruned by the law: the pruner's predicted final loss), so that a law biased
+            PRUNED: the final loss predicted from its reported prefix), so that a law biased
             on part of the search space does not keep the search there. ``False``
             scores candidates with the law alone.
     """
@@ -206,7 +206,7 @@ class OptLawsSampler(BaseSampler):
                 kappa=self._kappa,
                 model_size=model_size,
                 tokens_per_step=tokens_per_step,
-                observed=observations(trials, model_size, tokens_per_step) if self._correct else None,
+                observed=observations(trials, state.law, model_size, tokens_per_step) if self._correct else None,
             )
         except Exception as exc:  # a law that cannot score must never lose the trial
             self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")

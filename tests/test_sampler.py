@@ -168,7 +168,9 @@ def test_residual_correction_leaves_a_region_the_law_gets_wrong() -> None:
     # largest peak LR best; the GP on its residuals learns that those runs lose
     runs = {}
     for correct in (True, False):
-        study = optuna.create_study(sampler=_sampler(correct_residuals=correct, n_candidates=128))
+        study = optuna.create_study(
+            sampler=_sampler(correct_residuals=correct, n_candidates=128), pruner=optuna.pruners.NopPruner()
+        )
         study.optimize(schedule_objective(peak_penalty=0.2), n_trials=12)
         runs[correct] = study.trials[3:]
     values = {c: np.median([t.value for t in ts]) for c, ts in runs.items()}

@@ -33,15 +33,21 @@ def test_gp_learns_a_bias_on_part_of_the_space_and_is_unsure_away_from_data() ->
     bias = np.where(x[:, 0] > 0.5, 0.08, 0.0)  # the law is 0.08 nats optimistic on one half
     r = bias + rng.normal(0.0, 0.005, x.shape[0])
     probe = np.array([[0.9, 0.5], [0.1, 0.5], [0.9, 5.0]])
-    model = fit_residuals(x, r, np.zeros(x.shape[0]), probe)
+    law_sd = np.full(x.shape[0], 0.03)
+    model = fit_residuals(x, r, np.zeros(x.shape[0]), law_sd, probe)
     assert model is not None
-    mu, sd = model.predict(probe)
+    mu, sd = model.predict(probe, np.full(3, 0.03))
     assert abs(mu[0] - 0.08) < 0.02 and abs(mu[1]) < 0.02
     assert sd[0] < 0.02 and sd[1] < 0.02
-    assert sd[2] > 3 * sd[0]  # far from every observation the GP falls back to its prior
+    # far from every observation the GP falls back to its prior, the law's own sigma
+    # times the fitted factor, so it scales with what the law says there
+    assert sd[2] > 3 * sd[0]
+    _, sd_wide = model.predict(probe, np.array([0.03, 0.03, 0.3]))
+    np.testing.assert_allclose(sd_wide[2], 10 * sd[2], rtol=1e-6)
 
 
 def test_too_few_observations_give_no_model() -> None:
     x = np.zeros((2, 3))
-    assert fit_residuals(x, np.zeros(2), np.zeros(2), x) is None
-    assert fit_residuals(np.zeros((4, 3)), np.array([0.0, np.nan, np.nan, 0.1]), np.zeros(4), x) is None
+    assert fit_residuals(x, np.zeros(2), np.zeros(2), np.ones(2), x) is None
+    r = np.array([0.0, np.nan, np.nan, 0.1])
+    assert fit_residuals(np.zeros((4, 3)), r, np.zeros(4), np.ones(4), x) is None

@@ -28,7 +28,7 @@ import numpy as np
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._sampler._residual import Z90, Observations, fit_residuals, schedule_features
 from optuna_optlaws._sampler._space import ScheduleSpace
-from optuna_optlaws.laws import Law
+from optuna_optlaws.laws import Law, Prediction
 
 ACQUISITIONS = ("lcb", "thompson")
 """Acquisition functions :func:`propose` knows."""
@@ -67,6 +67,11 @@ def startup_point(space: ScheduleSpace, seed: int, index: int) -> Proposal:
     return Proposal(space.from_unit(u)[0])
 
 
+def _sigma(pred: Prediction) -> np.ndarray:
+    """Predictive standard deviation (nats) read off a central 90% interval."""
+    return np.maximum(np.asarray(pred.hi, dtype=np.float64) - np.asarray(pred.lo, dtype=np.float64), 0.0) / (2 * Z90)
+
+
 def propose(
     space: ScheduleSpace,
     law: Law,
@@ -94,9 +99,7 @@ def propose(
     schedules = [space.build(v) for v in values]
     pred = law.predict_final(schedules, model_size=model_size, tokens_per_step=tokens_per_step)
     mean = np.asarray(pred.mean, dtype=np.float64)
-    sigma = np.maximum(np.asarray(pred.hi, dtype=np.float64) - np.asarray(pred.lo, dtype=np.float64), 0.0) / (
-        2 * Z90
-    )
+    sigma = _sigma(pred)
     source = f"law:{acquisition}"
     if observed is not None and len(observed.schedules) > 0:
         fitted = law.predict_final(observed.schedules, model_size=model_size, tokens_per_step=tokens_per_step)
@@ -105,10 +108,11 @@ def propose(
             schedule_features(observed.schedules),
             observed.finals - np.asarray(fitted.mean, dtype=np.float64),
             observed.extra_var,
+            _sigma(fitted),
             cand_x,
         )
         if model is not None:
-            mu, sd = model.predict(cand_x)
+            mu, sd = model.predict(cand_x, sigma)
             mean, sigma = mean + mu, sd
             source = f"law+residual-gp:{acquisition}"
     ok = np.isfinite(mean) & np.isfinite(sigma)

@@ -11,14 +11,19 @@ of the final loss and a GP models what it gets wrong:
 fitted on the trials already finished in the same (N, tokens per step) group:
 
 * a COMPLETE trial gives its last reported loss (nats, at its schedule's last step);
-* a PRUNED trial gives the pruner's conditioned prediction of its final loss
-  (``optlaws_pred_final``) with that prediction's own variance as extra noise, so the
-  GP also learns where runs are predicted to lose.
+* a PRUNED trial gives the conditioned prediction of its final loss
+  (``OptLawsPruner``'s ``optlaws_pred_final``, or the law's own when another pruner
+  stopped it) with that prediction's own variance as extra noise, so the GP also
+  learns where runs are predicted to lose.
 
 ``x`` are a few numbers that describe any schedule (:func:`schedule_features`), so the
-correction works across families and for logged schedules. The kernel is squared
-exponential with one length scale on min-max scaled features; its length scale,
-amplitude and noise are chosen by the marginal likelihood on a small grid, and ``c`` is
+correction works across families and for logged schedules. The prior scale of the law's
+error at ``x`` is the law's own predictive standard deviation ``s(x)`` there, times a
+factor ``f``: ``k(x, x') = f^2 s(x) s(x') exp(-|x - x'|^2 / (2 l^2))`` on min-max scaled
+features. So far from every finished trial the sampler is as unsure as the law says it
+is (its exploration does not shrink because the law happened to be right where the
+study has been), and near them it knows the law's actual error. ``f``, the length scale
+``l`` and the noise are chosen by the marginal likelihood on a small grid, and ``c`` is
 the generalised-least-squares mean of the residuals. Cost: one Cholesky per grid point
 on at most a few hundred trials.
 """
@@ -26,6 +31,7 @@ on at most a few hundred trials.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +41,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
-from optuna_optlaws._study_state import raw_points, trial_schedule, trial_sizes
+from optuna_optlaws._study_state import raw_points, trial_curve, trial_schedule, trial_sizes
+from optuna_optlaws.laws import Law
 from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
@@ -56,8 +63,12 @@ NOISE_SDS = (0.003, 0.01, 0.03)
 """Candidate observation noise (nats): a run's final loss varies with its seed and the
 last report's own noise by about this much."""
 
-AMPLITUDE_SDS = (0.01, 0.03, 0.1, 0.3)
-"""Candidate prior standard deviations of the law's error (nats)."""
+AMPLITUDE_FACTORS = (0.5, 1.0, 2.0, 4.0)
+"""Candidate factors ``f`` on the law's own predictive standard deviation (the prior
+scale of its error)."""
+
+MIN_LAW_SD = 1e-3
+"""Floor of the law's standard deviation in the kernel (nats)."""
 
 Z90 = 1.6448536269514722
 """Standard normal quantile of 0.95: half-width of a central 90% interval in sigmas."""
@@ -106,36 +117,41 @@ class ResidualModel:
     """Cholesky factor of ``K + noise``."""
     mean: float
     """The constant mean ``c`` of the residuals (nats)."""
+    scale: FloatArray
+    """``f s(x)`` of the observations (nats)."""
+    factor: float
     length: float
-    amplitude: float
     noise: float
 
-    def _k(self, a: FloatArray, b: FloatArray) -> FloatArray:
-        d2 = np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
-        return np.asarray(self.amplitude**2 * np.exp(-0.5 * d2 / self.length**2), dtype=np.float64)
-
-    def predict(self, features: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Posterior mean and standard deviation (nats) of the law's error at ``features``."""
+    def predict(self, features: FloatArray, law_sd: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Posterior mean and standard deviation (nats) of the law's error at ``features``,
+        where the law's own predictive standard deviation is ``law_sd`` (nats)."""
         z = (features - self.lo) / self.span
-        ks = self._k(z, self.x)
+        scale = self.factor * np.maximum(law_sd, MIN_LAW_SD)
+        d2 = np.sum((z[:, None, :] - self.x[None, :, :]) ** 2, axis=-1)
+        ks = scale[:, None] * self.scale[None, :] * np.exp(-0.5 * d2 / self.length**2)
         mu = self.mean + ks @ self.alpha
         v = np.linalg.solve(self.chol, ks.T)
-        var = np.maximum(self.amplitude**2 - np.sum(v * v, axis=0), 0.0)
+        var = np.maximum(scale**2 - np.sum(v * v, axis=0), 0.0)
         return np.asarray(mu, dtype=np.float64), np.asarray(np.sqrt(var), dtype=np.float64)
 
 
 def fit_residuals(
-    features: FloatArray, residuals: FloatArray, extra_var: FloatArray, reference: FloatArray
+    features: FloatArray, residuals: FloatArray, extra_var: FloatArray, law_sd: FloatArray, reference: FloatArray
 ) -> ResidualModel | None:
     """Fit the GP on ``residuals`` (observed minus law mean, nats) of schedules with
-    ``features``, each with ``extra_var`` (nats^2) of its own on top of the fitted noise.
+    ``features``, each with ``extra_var`` (nats^2) of its own on top of the fitted noise
+    and the law's predictive standard deviation ``law_sd`` (nats) there.
     ``reference``: features of the schedules to be scored too (they fix the feature
     scaling, with the observations). ``None`` with fewer than ``MIN_OBSERVATIONS``
     finite residuals."""
-    ok = np.isfinite(residuals) & np.all(np.isfinite(features), axis=1) & np.isfinite(extra_var)
+    ok = (
+        np.isfinite(residuals) & np.all(np.isfinite(features), axis=1) & np.isfinite(extra_var) & np.isfinite(law_sd)
+    )
     if int(ok.sum()) < MIN_OBSERVATIONS:
         return None
     feats, r, ev = features[ok], residuals[ok], np.maximum(extra_var[ok], 0.0)
+    sd = np.maximum(law_sd[ok], MIN_LAW_SD)
     both = np.vstack([feats, reference]) if reference.size else feats
     lo = both.min(axis=0)
     span = both.max(axis=0) - lo
@@ -147,9 +163,10 @@ def fit_residuals(
     best: tuple[float, ResidualModel] | None = None
     for length in LENGTH_SCALES:
         shape = np.exp(-0.5 * d2 / length**2)
-        for amp in AMPLITUDE_SDS:
+        for factor in AMPLITUDE_FACTORS:
+            scale = factor * sd
             for noise in NOISE_SDS:
-                cov = amp**2 * shape + np.diag(noise**2 + ev) + 1e-12 * np.eye(n)
+                cov = scale[:, None] * scale[None, :] * shape + np.diag(noise**2 + ev) + 1e-12 * np.eye(n)
                 try:
                     chol = np.linalg.cholesky(cov)
                 except np.linalg.LinAlgError:
@@ -163,7 +180,7 @@ def fit_residuals(
                 if best is None or nll < best[0]:
                     # the noise of the predictions is the fitted noise only: ``extra_var``
                     # belongs to the pruned trials' own predictions
-                    model = ResidualModel(z, lo, span, alpha, chol, c, length, amp, noise)
+                    model = ResidualModel(z, lo, span, alpha, chol, c, scale, factor, length, noise)
                     best = (nll, model)
     return None if best is None else best[1]
 
@@ -183,9 +200,13 @@ class Observations:
 
 
 def observations(
-    trials: Sequence[FrozenTrial], model_size: float | None, tokens_per_step: float | None
+    trials: Sequence[FrozenTrial], law: Law, model_size: float | None, tokens_per_step: float | None
 ) -> Observations:
-    """The COMPLETE and law-PRUNED trials of ``trials`` with the given sizes (within 2%)."""
+    """The COMPLETE and PRUNED trials of ``trials`` with the given sizes (within 2%).
+
+    A PRUNED trial's final loss is the one ``OptLawsPruner`` predicted for it (its
+    ``optlaws_pred_*`` attributes) or, when another pruner stopped it, ``law``'s
+    prediction conditioned on its reported prefix (cached per law and trial)."""
     schedules: list[Schedule] = []
     finals: list[float] = []
     extra: list[float] = []
@@ -204,17 +225,48 @@ def observations(
                 continue
             if steps[-1] + 1 < FINAL_REACH * schedule.total_steps or steps[-1] >= schedule.total_steps:
                 continue
-            final, var = float(losses[-1]), 0.0
+            stated: tuple[float, float] | None = (float(losses[-1]), 0.0)
         else:
-            vals = [t.user_attrs.get(k) for k in (PRED_FINAL, PRED_LO, PRED_HI)]
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-                continue
-            mean, lo, hi = (float(v) for v in vals)  # type: ignore[arg-type]
-            final, var = mean, ((hi - lo) / (2.0 * Z90)) ** 2
+            stated = _pruned_final(t, law)
+        if stated is None:
+            continue
         schedules.append(schedule)
-        finals.append(final)
-        extra.append(var)
+        finals.append(stated[0])
+        extra.append(stated[1])
     return Observations(schedules, np.asarray(finals, dtype=np.float64), np.asarray(extra, dtype=np.float64))
+
+
+_CONDITIONED: weakref.WeakKeyDictionary[Law, dict[int, tuple[float, float] | None]] = weakref.WeakKeyDictionary()
+"""law -> {trial id: (predicted final, its variance) or None} of PRUNED trials."""
+
+
+def _pruned_final(trial: FrozenTrial, law: Law) -> tuple[float, float] | None:
+    """``(final loss, variance)`` (nats, nats^2) a PRUNED trial would have reached."""
+    vals = [trial.user_attrs.get(k) for k in (PRED_FINAL, PRED_LO, PRED_HI)]
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+        mean, lo, hi = (float(v) for v in vals)  # type: ignore[arg-type]
+        return mean, ((hi - lo) / (2.0 * Z90)) ** 2
+    cache = _CONDITIONED.setdefault(law, {})
+    if trial._trial_id in cache:
+        return cache[trial._trial_id]
+    out: tuple[float, float] | None = None
+    curve = trial_curve(trial)
+    if curve is not None:
+        try:
+            pred = law.predict(
+                curve.schedule,
+                [curve.schedule.total_steps - 1],
+                model_size=curve.model_size,
+                tokens_per_step=curve.tokens_per_step,
+                observed=curve,
+            )
+            mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
+            if all(math.isfinite(v) for v in (mean, lo, hi)) and lo <= hi:
+                out = mean, ((hi - lo) / (2.0 * Z90)) ** 2
+        except Exception:  # a law that cannot predict this trial: leave it out
+            out = None
+    cache[trial._trial_id] = out
+    return out
 
 
 def _same_size(a: tuple[float | None, float | None], b: tuple[float | None, float | None]) -> bool:
