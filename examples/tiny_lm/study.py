@@ -131,6 +131,16 @@ def make_study(arm: str, storage: str, seed: int, steps: int, resume: bool, law:
     )
 
 
+def _stored_seed(study: optuna.Study, default: int) -> str:
+    """The sampler seed an arm's study was run with (its ``seed`` attribute, else the
+    ``--seed`` of its stored command, else ``default``)."""
+    seed = study.user_attrs.get("seed")
+    if seed is None:
+        words = str(study.user_attrs.get("command", "")).split()
+        seed = words[words.index("--seed") + 1] if "--seed" in words[:-1] else default
+    return str(seed)
+
+
 def summarize(study: optuna.Study) -> dict[str, Any]:
     """Per-arm figures: best final loss, optimizer steps trained, pruned/failed counts."""
     S = optuna.trial.TrialState
@@ -277,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for arm in [] if args.report_only else arms:
         study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law)
         study.set_user_attr("command", command)
+        study.set_user_attr("seed", args.seed)
         t0 = time.perf_counter()
         todo = args.trials - len(study.trials) if args.resume else args.trials
 
@@ -318,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     elif "tpe" in results:
         # measured by an earlier --noise-seeds run on the same best trial: keep it in the report
         noise = optuna.load_study(study_name="tiny_lm-tpe", storage=storage).user_attrs.get("noise")
+    seeds = [_stored_seed(optuna.load_study(study_name=f"tiny_lm-{a}", storage=storage), args.seed) for a in results]
     meta = {
         "command": command,
         "storage": storage,
@@ -326,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_step": cfg.tokens_per_step,
         "train_seed": args.train_seed,
         "eval_every": cfg.eval_every,
-        "seed": args.seed,
+        "seed": ", ".join(sorted(set(seeds))) or str(args.seed),
         "space": {k: v for k, v in vars(space).items()},
         "machine": f"{platform.machine()}, torch {torch.__version__}, {device}, {args.threads} thread(s)",
         "noise": noise,
