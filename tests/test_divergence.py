@@ -179,6 +179,51 @@ def test_criterion_recovers_a_known_boundary(warmup: bool) -> None:
     assert f1_score(new.diverged, decision) > 0.97
 
 
+def test_criterion_recovers_a_short_run_penalty_and_batch_curvature() -> None:
+    """Runs shorter than S_c = D/B = 6e7 tokens per batch row have a critical LR 2.2x lower
+    (g_long = 0.8); eta_crit is concave in ln B (a_BB = -0.04). The fit finds both and beats
+    a plain power law held out."""
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion, f1_score
+
+    def table(n: int, seed: int) -> dict[str, np.ndarray]:
+        cols = _synthetic_table(n, seed=seed, warmup=False, noise=0.0)
+        rng = np.random.default_rng(seed + 100)
+        log_b = np.log(cols["batch_size"] / 256)
+        log_crit = (np.log(3e-3) + TRUE_CRIT["a_N"] * np.log(cols["model_size"] / 3e8) + 0.15 * log_b
+                    - 0.04 * log_b**2 + 0.8 / (1 + (6e7 * cols["batch_size"] / cols["tokens"]) ** 5))
+        cols["peak_lr"] = np.exp(log_crit + rng.uniform(-1.0, 1.0, n))
+        cols["diverged"] = (np.log(cols["peak_lr"]) >= log_crit + 0.03 * rng.standard_normal(n)).astype(int)
+        return cols
+
+    crit = DivergenceCriterion().fit(_as_table(table(2000, seed=11)))
+    p = crit.params
+    assert p["g_long"] == pytest.approx(0.8, abs=0.1)
+    assert p["S_c"] == pytest.approx(6e7, rel=0.15)
+    assert p["a_BB"] == pytest.approx(-0.04, abs=0.015) and p["a_B"] == pytest.approx(0.15, abs=0.05)
+    assert p["a_N"] == pytest.approx(TRUE_CRIT["a_N"], abs=0.05) and abs(p["a_D"]) < 0.05
+    assert "S = D/B" in crit.formula() and "exp(" in crit.formula()
+    new = _as_table(table(1000, seed=12))
+    assert new.diverged is not None
+    assert f1_score(new.diverged, crit.predict(new)) > 0.95
+
+
+def test_criterion_reads_a_version_1_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A plain power-law criterion file (format version 1) still loads and predicts."""
+    import json
+
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion
+
+    v1 = {"kind": "divergence_criterion", "format_version": 1, "uses_warmup": False,
+          "params": {"eta_c": 0.01, "a_N": -0.4, "a_B": 0.1, "a_D": 0.2, "s": 0.1},
+          "reference": {"N0": 3e8, "B0": 256.0, "D0": 2e10}}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    crit = DivergenceCriterion.load(tmp_path / "v1.json")
+    rows = {"run_id": np.array(["a", "b"]), "peak_lr": np.array([0.01, 0.01]), "batch_size": np.array([256.0, 1024.0]),
+            "model_size": np.array([3e8, 3e8]), "tokens": np.array([2e10, 2e10])}
+    np.testing.assert_allclose(crit.eta_crit(_as_table(rows)), [0.01, 0.01 * 4**0.1])
+    assert crit.to_dict()["format_version"] == 2
+
+
 def test_criterion_probability_rises_with_lr() -> None:
     from optuna_optlaws.divergence.criterion import DivergenceCriterion
 

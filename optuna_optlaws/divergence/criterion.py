@@ -20,22 +20,27 @@ from optuna_optlaws.divergence._scales import B0, D0, N0
 from optuna_optlaws.divergence._table import RunTable
 
 KIND = "divergence_criterion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 adds a_BB, g_long, S_c and w; version-1 files (a plain power law) still load."""
 
 
 class DivergenceCriterion:
     """Logistic stability law around a critical peak LR eta_crit(N, B, D[, warmup]).
 
-    ``p_diverge = sigmoid((ln eta - ln eta_crit) / s)``, ``eta_crit = eta_c (N/N_0)^a_N
-    (B/B_0)^a_B (D/D_0)^a_D (1 + W)^a_W``; see :mod:`optuna_optlaws.divergence._criterion`.
-    A run is called diverged when ``p_diverge >= 0.5`` (its peak LR is at or above eta_crit).
+    ``p_diverge = sigmoid((ln eta - ln eta_crit) / s)`` with
+
+        eta_crit = eta_c (N/N_0)^a_N (B/B_0)^(a_B + a_BB ln(B/B_0)) (D/D_0)^a_D
+                   exp(g_long / (1 + (S_c/S)^(1/w))) (1 + W)^a_W,   S = D/B,
+
+    i.e. a power law in model size, batch size and data, a batch-size (noise-scale) term, and
+    a lower critical LR for short runs (S = D/B, optimizer steps x sequence length, below
+    S_c); see :mod:`optuna_optlaws.divergence._criterion`. A run is called diverged when
+    ``p_diverge >= 0.5`` (its peak LR is at or above eta_crit).
     """
 
     def __init__(self, *, ridge: float = 1e-2) -> None:
         self.ridge = float(ridge)
-        self.ln_eta_c: float | None = None
-        self.exponents: NDArray[np.float64] | None = None
-        self.width: float | None = None
+        self.fitted: _criterion.CriterionParams | None = None
         self.uses_warmup = False
         self.fitted_on: dict[str, Any] = {}
         self.diagnostics: dict[str, float] = {}
@@ -47,10 +52,8 @@ class DivergenceCriterion:
         if table.diverged is None:
             raise InputError("column diverged: needed for fitting (0 = stable, 1 = diverged)")
         self.uses_warmup = table.warmup_steps is not None
-        feats = _criterion.features(table.model_size, table.batch_size, table.tokens, table.warmup_steps)
-        self.ln_eta_c, self.exponents, self.width = _criterion.fit_logistic(
-            np.log(table.peak_lr), feats, table.diverged, ridge=self.ridge
-        )
+        self.fitted = _criterion.fit_criterion(np.log(table.peak_lr), table.model_size, table.batch_size,
+                                               table.tokens, table.warmup_steps, table.diverged, ridge=self.ridge)
         p = self.predict_proba(table)
         self.fitted_on = {"n_runs": len(table), "n_diverged": int(table.diverged.sum()), "run_ids": list(table.run_ids)}
         self.diagnostics = {"train_f1": f1_score(table.diverged, p >= 0.5),
@@ -59,27 +62,26 @@ class DivergenceCriterion:
                                                                       np.log(np.clip(1 - p, 1e-12, 1)))))}
         return self
 
-    def _check_fitted(self) -> tuple[float, NDArray[np.float64], float]:
-        if self.ln_eta_c is None or self.exponents is None or self.width is None:
+    def _check_fitted(self) -> _criterion.CriterionParams:
+        if self.fitted is None:
             raise RuntimeError("DivergenceCriterion is not fitted")
-        return self.ln_eta_c, self.exponents, self.width
+        return self.fitted
 
     def _features(self, table: RunTable) -> NDArray[np.float64]:
+        fitted = self._check_fitted()
         warmup = table.warmup_steps
         if self.uses_warmup and warmup is None:
             raise InputError("column warmup_steps: the criterion was fitted with warmup and needs it to predict")
         return _criterion.features(table.model_size, table.batch_size, table.tokens,
-                                   warmup if self.uses_warmup else None)
+                                   warmup if self.uses_warmup else None, fitted.ln_s_c, fitted.w)
 
     def eta_crit(self, table: RunTable) -> NDArray[np.float64]:
-        """The critical peak LR of each run of ``table``."""
-        ln_eta_c, exponents, _ = self._check_fitted()
-        return np.exp(_criterion.log_eta_crit(ln_eta_c, exponents, self._features(table)))
+        """The critical peak LR of each run of ``table`` (same units as ``peak_lr``)."""
+        return np.exp(_criterion.log_eta_crit(self._check_fitted(), self._features(table)))
 
     def predict_proba(self, table: RunTable) -> NDArray[np.float64]:
         """``p_diverge`` of each run of ``table``."""
-        ln_eta_c, exponents, width = self._check_fitted()
-        return _criterion.probability(np.log(table.peak_lr), ln_eta_c, exponents, width, self._features(table))
+        return _criterion.probability(np.log(table.peak_lr), self._check_fitted(), self._features(table))
 
     def predict(self, table: RunTable) -> NDArray[np.bool_]:
         """The 0/1 decision of each run (``p_diverge >= 0.5``)."""
@@ -89,23 +91,26 @@ class DivergenceCriterion:
 
     @property
     def params(self) -> dict[str, float]:
-        """The fitted parameters by name: eta_c, a_N, a_B, a_D, (a_W,) s."""
-        ln_eta_c, exponents, width = self._check_fitted()
-        names = ["a_N", "a_B", "a_D", "a_W"][: exponents.size]
-        out = {"eta_c": math.exp(ln_eta_c)}
-        out.update({n: float(v) for n, v in zip(names, exponents, strict=True)})
-        out["s"] = width
+        """The fitted parameters by name: eta_c, a_N, a_B, a_BB, a_D, g_long, S_c (tokens per
+        batch row), w, (a_W,) s."""
+        fitted = self._check_fitted()
+        names = _criterion.EXPONENTS[: fitted.exponents.size]
+        out = {"eta_c": math.exp(fitted.ln_eta_c)}
+        out.update({n: float(v) for n, v in zip(names, fitted.exponents, strict=True)})
+        out.update({"S_c": math.exp(fitted.ln_s_c), "w": fitted.w, "s": fitted.s})
         return out
 
     def formula(self) -> str:
         """The fitted law as one line of text."""
         p = self.params
-        crit = (f"eta_crit = {p['eta_c']:.4g} * (N/{N0:.0e})^{p['a_N']:.3f} * (B/{B0:g})^{p['a_B']:.3f}"
-                f" * (D/{D0:.0e})^{p['a_D']:.3f}")
+        crit = (f"eta_crit = {p['eta_c']:.4g} * (N/{N0:.0e})^{p['a_N']:.3f}"
+                f" * (B/{B0:g})^({p['a_B']:.3f} {p['a_BB']:+.4f} ln(B/{B0:g})) * (D/{D0:.0e})^{p['a_D']:.3f}"
+                f" * exp({p['g_long']:.3f} / (1 + ({p['S_c']:.3g} / S)^{1 / p['w']:.3g}))")
         if "a_W" in p:
             crit += f" * (1 + warmup_steps)^{p['a_W']:.3f}"
         return (f"p_diverge = 1 / (1 + exp(-(ln(peak_lr) - ln(eta_crit)) / {p['s']:.4g})), {crit};"
-                " N in parameters, B in sequences per step, D in tokens; diverged when peak_lr >= eta_crit")
+                " N in parameters, B in sequences per step, D in tokens, S = D/B (optimizer steps x sequence"
+                " length); diverged when peak_lr >= eta_crit")
 
     # ----------------------------------------------------------------- JSON
 
@@ -125,26 +130,30 @@ class DivergenceCriterion:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "criterion") -> DivergenceCriterion:
-        """Rebuild a fitted criterion from :meth:`to_dict` output."""
+        """Rebuild a fitted criterion from :meth:`to_dict` output (format version 1 or 2)."""
         if not isinstance(data, dict) or data.get("kind") != KIND:
             raise InputError(f"{where}: not a divergence criterion file (kind != {KIND!r})")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise InputError(f"{where}: format_version {version!r} is not supported (this version reads "
-                             f"{FORMAT_VERSION})")
+                             f"1 and {FORMAT_VERSION})")
         ref = data.get("reference", {"N0": N0, "B0": B0, "D0": D0})
         if not isinstance(ref, dict) or (ref.get("N0"), ref.get("B0"), ref.get("D0")) != (N0, B0, D0):
             raise InputError(f"{where}: reference scales {ref} differ from this version's")
         try:
-            p = data["params"]
+            p = dict(data["params"])
+            if version == 1:  # a plain power law: no batch curvature, no run-length term
+                p.update({"a_BB": 0.0, "g_long": 0.0, "S_c": 1.0, "w": 1.0})
             crit = cls(ridge=float(data.get("ridge", 1e-2)))
             crit.uses_warmup = bool(data.get("uses_warmup", False))
-            names = ["a_N", "a_B", "a_D"] + (["a_W"] if crit.uses_warmup else [])
-            crit.ln_eta_c = math.log(float(p["eta_c"]))
-            crit.exponents = np.array([float(p[n]) for n in names])
-            crit.width = float(p["s"])
+            names = _criterion.EXPONENTS[:5] + (("a_W",) if crit.uses_warmup else ())
+            crit.fitted = _criterion.CriterionParams(
+                ln_eta_c=math.log(float(p["eta_c"])), exponents=np.array([float(p[n]) for n in names]),
+                s=float(p["s"]), ln_s_c=math.log(float(p["S_c"])), w=float(p["w"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: malformed parameters ({exc})") from None
+        if not (crit.fitted.s > 0 and crit.fitted.w > 0):
+            raise InputError(f"{where}: malformed parameters (s and w must be > 0)")
         crit.fitted_on = dict(data.get("fitted_on", {}))
         crit.diagnostics = dict(data.get("diagnostics", {}))
         return crit
