@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
     div = subparsers.add_parser(
         "divergence",
         help="fit / apply a divergence criterion over peak LR, batch size, N, D, warmup",
-        description="A logistic stability law: p_diverge = sigmoid((ln peak_lr - ln eta_crit(N, B, D, warmup)) / s).",
+        description="A logistic stability law: p_diverge = sigmoid((ln peak_lr - ln eta_crit(N, B, D, warmup)) / s),"
+        " eta_crit a power law in N, B, D (and 1 + warmup) with a curvature in ln B and a lower value for short"
+        " runs (D/B, optimizer steps x sequence length, below a fitted S_c).",
     )
     sub = div.add_subparsers(dest="divergence_command", metavar="ACTION")
     sub.required = True
