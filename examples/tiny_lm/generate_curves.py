@@ -10,6 +10,7 @@ Usage (from the repository root; ~20-30 minutes of one CPU core for the full set
 
     nice -n 10 python examples/tiny_lm/generate_curves.py
     python examples/tiny_lm/generate_curves.py --only cos,const --out-dir /tmp/curves   # a subset
+    nice -n 10 python examples/tiny_lm/generate_curves.py --plan warmup --out-dir studies/warmup
 
 Runs are appended to the JSON as they finish, and a rerun skips runs already there (so an
 interrupted generation resumes); ``--fresh`` starts over.
@@ -83,6 +84,27 @@ def run_plan(peak: float, horizon: int) -> list[tuple[str, Schedule, TinyLMConfi
     return plan
 
 
+WARMUPS = (0, 6, 30, 90)
+"""Warmup lengths (optimizer steps) of the warmup plan: none, 1%, 5% and 15% of 600 steps."""
+
+
+def warmup_plan(peak: float, horizon: int) -> list[tuple[str, Schedule, TinyLMConfig]]:
+    """Runs that vary only the warmup length: WSD (20% linear cooldown to peak/100) at the
+    main peak, 3x and 6x it, each with every warmup in ``WARMUPS`` (6x: none, 5%, 15%;
+    at that peak the shortest warmups may diverge, which is data too)."""
+    plan: list[tuple[str, Schedule, TinyLMConfig]] = []
+    for mult, tag, warmups in ((1.0, "", WARMUPS), (3.0, "_highlr", WARMUPS), (6.0, "_x6lr", (0, 30, 90))):
+        p = peak * mult
+        for w in warmups:
+            sched = Schedule.wsd(p, horizon, w, final_lr=p / 100, cooldown_fraction=0.2)
+            plan.append((f"wsd_lin20{tag}_w{w}_{horizon}", sched, BASE))
+    return plan
+
+
+PLANS = {"main": run_plan, "warmup": warmup_plan}
+"""The run plans ``--plan`` picks from."""
+
+
 def to_curve(run_id: str, sched: Schedule, cfg: TinyLMConfig, steps: list[int], losses: list[float]) -> Curve:
     """The run as a :class:`Curve` whose schedule is given at every optimizer step (so the
     file's piecewise-linear LR is exact at every step, whatever the family)."""
@@ -138,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-lr", type=float, default=1e-2, help="main peak LR (default 1e-2)")
     ap.add_argument("--steps", type=int, default=600, help="main horizon, optimizer steps (default 600)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "studies" / "curves")
+    ap.add_argument("--plan", choices=sorted(PLANS), default="main", help="which runs (default main)")
     ap.add_argument("--only", default="", help="comma-separated run-id prefixes to run (default all)")
     ap.add_argument("--fresh", action="store_true", help="ignore runs already recorded")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -150,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if json_path.exists() and not args.fresh:
         records = json.loads(json_path.read_text(encoding="utf-8"))
     prefixes = [p for p in args.only.split(",") if p]
-    plan = [r for r in run_plan(args.peak_lr, args.steps) if not prefixes or r[0].startswith(tuple(prefixes))]
+    plan = [r for r in PLANS[args.plan](args.peak_lr, args.steps) if not prefixes or r[0].startswith(tuple(prefixes))]
     command = "python examples/tiny_lm/generate_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for i, (run_id, sched, cfg) in enumerate(plan):
         if run_id in records:
