@@ -227,6 +227,16 @@ class Schedule:
         """Steps of linear warmup (0 for knot schedules)."""
         return int(self.params.get("warmup_steps", 0))
 
+    def peak_reached_at(self) -> int:
+        """The first optimizer step whose LR is the peak LR: the warmup length of any
+        schedule, logged (knot) schedules included (0 without a warmup)."""
+        peak = self.peak_lr
+        if peak <= 0:
+            return 0
+        probe = np.unique(np.concatenate([self.breakpoints(), [0.0]]))
+        reach = probe[self.lr_at(probe) >= peak * (1 - 1e-9)]
+        return int(np.ceil(reach[0])) if reach.size else 0
+
     @property
     def final_lr(self) -> float:
         """The LR at the last trained step."""

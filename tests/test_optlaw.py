@@ -312,3 +312,30 @@ def test_single_curve_gets_a_model_discrepancy() -> None:
     drift = 0.03 * np.clip((c.steps - 12000) / 8000, 0.0, None) ** 2
     law = OptLaw(n_random=0).fit([Curve(c.run_id, c.schedule, c.steps, c.losses + drift)])
     assert law.posterior is not None and law.posterior.model_sd > 1e-3
+
+
+def test_warmup_term_only_when_warmups_differ_and_it_learns_their_cost() -> None:
+    terms = Terms(eta_ref=1e-3, sizes=(), escape=False, warmup=True)
+    space = terms.space()
+    theta = space.from_mapping({**TRUE, "k_warm": 5.0, "s_edge": 1.0, "kappa_warm": 0.02})
+    truth = OptLaw()
+    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
+    truth._members = [(terms, post)]
+    truth._terms, truth._space, truth.posterior = terms, space, post
+    warmups = [0, 200, 500, 1000, 2000]
+    scheds = [Schedule.wsd(1e-3, 20000, w, cooldown_fraction=0.2, final_lr=1e-5) for w in warmups]
+    true_final = truth.predict_final(scheds).mean
+    # in the truth a short warmup costs loss: the final loss falls as the warmup grows
+    assert np.all(np.diff(true_final) < 0) and true_final[0] - true_final[-1] > 0.015
+    steps = np.arange(2000, 20000, 500)
+    curves = [Curve(f"w{w}", s, steps, truth.predict(s, steps).mean) for w, s in zip(warmups, scheds, strict=True)]
+    # one warmup length: the term is not fitted (not identifiable)
+    assert "k_warm" not in OptLaw(n_random=0, loco=False).fit(curves[3:4]).params
+    law = OptLaw(n_random=1, loco=False).fit([curves[i] for i in (0, 2, 4)])  # warmups 0, 500, 2000
+    assert law.params["k_warm"] > 0
+    got = law.predict_final(scheds).mean
+    assert np.all(np.diff(got) < 0)
+    np.testing.assert_allclose(got, true_final, atol=0.005)
+    # the term survives a save and load
+    again = OptLaw.from_dict(law.to_dict())
+    np.testing.assert_allclose(again.predict_final(scheds).mean, got, rtol=1e-12)

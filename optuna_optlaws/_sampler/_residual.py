@@ -79,7 +79,7 @@ def schedule_features(schedules: Sequence[Schedule]) -> FloatArray:
     log peak LR; log total steps; area fraction (mean LR over peak); the mean LR over
     the last 10% of steps over peak (how annealed the end is); the fraction of steps
     after the warmup spent within 90% of the peak (how long the stable phase is); the
-    warmup fraction (steps before the LR first reaches 98% of its peak over total steps)."""
+    warmup fraction (steps before the LR first reaches its peak over total steps)."""
     out = np.zeros((len(schedules), len(FEATURE_NAMES)))
     for i, s in enumerate(schedules):
         total = s.total_steps
@@ -87,8 +87,7 @@ def schedule_features(schedules: Sequence[Schedule]) -> FloatArray:
         lr = s.lr_at(t)
         peak = max(float(lr.max()), float(s.peak_lr), 1e-300)
         rel = lr / peak
-        reached = np.flatnonzero(rel >= 0.98)
-        warm = float(t[reached[0]]) / total if reached.size else 0.0
+        warm = s.peak_reached_at() / total
         after = t >= warm * total
         tail = t >= 0.9 * (total - 1.0)
         out[i] = (

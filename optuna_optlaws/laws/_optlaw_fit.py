@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
-from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, instability_target
 
 FloatArray = NDArray[np.float64]
 
@@ -111,13 +111,24 @@ class FitProblem:
         loss = st["l0"][ci] + st["amp"][ci] * pt + st["bb"][ci] * noise
         if self.terms.escape and p["k_esc"] > 0:
             loss = loss + p["k_esc"] * self._escape(p["kappa_esc"])
+        if self.terms.warmup and p["k_warm"] > 0:
+            loss = loss + p["k_warm"] * self._instability(p["kappa_warm"], p["s_edge"])
         return np.asarray(loss, dtype=np.float64)
 
     def _escape(self, kappa: float) -> FloatArray:
+        """The escape excess at every fitted point (per unit ``k_esc``)."""
         out = []
         for g in self.grids:
             ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
             out.append(ek @ escape_target(g.eta))
+        return np.concatenate(out)
+
+    def _instability(self, kappa: float, s_edge: float) -> FloatArray:
+        """The early-instability excess at every fitted point (per unit ``k_warm``)."""
+        out = []
+        for g in self.grids:
+            ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
+            out.append(ek @ instability_target(g.eta, g.s_mid, s_edge))
         return np.concatenate(out)
 
     def residuals(self, theta: FloatArray) -> FloatArray:
@@ -126,7 +137,8 @@ class FitProblem:
             return np.asarray(self.log_y - np.log(self.loss(theta)), dtype=np.float64)
 
     def jacobian(self, theta: FloatArray) -> FloatArray:
-        """``d residual / d theta`` (natural units), analytic; ``kappa_esc`` by a forward difference."""
+        """``d residual / d theta`` (natural units), analytic; ``kappa_esc``, ``kappa_warm`` and
+        ``s_edge`` by forward differences."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             return self._jacobian(theta)
 
@@ -192,6 +204,14 @@ class FitProblem:
             jac[:, col["k_esc"]] = esc
             h = 1e-6 * p["kappa_esc"]
             jac[:, col["kappa_esc"]] = p["k_esc"] * (self._escape(p["kappa_esc"] + h) - esc) / h
+        if self.terms.warmup:
+            kw, se = p["kappa_warm"], p["s_edge"]
+            inst = self._instability(kw, se)
+            loss = loss + p["k_warm"] * inst
+            jac[:, col["k_warm"]] = inst
+            hk, hs = 1e-6 * kw, 1e-6 * se
+            jac[:, col["kappa_warm"]] = p["k_warm"] * (self._instability(kw + hk, se) - inst) / hk
+            jac[:, col["s_edge"]] = p["k_warm"] * (self._instability(kw, se + hs) - inst) / hs
         return np.asarray(-jac / loss[:, None], dtype=np.float64)
 
 
@@ -209,14 +229,7 @@ def fit_points(
     """The points of a curve the fit uses: after the warmup (and the first 10% of the run,
     the initial transient the law does not describe), at most ``most``, evenly spread."""
     sched = curve.schedule
-    peak = sched.peak_lr
-    first_peak = 0
-    if peak > 0:
-        probe = np.unique(np.concatenate([sched.breakpoints(), [0.0]]))
-        lr = sched.lr_at(probe)
-        reach = probe[lr >= peak * (1 - 1e-9)]
-        first_peak = int(reach[0]) if reach.size else 0
-    start = max(first_peak, int(transient * sched.total_steps))
+    start = max(sched.peak_reached_at(), int(transient * sched.total_steps))
     keep = steps >= start
     steps, losses = steps[keep], losses[keep]
     if steps.size > most:

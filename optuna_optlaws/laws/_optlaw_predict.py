@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._fitting import ParamSpace, Posterior
 from optuna_optlaws.laws._optlaw_lineage import shift_excess
-from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, instability_target
 
 FloatArray = NDArray[np.float64]
 
@@ -45,6 +45,12 @@ def loss_at_targets(
         tgt = np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)
         esc = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
         loss = loss + k_esc[None, :] * esc
+    if terms.warmup:
+        k_warm = np.array([p["k_warm"] for p in pars])
+        kap = np.array([p["kappa_warm"] for p in pars])[:, None]
+        tgt = np.stack([instability_target(grid.eta, grid.s_mid, p["s_edge"]) for p in pars], axis=1)
+        inst = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
+        loss = loss + k_warm[None, :] * inst
     if terms.shift and resume_area is not None:
         since = grid.s_target - resume_area
         loss = loss + np.stack([shift_excess(p, since) for p in pars], axis=1)
@@ -75,6 +81,9 @@ def loss_final(
         if terms.escape and p["k_esc"] > 0:
             ek = dyn.final_kernel(batch, np.array([p["kappa_esc"]]))[:, :, 0]
             loss = loss + p["k_esc"] * np.sum(ek * escape_target(batch.eta), axis=0)
+        if terms.warmup and p["k_warm"] > 0:
+            wk = dyn.final_kernel(batch, np.array([p["kappa_warm"]]))[:, :, 0]
+            loss = loss + p["k_warm"] * np.sum(wk * instability_target(batch.eta, batch.s_mid, p["s_edge"]), axis=0)
         out[i] = loss
     return out
 

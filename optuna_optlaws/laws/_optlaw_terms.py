@@ -33,6 +33,25 @@ def escape_target(eta_rel: FloatArray) -> FloatArray:
     higher LRs and keeps the pruner from killing them on an extrapolation."""
     return np.asarray(np.power(np.minimum(eta_rel, 1.0), ESCAPE_POWER), dtype=np.float64)
 
+INSTABILITY_POWER = 2.0
+"""Steepness of the early-instability excess in the LR: its equilibrium is
+``(eta/eta_ref)^2 exp(-S / s_edge)``."""
+
+
+def instability_target(eta_rel: FloatArray, s_mid: FloatArray, s_edge: float) -> FloatArray:
+    """Equilibrium of the early-instability excess (dimensionless) at LR ``eta_rel = eta /
+    eta_ref`` after an LR area ``s_mid`` (area units).
+
+    Early in training the landscape is sharp, so the stability edge is low and a high LR
+    does damage that later training removes only slowly (at rate ``kappa_warm``); the
+    edge rises as training goes on, which ``exp(-S / s_edge)`` stands for. A warmup keeps
+    the LR low while ``S`` is small, which is why too short a warmup costs loss (design.md
+    section 3). Held flat past the fitted LR range, like :func:`escape_target`."""
+    return np.asarray(
+        np.power(np.minimum(eta_rel, 1.0), INSTABILITY_POWER) * np.exp(-s_mid / s_edge), dtype=np.float64
+    )
+
+
 SIZE_FORMS = ("single", "power", "entropy")
 """The model-size forms of ``L0(N)``; see :class:`Terms`."""
 
@@ -55,6 +74,9 @@ class Terms:
     area_max: float = 0.0
     """Largest LR area (area units) among the fitted points: beyond it the model
     discrepancy grows (see :meth:`OptLaw._widen`)."""
+    warmup: bool = False
+    """Whether the early-instability (warmup) term is fitted: the data's runs from scratch
+    differ in warmup length (the longest at least twice the shortest plus one step)."""
     shift: bool = False
     """Whether continued runs have a data-shift excess ``D (1 + S_c / s_d)^(-gamma_d)``
     (``S_c``: LR area since the resume; see :mod:`._optlaw_lineage`). Only fits that
@@ -108,6 +130,12 @@ class Terms:
                 Param("k_esc", 0.0, 10.0, init=(0.0, 0.1)),
                 Param("kappa_esc", 1e-3, 1e3, log=True, init=(0.01, 10.0)),
             ]
+        if self.warmup:
+            ps += [
+                Param("k_warm", 0.0, 10.0, init=(0.0, 0.1)),
+                Param("s_edge", 1e-4, 1e2, log=True, init=(0.003, 0.3)),
+                Param("kappa_warm", 1e-3, 1e3, log=True, init=(0.01, 10.0)),
+            ]
         if self.shift:
             ps += [
                 Param("D", 1e-6, 10.0, log=True, init=(0.02, 0.5)),
@@ -125,6 +153,7 @@ class Terms:
             "escape": self.escape,
             "size_form": self.size_form,
             "area_max": self.area_max,
+            "warmup": self.warmup,
             "shift": self.shift,
             "shift_offset": self.shift_offset,
         }
@@ -143,7 +172,8 @@ class Terms:
             raise ValueError("area_max must be finite and >= 0")
         return cls(
             eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form, area_max=area_max,
-            shift=bool(state.get("shift", False)), shift_offset=bool(state.get("shift_offset", False)),
+            warmup=bool(state.get("warmup", False)), shift=bool(state.get("shift", False)),
+            shift_offset=bool(state.get("shift_offset", False)),
         )
 
 
@@ -202,7 +232,9 @@ def terms_for(curves: Sequence[Curve], where: str) -> Terms:
         raise InputError(f"{where}: every run has a zero learning rate throughout")
     positive = peaks[peaks > 0]
     escape = bool(positive.max() / positive.min() >= 1.25)
-    return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape)
+    warmups = [c.schedule.peak_reached_at() for c in curves if c.resume_from is None]
+    warmup = bool(warmups) and max(warmups) >= 2 * min(warmups) + 1
+    return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape, warmup=warmup)
 
 
 def default_start(terms: Terms, min_loss: float) -> list[float]:
@@ -216,6 +248,8 @@ def default_start(terms: Terms, min_loss: float) -> list[float]:
     start += [1.2, 100.0]
     if terms.escape:
         start += [0.01, 1.0]
+    if terms.warmup:
+        start += [0.05, 0.03, 0.3]
     if terms.shift:
         start += [0.1, 0.03, 0.7]
     if terms.shift_offset:

@@ -3,6 +3,7 @@
     L(t) = L0(N) + A(N) (S(t) + s_w)^(-alpha)               convergence (river)
          + B(N) sum_j w_j n_j(t)                             noise excess in J modes
          + k_esc m(t)                                        escape / instability
+         + k_warm w(t)                                       early instability (warmup)
 
 ``S(t)`` is the LR area up to step ``t`` (area units of 1000 steps at the reference LR
 ``eta_ref``, the largest peak LR of the fitting data). Mode ``j`` relaxes at rate
@@ -29,8 +30,15 @@ Escape term. Time near or past the stability edge leaves an excess ``m(t)`` that
 at rate ``kappa_esc`` towards ``(eta/eta_ref)^4``; with ``k_esc > 0`` the final loss is
 U-shaped in the peak LR (more area helps, too high a peak hurts). The term is only
 identifiable when the fitting curves use different peak LRs (at least a factor 1.25
-apart); otherwise it is off (``k_esc = 0``, not a fitted parameter). Too short a warmup
-is not modelled separately.
+apart); otherwise it is off (``k_esc = 0``, not a fitted parameter).
+
+Early-instability (warmup) term. Early in training the stability edge is low, so a high
+LR while the LR area is still small does damage: an excess ``k_warm w(t)`` that relaxes
+at rate ``kappa_warm`` towards ``(eta/eta_ref)^2 exp(-S / s_edge)``
+(:func:`~._optlaw_terms.instability_target`). A warmup keeps the LR low while ``S`` is
+small, so with ``k_warm > 0`` too short a warmup costs loss. Fitted only when the runs
+trained from scratch differ in warmup length (the longest at least twice the shortest
+plus one step).
 
 Fitting: Huber on log-loss, its scale 1.345 times the curves' own point noise, through
 the shared harness (:func:`~optuna_optlaws.laws._fitting.fit_least_squares`, analytic
