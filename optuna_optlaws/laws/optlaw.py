@@ -54,7 +54,10 @@ observed=prefix)`` conditions on the run's own prefix with
 
 Continued runs (``Curve.resume_from`` / ``resume_step``, steps counted from 0 in the new
 run) are integrated over their whole history, so they start from the parent's mode state
-(:mod:`._optlaw_lineage`).
+(:mod:`._optlaw_lineage`). A fit that includes continued runs gives them a data-shift
+term, ``D (1 + S_c / s_d)^(-gamma_d)`` in the LR area ``S_c`` since the resume (the new
+corpus's excess at the resume), plus a constant offset ``d0`` of their floor when the
+parent's own losses are fitted too; runs without ``resume_from`` never get it.
 """
 
 from __future__ import annotations
