@@ -97,18 +97,21 @@ def propose(
     u = _sobol(space.unit_dims, n_candidates, _seed_of(seed, trial_number))
     values = space.from_unit(u)
     schedules = [space.build(v) for v in values]
-    pred = law.predict_final(schedules, model_size=model_size, tokens_per_step=tokens_per_step)
-    mean = np.asarray(pred.mean, dtype=np.float64)
-    sigma = _sigma(pred)
+    seen = [] if observed is None else observed.schedules
+    # one call scores the candidates and the finished trials' schedules together
+    both = law.predict_final([*schedules, *seen], model_size=model_size, tokens_per_step=tokens_per_step)
+    n = len(schedules)
+    all_mean = np.asarray(both.mean, dtype=np.float64)
+    all_sigma = _sigma(both)
+    mean, sigma = all_mean[:n], all_sigma[:n]
     source = f"law:{acquisition}"
-    if observed is not None and len(observed.schedules) > 0:
-        fitted = law.predict_final(observed.schedules, model_size=model_size, tokens_per_step=tokens_per_step)
+    if observed is not None and seen:
         cand_x = schedule_features(schedules)
         model = fit_residuals(
-            schedule_features(observed.schedules),
-            observed.finals - np.asarray(fitted.mean, dtype=np.float64),
+            schedule_features(seen, cache=True),
+            observed.finals - all_mean[n:],
             observed.extra_var,
-            _sigma(fitted),
+            all_sigma[n:],
             cand_x,
         )
         if model is not None:

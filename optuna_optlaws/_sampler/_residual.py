@@ -74,14 +74,25 @@ Z90 = 1.6448536269514722
 """Standard normal quantile of 0.95: half-width of a central 90% interval in sigmas."""
 
 
-def schedule_features(schedules: Sequence[Schedule]) -> FloatArray:
+_FEATURE_CACHE: dict[Schedule, FloatArray] = {}
+"""Features of the finished trials' schedules (they come back at every proposal)."""
+
+_FEATURE_CACHE_SIZE = 4096
+
+
+def schedule_features(schedules: Sequence[Schedule], *, cache: bool = False) -> FloatArray:
     """``(n, 6)`` descriptors of each schedule, in the order of ``FEATURE_NAMES``:
     log peak LR; log total steps; area fraction (mean LR over peak); the mean LR over
     the last 10% of steps over peak (how annealed the end is); the fraction of steps
     after the warmup spent within 90% of the peak (how long the stable phase is); the
-    warmup fraction (steps before the LR first reaches its peak over total steps)."""
+    warmup fraction (steps before the LR first reaches its peak over total steps).
+    ``cache``: remember (and reuse) the features of these schedules."""
     out = np.zeros((len(schedules), len(FEATURE_NAMES)))
     for i, s in enumerate(schedules):
+        hit = _FEATURE_CACHE.get(s) if cache else None
+        if hit is not None:
+            out[i] = hit
+            continue
         total = s.total_steps
         t = np.linspace(0.0, total - 1.0, _PROBES)
         lr = s.lr_at(t)
@@ -98,6 +109,10 @@ def schedule_features(schedules: Sequence[Schedule]) -> FloatArray:
             float(np.mean(rel[after] >= 0.9)) if after.any() else 0.0,
             warm,
         )
+        if cache:
+            if len(_FEATURE_CACHE) >= _FEATURE_CACHE_SIZE:
+                _FEATURE_CACHE.clear()
+            _FEATURE_CACHE[s] = out[i].copy()
     return out
 
 
