@@ -7,11 +7,15 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
    :func:`optuna_optlaws.divergence.online.detect_divergence`), with its reason;
 2. otherwise, once the trial has enough evidence (``min_reports`` reports and
    ``min_fraction`` of its schedule), predicts its final loss with the study's fitted law
-   conditioned on the observed prefix, and prunes when the lower end of the 90% interval
-   is above the *frontier* plus ``margin`` nats. The frontier is the best final loss of a
-   COMPLETE trial of the same (N, D) group, or the best final loss a running trial of the
-   group is predicted to reach (the upper end of its interval), whichever is lower; it
-   needs ``n_min_trials`` COMPLETE trials in the group.
+   conditioned on the observed prefix, calibrates that prediction on the group's COMPLETE
+   trials (``calibrate``: the law's error on those runs, cut at the same fraction of their
+   schedules, removes the law's bias; see :mod:`optuna_optlaws._pruner._calibration`),
+   and prunes when the lower end of the 90% interval is above the *frontier* plus
+   ``margin`` nats. The frontier is the best final loss of a COMPLETE trial of the same
+   (N, D) group, or the best final loss a running trial of the group is predicted to
+   reach (the upper end of its interval), whichever is lower; it needs ``n_min_trials``
+   COMPLETE trials in the group. A report at the schedule's last step is never pruned on
+   (the run is done: pruning it saves nothing).
 
 User attributes written on the trial: ``optlaws_pred_final``, ``optlaws_pred_lo``,
 ``optlaws_pred_hi`` (plain floats, nats, the latest prediction of the final loss, within
@@ -66,7 +70,10 @@ class OptLawsPruner(BasePruner):
         margin: Nats the predicted lower end must exceed the frontier by before pruning.
         min_reports: Reports a trial needs before the law may prune it.
         min_fraction: Fraction of its schedule's ``total_steps`` a trial must have reached
-            before the law may prune it.
+            before the law may prune it. The defaults (3 reports, 10%) were chosen on the
+            tiny-LM replay: the conditioned prediction's error is as large at 90% of the
+            schedule as at 10% (studies/replay/tiny_lm/calibration.md), so waiting longer
+            buys no accuracy, only steps.
         n_min_trials: COMPLETE trials of the trial's (N, D) group needed before the law
             prunes (and COMPLETE curves in the study before the law is fitted on it).
         fallback: Pruner asked about trials without a schedule (and in maximisation
@@ -78,6 +85,11 @@ class OptLawsPruner(BasePruner):
             more than this many nats since they were last written (each write is a storage
             transaction); on pruning they are always written. ``0`` writes every change.
         seed: Seed of the law's fit (the same on every worker).
+        calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
+            :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's
+            fraction of its schedule, measured on finished runs cut at that fraction,
+            corrects the prediction's bias and sets its interval. ``False``: the law's own
+            interval, uncorrected.
     """
 
     def __init__(
@@ -86,14 +98,15 @@ class OptLawsPruner(BasePruner):
         *,
         prior: str | Path | Law | None = None,
         margin: float = 0.01,
-        min_reports: int = 5,
-        min_fraction: float = 0.2,
+        min_reports: int = 3,
+        min_fraction: float = 0.1,
         n_min_trials: int = 3,
         fallback: BasePruner | None = None,
         refit_growth: float = 0.25,
         max_fit_points: int = 128,
         record_tol: float = 5e-3,
         seed: int = 0,
+        calibrate: bool = True,
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
         if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
@@ -110,7 +123,7 @@ class OptLawsPruner(BasePruner):
             raise InputError(f"OptLawsPruner: record_tol={record_tol!r} must be a number of nats >= 0")
         if fallback is not None and not isinstance(fallback, BasePruner):
             raise InputError(f"OptLawsPruner: fallback={fallback!r} is not an Optuna pruner")
-        self._gates = Gates(float(margin), min_reports, float(min_fraction), n_min_trials)
+        self._gates = Gates(float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate))
         self._store = LawStore(
             law,
             prior=resolve_prior(prior, "OptLawsPruner(prior=...)"),

@@ -178,9 +178,9 @@ def test_corrupt_stored_law_is_refitted_and_recorded(corruption: str) -> None:
 
     _study_state._MEMORY.clear()  # as a fresh worker would
     trial = study.ask()
-    set_schedule(trial, GOOD3)
+    set_schedule(trial, GOOD2)  # the best schedule so far: never pruned
     steps = report_steps()
-    for step, loss in zip(steps[:12].tolist(), synth_loss(GOOD3, steps[:12]).tolist(), strict=True):
+    for step, loss in zip(steps[:12].tolist(), synth_loss(GOOD2, steps[:12]).tolist(), strict=True):
         trial.report(loss, step)
         assert trial.should_prune() is False
     frozen = study._storage.get_trial(trial._trial_id)
@@ -273,3 +273,53 @@ def test_runs_of_nearly_equal_horizon_share_a_group() -> None:
     assert same_group(a, b)
     assert not same_group(a, shorter)
     assert not same_group(a, bigger)
+
+
+def test_calibration_corrects_the_bias_and_takes_the_leave_one_out_spread() -> None:
+    from optuna_optlaws._pruner._calibration import calibrate, fraction_bucket
+
+    res = np.array([-0.05, -0.03, -0.04, -0.06])
+    cal = calibrate(2.5, res, 0.9, noise=0.0)
+    assert cal.bias == pytest.approx(-0.045) and cal.mean == pytest.approx(2.455) and cal.n == 4
+    loo = [r - (res.sum() - r) / 3 for r in res]
+    assert cal.spread == pytest.approx(math.sqrt(np.mean(np.square(loo))))
+    from scipy import stats
+
+    t = stats.t.ppf(0.95, df=3)
+    assert cal.lo == pytest.approx(cal.mean - t * cal.spread) and cal.hi == pytest.approx(cal.mean + t * cal.spread)
+    # the trial's own point noise is a floor on the spread
+    assert calibrate(2.5, np.array([0.01, 0.01, 0.01]), 0.9, noise=0.02).spread == pytest.approx(0.02)
+    assert fraction_bucket(119, 600) == pytest.approx(0.2) and fraction_bucket(118, 600) == pytest.approx(0.175)
+
+
+def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residuals() -> None:
+    from optuna_optlaws._pruner import _calibration
+    from optuna_optlaws._pruner._decision import check
+    from optuna_optlaws._study_state import trial_schedule
+
+    pruner = _pruner()
+    study = _study_with_good_trials(pruner)
+    state, _step = _run(study, BAD)
+    assert state == "PRUNED"
+    assert "calibrated on 3 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
+    # a running trial, checked by a warm and by a fresh worker (no memoised residuals)
+    trial = study.ask()
+    set_schedule(trial, BAD)
+    steps = report_steps()
+    for s, loss in zip(steps[:15].tolist(), synth_loss(BAD, steps[:15]).tolist(), strict=True):
+        trial.report(loss, s)
+    trials = study.get_trials(deepcopy=False)
+    me = trials[-1]
+    decisions = []
+    for _ in range(2):
+        d, _seen = check(study._storage, trials, me, trial_schedule(me), pruner._gates,
+                         lambda: pruner.law_store.get(study, trials), None)
+        decisions.append((d.prune, d.pred, d.calibrated))
+        _calibration._RESIDUALS.clear()
+        _calibration._PREPARED.clear()
+    assert decisions[0] == decisions[1] and decisions[0][2] is not None
+
+
+def test_never_prunes_on_the_last_step_of_the_schedule() -> None:
+    study = _study_with_good_trials(_pruner(margin=0.0, min_fraction=0.99, min_reports=1))
+    assert _run(study, BAD)[0] == "COMPLETE"  # only the last report passes the gates: nothing to save

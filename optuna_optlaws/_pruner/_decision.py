@@ -17,6 +17,15 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from optuna_optlaws._errors import InputError
+from optuna_optlaws._pruner._calibration import (
+    MIN_CALIBRATION,
+    Calibrated,
+    calibrate,
+    calibration_trials,
+    fraction_bucket,
+    point_noise,
+    residuals,
+)
 from optuna_optlaws._pruner._frontier import Frontier, frontier, has_evidence
 from optuna_optlaws._study_state import LawState, group_key, raw_points, trial_sizes, usable_points
 from optuna_optlaws.curves import Curve
@@ -32,6 +41,8 @@ class Gates:
     min_reports: int
     min_fraction: float
     n_min_trials: int
+    calibrate: bool = True
+    level: float = 0.9
 
 
 @dataclass
@@ -44,6 +55,7 @@ class Decision:
     pred: tuple[float, float, float] | None = None
     notes: list[str] = field(default_factory=list)
     frontier: Frontier | None = None
+    calibrated: Calibrated | None = None
 
 
 @dataclass(frozen=True)
@@ -124,19 +136,37 @@ def check(
     if not all(math.isfinite(v) for v in (mean, lo, hi)) or lo > hi:
         out.notes.append(f"law predicted a non-finite or inverted interval ({mean}, {lo}, {hi}); not pruning")
         return out, seen
+    group = group_key(schedule, model_size, tokens_per_step)
+    what = "predicted"
+    if gates.calibrate:
+        calib = calibration_trials(trials, group, me.number)
+        if len(calib) >= MIN_CALIBRATION:
+            law_key = (law_state.source, law_state.fingerprint, id(law_state.law))
+            res, _ = residuals(
+                storage, calib, law_state.law, law_key, fraction_bucket(seen.last_step, total),
+                min(gates.min_reports, int(ok_steps.size)), law_prefix,
+            )
+            if res.size >= MIN_CALIBRATION:
+                law_half = 0.5 * (hi - lo)
+                cal = calibrate(mean, res, gates.level, point_noise(ok_losses), mean - lo, hi - mean)
+                out.calibrated = cal
+                mean, lo, hi = cal.mean, cal.lo, cal.hi
+                what = (
+                    f"calibrated on {cal.n} complete trials (bias {cal.bias:+.4f}, "
+                    f"spread {cal.spread:.4f}, law half-width {law_half:.4f})"
+                )
     out.pred = (mean, lo, hi)
 
-    group = group_key(schedule, model_size, tokens_per_step)
     front = frontier(
         storage, trials, group, me.number, min_reports=gates.min_reports, min_fraction=gates.min_fraction
     )
     out.frontier = front
     if front.n_complete < gates.n_min_trials or not math.isfinite(front.value):
         return out, seen
-    if lo > front.value + gates.margin:
+    if lo > front.value + gates.margin and seen.last_step < total - 1:  # a finished run saves nothing
         out.prune = True
         out.reason = (
-            f"predicted final loss {mean:.4f} [{lo:.4f}, {hi:.4f}] at step {total - 1}: "
+            f"predicted final loss {mean:.4f} [{lo:.4f}, {hi:.4f}] at step {total - 1} ({what}): "
             f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}"
         )
     return out, seen

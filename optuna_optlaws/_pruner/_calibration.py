@@ -1,0 +1,235 @@
+"""Empirical calibration of the law's conditioned prediction on the study's own finished runs.
+
+Measured on the tiny-LM curves (``python -m optuna_optlaws.benchmarks.pruner_calibration``,
+studies/replay/tiny_lm/calibration.md): the error of the law's prediction of a run's final
+loss, conditioned on the run's prefix, hardly shrinks as the prefix grows (about 0.03 to
+0.04 nats from 10% to 90% of the schedule), and it is *systematic*: the law overpredicts
+every WSD run by 0.05 to 0.08 nats, on runs it was fitted on as much as on held-out ones.
+The law's own interval is then biased, and no narrower late than early.
+
+So the pruner checks the law against the runs whose final loss it already knows. For a
+trial at fraction ``f`` of its schedule, each COMPLETE trial ``c`` of its (N, D) group is
+cut at the same fraction of its own schedule (rounded down to :data:`FRACTION_BUCKET`),
+the law is conditioned on that cut prefix exactly as on the trial's, and its prediction
+is compared with ``c``'s true final loss: ``r_c = final_c - predicted_c(f)`` (nats).
+These *time-split residuals* are the law's error at this fraction on this study's runs.
+With at least :data:`MIN_CALIBRATION` of them the trial's prediction is
+
+* centred: ``mean + mean(r)`` (the law's bias at this fraction removed), and
+* given the half-width ``t * s``: ``s = sqrt(mean(l_c^2))`` with
+  ``l_c = r_c - mean(r without c)`` (the error of exactly this correction on a run it did
+  not see; at least the trial's own point noise), ``t`` Student's quantile with ``n - 1``
+  degrees of freedom at the two-sided ``level``; but never narrower than the law's own
+  interval. The residuals are in sample (the law was fitted on those runs): with many
+  runs they match held-out errors closely, with few runs they understate them (a law
+  fitted on 6 tiny-LM runs missed a seventh by 0.10 nats while its 6 residuals spread by
+  0.02), so they may move the interval but not shrink it below the law's own.
+
+Everything is a pure function of the study's storage (the stored law and the trials'
+reports), so every worker computes the same numbers; residuals are only memoised in
+process memory, keyed by the law's identity, the complete trial and the fraction bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+from scipy import stats
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._study_state import group_key, raw_points, same_group, trial_schedule, trial_sizes, usable_points
+from optuna_optlaws.curves import Curve
+from optuna_optlaws.divergence.online import detect_divergence
+from optuna_optlaws.laws import Law
+
+FRACTION_BUCKET = 0.025
+"""Complete trials are cut at the trial's fraction of its schedule rounded down to a
+multiple of this (so residuals are reused across nearby checks)."""
+
+MIN_CALIBRATION = 3
+"""Residuals needed to calibrate a check; with fewer, the law's own interval is used."""
+
+MAX_CALIBRATION_TRIALS = 24
+"""At most this many COMPLETE trials of the group calibrate a check (the lowest trial
+numbers: the same ones on every worker), to bound the cost of a check."""
+
+_Prepared = tuple[Curve, float]
+"""A complete trial's usable curve and its final loss."""
+
+_PREPARED: weakref.WeakKeyDictionary[Any, dict[int, _Prepared | None]] = weakref.WeakKeyDictionary()
+"""storage -> {trial id: (usable curve, final loss) or None}: finished trials never change."""
+
+_RESIDUALS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, float]]] = weakref.WeakKeyDictionary()
+"""storage -> {(law key, trial id, fraction bucket): (residual, the law's own standard
+deviation) in nats; NaN: not computable}."""
+
+_MAX_CACHED = 200_000
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The calibrated prediction: mean, lower and upper end (nats), the bias correction
+    added to the law's mean, the residuals' leave-one-out spread and how many there were."""
+
+    mean: float
+    lo: float
+    hi: float
+    bias: float
+    spread: float
+    n: int
+
+
+def fraction_bucket(last_step: int, total_steps: int) -> float:
+    """The trial's fraction of its schedule ``(last_step + 1) / total_steps``, rounded down
+    to a multiple of :data:`FRACTION_BUCKET`."""
+    f = (last_step + 1) / total_steps
+    return math.floor(f / FRACTION_BUCKET + 1e-9) * FRACTION_BUCKET
+
+
+def _prepared(storage: Any, trial: FrozenTrial) -> _Prepared | None:
+    cache = _PREPARED.setdefault(storage, {})
+    if trial._trial_id in cache:
+        return cache[trial._trial_id]
+    out: _Prepared | None = None
+    try:
+        schedule = trial_schedule(trial)
+    except InputError:
+        schedule = None
+    if schedule is not None:
+        steps, losses = raw_points(trial)
+        final = float(losses[-1]) if losses.size else math.nan
+        steps, losses = usable_points(schedule, steps, losses, detect_divergence(steps, losses))
+        if steps.size and math.isfinite(final):
+            n, tps = trial_sizes(trial)
+            out = (Curve(f"trial_{trial.number}", schedule, steps, losses, n, tps), final)
+    cache[trial._trial_id] = out
+    return out
+
+
+def calibration_trials(
+    trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int
+) -> list[FrozenTrial]:
+    """The COMPLETE trials of ``group`` that calibrate a check (lowest numbers first)."""
+    out: list[FrozenTrial] = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.number == exclude_number:
+            continue
+        try:
+            schedule = trial_schedule(t)
+        except InputError:
+            continue
+        if schedule is None or not same_group(group_key(schedule, *trial_sizes(t)), group):
+            continue
+        out.append(t)
+        if len(out) >= MAX_CALIBRATION_TRIALS:
+            break
+    return out
+
+
+def residuals(
+    storage: Any,
+    calib: Sequence[FrozenTrial],
+    law: Law,
+    law_key: tuple[Any, ...],
+    bucket: float,
+    min_points: int,
+    prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Time-split residuals ``final - predicted`` (nats) of the ``calib`` trials cut at
+    fraction ``bucket`` of their schedules (those with at least ``min_points`` usable
+    points before the cut; a prediction that fails leaves the trial out), and the law's
+    own standard deviation of each of those predictions (from its interval)."""
+    cache = _RESIDUALS.setdefault(storage, {})
+    if len(cache) > _MAX_CACHED:
+        cache.clear()
+    out, sds = [], []
+    for t in calib:
+        key = (law_key, t._trial_id, round(bucket / FRACTION_BUCKET))
+        hit = cache.get(key)
+        if hit is None:
+            hit = _residual(storage, t, law, bucket, min_points, prefix_of)
+            cache[key] = hit
+        if math.isfinite(hit[0]) and math.isfinite(hit[1]):
+            out.append(hit[0])
+            sds.append(hit[1])
+    return np.asarray(out, dtype=np.float64), np.asarray(sds, dtype=np.float64)
+
+
+def _residual(
+    storage: Any,
+    trial: FrozenTrial,
+    law: Law,
+    bucket: float,
+    min_points: int,
+    prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[float, float]:
+    nan = (math.nan, math.nan)
+    prep = _prepared(storage, trial)
+    if prep is None:
+        return nan
+    curve, final = prep
+    total = curve.schedule.total_steps
+    keep = curve.steps + 1 <= bucket * total + 1e-9
+    if int(keep.sum()) < min_points:
+        return nan
+    p_steps, p_losses = prefix_of(curve.steps[keep], curve.losses[keep])
+    prefix = Curve(curve.run_id, curve.schedule, p_steps, p_losses, curve.model_size, curve.tokens_per_step)
+    try:
+        pred = law.predict(
+            curve.schedule,
+            [total - 1],
+            model_size=curve.model_size,
+            tokens_per_step=curve.tokens_per_step,
+            observed=prefix,
+        )
+        mean, sd = float(pred.mean[0]), law_sd(float(pred.lo[0]), float(pred.hi[0]), law.interval_level)
+    except Exception:  # a law that cannot predict a finished run just leaves it out
+        return nan
+    return (final - mean, sd) if math.isfinite(mean) else nan
+
+
+def law_sd(lo: float, hi: float, level: float) -> float:
+    """The standard deviation (nats) of a law's prediction read from its central interval."""
+    return (hi - lo) / (2.0 * _z_quantile(level))
+
+
+def point_noise(losses: np.ndarray, recent: int = 8) -> float:
+    """Point-to-point noise (nats) of a curve's last ``recent`` losses: the standard
+    deviation of their second differences over sqrt(6) (a smooth trend cancels)."""
+    x = losses[-recent:]
+    if x.size < 4:
+        return 0.0
+    d2 = np.diff(x, 2)
+    return float(np.sqrt(np.mean(d2**2) / 6.0))
+
+
+def calibrate(
+    mean: float, res: np.ndarray, level: float, noise: float, law_below: float = 0.0, law_above: float = 0.0
+) -> Calibrated:
+    """The law's mean corrected by the residuals ``res`` (at least 2), with the interval
+    of the module docstring: ``t * spread`` either side, never narrower than the law's own
+    interval, which reaches ``law_below`` nats below and ``law_above`` above its mean."""
+    n = int(res.size)
+    bias = float(np.mean(res))
+    loo = res - (res.sum() - res) / (n - 1)
+    spread = max(float(np.sqrt(np.mean(loo**2))), noise)
+    half = _t_quantile(level, n - 1) * spread
+    m = mean + bias
+    return Calibrated(m, m - max(half, law_below), m + max(half, law_above), bias, spread, n)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(level: float, df: int) -> float:
+    return float(stats.t.ppf(0.5 + level / 2.0, df=df))
+
+
+@functools.lru_cache(maxsize=16)
+def _z_quantile(level: float) -> float:
+    return float(stats.norm.ppf(0.5 + level / 2.0))

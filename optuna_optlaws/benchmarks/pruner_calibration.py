@@ -1,0 +1,111 @@
+"""How well does the law's prediction of a run's final loss, conditioned on the run's
+prefix, know its own error, as a function of the fraction of the schedule seen?
+
+    python -m optuna_optlaws.benchmarks.pruner_calibration CURVES.csv --group-index 0 \\
+        [--law optlaw] [--out studies/replay/tiny_lm/calibration.md]
+
+For one replay group (see :func:`optuna_optlaws.benchmarks.replay.group_curves`) and each
+of its runs: the law is fitted on the *other* runs (leave one curve out) and, apart, on
+all runs (in sample, as the pruner's time-split residuals are); it is conditioned on the
+run's prefix up to fraction ``f`` of its schedule (as the pruner does, through
+:func:`~optuna_optlaws._pruner._decision.law_prefix`) and its predicted final loss is
+compared with the run's true final loss. Per ``f``: the error's mean and spread, its 5%
+quantile (how far below the prediction the truth fell), the law's mean 90%
+half-width and the interval's coverage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def errors(curves: Sequence, law_name: str, *, loco: bool, seed: int = 0) -> list[dict]:
+    """Per run and fraction: true final, predicted mean/lo/hi (conditioned on the prefix)."""
+    from optuna_optlaws._pruner._decision import law_prefix
+    from optuna_optlaws.laws import make_law
+
+    out = []
+    law_all = None if loco else make_law(law_name).fit(list(curves), seed=seed)
+    for i, c in enumerate(curves):
+        law = make_law(law_name).fit([g for j, g in enumerate(curves) if j != i], seed=seed) if loco else law_all
+        assert law is not None
+        ok = np.isfinite(c.losses)
+        total = c.schedule.total_steps
+        for f in FRACTIONS:
+            keep = ok & (c.steps + 1 <= f * total)
+            if keep.sum() < 2:
+                continue
+            s, v = law_prefix(c.steps[keep], c.losses[keep])
+            pred = law.predict(c.schedule, [total - 1], model_size=c.model_size,
+                               tokens_per_step=c.tokens_per_step, observed=replace(c, steps=s, losses=v))
+            out.append({"run": c.run_id, "f": f, "true": float(c.final_loss), "mean": float(pred.mean[0]),
+                        "lo": float(pred.lo[0]), "hi": float(pred.hi[0])})
+    return out
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown table of the error by fraction."""
+    lines = ["| fraction seen | error mean (nats) | error sd | error 5% quantile | law 90% half-width | coverage |",
+             "|---|---|---|---|---|---|"]
+    for f in FRACTIONS:
+        rs = [r for r in rows if r["f"] == f]
+        if not rs:
+            continue
+        e = np.array([r["true"] - r["mean"] for r in rs])
+        hw = np.array([(r["hi"] - r["lo"]) / 2 for r in rs])
+        cov = np.mean([r["lo"] <= r["true"] <= r["hi"] for r in rs])
+        lines.append(f"| {f:.1f} | {e.mean():+.4f} | {e.std():.4f} | {np.quantile(e, 0.05):+.4f} | "
+                     f"{hw.mean():.4f} | {cov:.2f} |")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from optuna_optlaws.benchmarks.replay import group_curves
+    from optuna_optlaws.curves import read_curves_csv
+
+    p = argparse.ArgumentParser(prog="python -m optuna_optlaws.benchmarks.pruner_calibration")
+    p.add_argument("curves")
+    p.add_argument("--group-index", type=int, default=0)
+    p.add_argument("--law", default="optlaw")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    group = group_curves(read_curves_csv(args.curves), ("horizon", "model_size"))[args.group_index]
+    lines = [
+        f"# Calibration of the conditioned prediction: {args.curves}, group {group.label}",
+        "",
+        "Written by the command below; do not edit by hand.",
+        "",
+        "```",
+        "python -m optuna_optlaws.benchmarks.pruner_calibration " + " ".join(argv or sys.argv[1:]),
+        "```",
+        "",
+        f"{len(group.curves)} runs. Error = true final loss - predicted final loss (law `{args.law}` "
+        "conditioned on the run's prefix up to the fraction of its schedule); negative: the run ended "
+        "*below* the prediction (the direction that prunes a winner).",
+        "",
+    ]
+    for loco, title in ((True, "Law fitted on the other runs (leave one curve out)"),
+                        (False, "Law fitted on all runs (in sample: what the pruner's time-split residuals see)")):
+        rows = errors(group.curves, args.law, loco=loco)
+        lines += [f"## {title}", "", *table(rows), ""]
+        worst = sorted({r["run"] for r in rows},
+                       key=lambda run: np.mean([r["true"] - r["mean"] for r in rows if r["run"] == run]))
+        lines += ["Per run, mean error over the fractions (most negative first): " + ", ".join(
+            f"{run} {np.mean([r['true'] - r['mean'] for r in rows if r['run'] == run]):+.3f}" for run in worst), ""]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
