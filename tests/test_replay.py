@@ -14,6 +14,7 @@ import pytest
 from optuna_optlaws.benchmarks.replay import (
     group_curves,
     make_pruner,
+    oracle_steps,
     replay_order,
     run_replay,
     trial_orders,
@@ -119,6 +120,16 @@ def test_pruned_steps_are_counted_at_the_pruning_report() -> None:
     assert out.completed == [True, True, False]
     assert out.pruned_at[2] == 200
     assert out.steps_trained == [1001, 1001, 200]
+
+
+def test_oracle_completes_the_first_runs_and_the_records_and_prunes_the_rest_at_the_gates() -> None:
+    group = group_curves(_synthetic(late_bloomer=False))[0]  # finals run0 < run1 < run2
+    # worst first: every run is a record and completes
+    assert oracle_steps(group, [[2, 1, 0]], n_min_trials=1, min_reports=3, min_fraction=0.1) == (3003, 3003)
+    # best first: the others are pruned at their first report with 3 reports and 10% (step 150)
+    assert oracle_steps(group, [[0, 1, 2]], n_min_trials=1, min_reports=3, min_fraction=0.1) == (1001 + 300, 3003)
+    # two runs must complete first
+    assert oracle_steps(group, [[0, 1, 2]], n_min_trials=2, min_reports=1, min_fraction=0.2) == (2002 + 200, 3003)
 
 
 def test_replay_uses_storage_and_attaches_schedules(tmp_path: Path) -> None:

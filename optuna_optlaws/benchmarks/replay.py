@@ -333,6 +333,36 @@ def trial_orders(n_runs: int, n_orders: int, seed: int) -> list[list[int]]:
     return orders
 
 
+ORACLE_GATES: dict[str, Any] = {"n_min_trials": 3, "min_reports": 3, "min_fraction": 0.1}
+"""The optlaws pruner's default gates, under which :func:`oracle_steps` is computed."""
+
+
+def oracle_steps(
+    group: ReplayGroup, orders: Sequence[Sequence[int]], *, n_min_trials: int, min_reports: int, min_fraction: float
+) -> tuple[int, int]:
+    """Steps an oracle pruner trains over ``orders`` (and the steps of no pruning): it
+    knows every final loss but keeps the optlaws pruner's gates. The first ``n_min_trials``
+    runs and every run that beats all earlier ones complete; every other run is pruned at
+    its first report with ``min_reports`` reports and ``min_fraction`` of its schedule. The
+    floor for any pruner with those gates."""
+    finals = [c.final_loss if math.isfinite(c.final_loss) else math.inf for c in group.curves]
+    trained = full = 0
+    for order in orders:
+        best, n_done = math.inf, 0
+        for i in order:
+            total = group.curves[i].schedule.total_steps
+            full += total
+            if n_done < n_min_trials or finals[i] < best:
+                trained += total
+                n_done += 1
+                best = min(best, finals[i])
+                continue
+            steps, _ = group.reports(i)
+            ok = [s for k, s in enumerate(steps.tolist()) if k + 1 >= min_reports and s + 1 >= min_fraction * total]
+            trained += ok[0] if ok else total
+    return trained, full
+
+
 def _summarise(group: ReplayGroup, outcomes: Sequence[OrderOutcome]) -> dict[str, Any]:
     finals = np.array([c.final_loss for c in group.curves])
     best = group.best_index
@@ -422,6 +452,7 @@ def run_replay(
                     "every": int(np.median(np.diff(g.report_steps))) if g.report_steps.size > 1 else 0,
                 },
                 "orders": len(o),
+                "oracle_steps": oracle_steps(g, o, **ORACLE_GATES),
             }
             for g, o in plan
         ],
@@ -512,6 +543,23 @@ def target_line(results: dict[str, Any]) -> str:
     )
 
 
+def oracle_line(results: dict[str, Any]) -> str:
+    """The floor an oracle pruner with the optlaws pruner's gates reaches (see :func:`oracle_steps`)."""
+    groups = [g for g in results["groups"] if g.get("oracle_steps")]
+    if not groups:
+        return ""
+    trained = sum(g["oracle_steps"][0] for g in groups)
+    full = sum(g["oracle_steps"][1] for g in groups)
+    per = ", ".join(f"{g['group']} {100 * g['oracle_steps'][0] / g['oracle_steps'][1]:.1f}%" for g in groups)
+    gates = ", ".join(f"{k}={v}" for k, v in ORACLE_GATES.items())
+    return (
+        f"Floor: an oracle that knows every final loss but keeps the optlaws pruner's gates ({gates}: "
+        "the first runs and every run that is best so far complete, every other run is pruned at its first "
+        f"report past the gates) trains {100 * trained / full:.1f}% of the steps in these orders ({per}). "
+        "No pruner with these gates can go lower; in small groups most runs must complete."
+    )
+
+
 def format_group_table(results: dict[str, Any]) -> str:
     """Per group and pruner: steps share, best-run survival, worst regret (Markdown)."""
     lines = ["| group | runs | best run | orders | pruner | steps trained | best survived | regret worst (nats) |",
@@ -568,6 +616,8 @@ linearly interpolated between a run's logged points where its logs are off that 
 {format_table(results)}
 
 {target_line(results)}
+
+{oracle_line(results)}
 
 Pruner settings (T: the group's horizon in steps):
 
