@@ -11,6 +11,7 @@ Usage (from the repository root; ~20-30 minutes of one CPU core for the full set
     nice -n 10 python examples/tiny_lm/generate_curves.py
     python examples/tiny_lm/generate_curves.py --only cos,const --out-dir /tmp/curves   # a subset
     nice -n 10 python examples/tiny_lm/generate_curves.py --plan warmup --out-dir studies/warmup
+    nice -n 10 python examples/tiny_lm/generate_curves.py --plan diverge --out-dir studies/diverge_tiny
 
 Runs are appended to the JSON as they finish, and a rerun skips runs already there (so an
 interrupted generation resumes); ``--fresh`` starts over.
@@ -101,7 +102,15 @@ def warmup_plan(peak: float, horizon: int) -> list[tuple[str, Schedule, TinyLMCo
     return plan
 
 
-PLANS = {"main": run_plan, "warmup": warmup_plan}
+def diverge_plan(peak: float, horizon: int) -> list[tuple[str, Schedule, TinyLMConfig]]:
+    """Runs meant to go unstable: constant LR at 10x, 30x and 100x the main peak, no
+    warmup (real curves for the online divergence detector)."""
+    return [
+        (f"const_x{mult}lr_w0_{horizon}", Schedule.constant(peak * mult, horizon, 0), BASE) for mult in (10, 30, 100)
+    ]
+
+
+PLANS = {"main": run_plan, "warmup": warmup_plan, "diverge": diverge_plan}
 """The run plans ``--plan`` picks from."""
 
 
