@@ -180,3 +180,16 @@ def test_target_line_judges_the_optlaws_row() -> None:
     assert "NOT met" in line and "100.0%" in line
     res["pruners"]["optlaws"].update(steps_share=0.3, best_survival=0.96)
     assert "Targets (issue 3) met" in target_line(res)
+
+
+def test_pruner_calibration_tables_on_synthetic_runs() -> None:
+    from optuna_optlaws.benchmarks.pruner_calibration import calibrated_table, errors, table
+
+    curves = _synthetic()
+    loco = errors(curves, "momentum", loco=True)
+    insample = errors(curves, "momentum", loco=False)
+    assert {r["run"] for r in loco} == {c.run_id for c in curves}
+    assert all(r["lo"] <= r["mean"] <= r["hi"] for r in loco)
+    assert len(table(loco)) > 2
+    lines = calibrated_table(loco, insample, repeats=2)
+    assert any(line.startswith("| 3 | 0.5 |") for line in lines)
