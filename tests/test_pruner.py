@@ -99,7 +99,8 @@ def test_without_schedule_never_prunes_by_law_and_delegates_to_fallback() -> Non
 
 
 def test_prunes_a_bad_schedule_only_after_enough_evidence_and_keeps_good_ones() -> None:
-    study = _study_with_good_trials(_pruner(min_fraction=0.3, min_reports=8))
+    # (uncalibrated: BAD's peak LR lies outside the complete runs', where calibration does not prune)
+    study = _study_with_good_trials(_pruner(min_fraction=0.3, min_reports=8, calibrate=False))
     state, step = _run(study, BAD)
     assert state == "PRUNED"
     assert step + 1 >= 0.3 * TOTAL_STEPS and len(study.trials[-1].intermediate_values) >= 8
@@ -123,7 +124,7 @@ def test_never_prunes_with_too_few_completed_trials() -> None:
 
 
 def test_bad_reports_are_recorded_and_never_prune() -> None:
-    study = _study_with_good_trials(_pruner(min_reports=8))
+    study = _study_with_good_trials(_pruner(min_reports=8, calibrate=False))  # BAD's peak LR is outside theirs
     steps = report_steps()
     losses = dict(zip(steps.tolist(), synth_loss(BAD, steps).tolist(), strict=True))
     trial = study.ask()
@@ -299,9 +300,12 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
 
     pruner = _pruner()
     study = _study_with_good_trials(pruner)
+    # BAD's peak LR lies below the complete runs': the law's error there is unknown, no pruning
+    assert _run(study, BAD)[0] == "COMPLETE"
+    # now a complete run covers its peak LR (itself): a second BAD run is pruned
     state, _step = _run(study, BAD)
     assert state == "PRUNED"
-    assert "calibrated on 3 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
+    assert "calibrated on 4 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
     # a running trial, checked by a warm and by a fresh worker (no memoised residuals)
     trial = study.ask()
     set_schedule(trial, BAD)

@@ -22,6 +22,7 @@ from optuna_optlaws._pruner._calibration import (
     Calibrated,
     calibrate,
     calibration_trials,
+    covered,
     fraction_bucket,
     point_noise,
     residuals,
@@ -138,8 +139,10 @@ def check(
         return out, seen
     group = group_key(schedule, model_size, tokens_per_step)
     what = "predicted"
+    extrapolated = False
     if gates.calibrate:
         calib = calibration_trials(trials, group, me.number)
+        extrapolated = len(calib) >= MIN_CALIBRATION and not covered(schedule.peak_lr, calib)
         if len(calib) >= MIN_CALIBRATION:
             law_key = (law_state.source, law_state.fingerprint, id(law_state.law))
             res, _ = residuals(
@@ -162,6 +165,8 @@ def check(
     )
     out.frontier = front
     if front.n_complete < gates.n_min_trials or not math.isfinite(front.value):
+        return out, seen
+    if extrapolated:  # a peak LR outside the complete runs' range: the law's error there is unknown
         return out, seen
     if lo > front.value + gates.margin and seen.last_step < total - 1:  # a finished run saves nothing
         out.prune = True
