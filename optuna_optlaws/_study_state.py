@@ -70,6 +70,15 @@ def trial_schedule(trial: FrozenTrial) -> Schedule | None:
     return parse_schedule(text)
 
 
+def readable_schedule(trial: FrozenTrial) -> Schedule | None:
+    """The trial's schedule, or ``None`` when it has none or the stored one is corrupt
+    (for code that skips such trials; the pruner reports corruption on the trial itself)."""
+    try:
+        return trial_schedule(trial)
+    except InputError:
+        return None
+
+
 def trial_sizes(trial: FrozenTrial) -> tuple[float | None, float | None]:
     """``(model_size, tokens_per_step)`` stored with the trial's schedule."""
     attrs = trial.system_attrs

@@ -43,8 +43,14 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from optuna_optlaws._errors import InputError
-from optuna_optlaws._study_state import group_key, raw_points, same_group, trial_schedule, trial_sizes, usable_points
+from optuna_optlaws._study_state import (
+    group_key,
+    raw_points,
+    readable_schedule,
+    same_group,
+    trial_sizes,
+    usable_points,
+)
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import detect_divergence
 from optuna_optlaws.laws import Law
@@ -102,10 +108,7 @@ def _prepared(storage: Any, trial: FrozenTrial) -> _Prepared | None:
     if trial._trial_id in cache:
         return cache[trial._trial_id]
     out: _Prepared | None = None
-    try:
-        schedule = trial_schedule(trial)
-    except InputError:
-        schedule = None
+    schedule = readable_schedule(trial)
     if schedule is not None:
         steps, losses = raw_points(trial)
         final = float(losses[-1]) if losses.size else math.nan
@@ -125,10 +128,7 @@ def calibration_trials(
     for t in trials:
         if t.state != TrialState.COMPLETE or t.number == exclude_number:
             continue
-        try:
-            schedule = trial_schedule(t)
-        except InputError:
-            continue
+        schedule = readable_schedule(t)
         if schedule is None or not same_group(group_key(schedule, *trial_sizes(t)), group):
             continue
         out.append(t)
@@ -213,14 +213,7 @@ def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:
     an interval of +-0.06 to 0.12 nats and calibration residuals (from runs at the usual
     peak LR) of +-0.03: no residual of runs unlike the trial says how wrong the law is
     on it. Outside the range the pruner does not prune on the law."""
-    peaks = []
-    for t in calib:
-        try:
-            schedule = trial_schedule(t)
-        except InputError:
-            continue
-        if schedule is not None:
-            peaks.append(schedule.peak_lr)
+    peaks = [s.peak_lr for s in (readable_schedule(t) for t in calib) if s is not None]
     if not peaks or not (math.isfinite(peak_lr) and peak_lr > 0):
         return False
     return min(peaks) / PEAK_LR_TOLERANCE <= peak_lr <= max(peaks) * PEAK_LR_TOLERANCE

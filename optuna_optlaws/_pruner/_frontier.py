@@ -23,8 +23,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_optlaws._errors import InputError
-from optuna_optlaws._study_state import group_key, raw_points, same_group, trial_schedule, trial_sizes
+from optuna_optlaws._study_state import group_key, raw_points, readable_schedule, same_group, trial_sizes
 
 PRED_FINAL = "optlaws_pred_final"
 PRED_LO = "optlaws_pred_lo"
@@ -57,10 +56,7 @@ def completed_final(storage: Any, trial: FrozenTrial) -> tuple[tuple[Any, ...] |
     hit = cache.get(trial._trial_id)
     if hit is not None:
         return hit
-    try:
-        schedule = trial_schedule(trial)
-    except InputError:
-        schedule = None
+    schedule = readable_schedule(trial)
     group = None if schedule is None else group_key(schedule, *trial_sizes(trial))
     _, losses = raw_points(trial)
     final = float(losses[-1]) if losses.size and math.isfinite(losses[-1]) else math.nan
@@ -99,10 +95,7 @@ def frontier(
             hi = t.user_attrs.get(PRED_HI)
             if not isinstance(hi, (int, float)) or not math.isfinite(hi) or hi >= best:
                 continue
-            try:
-                schedule = trial_schedule(t)
-            except InputError:
-                continue
+            schedule = readable_schedule(t)
             if schedule is None or not same_group(group_key(schedule, *trial_sizes(t)), group):
                 continue
             steps, _ = raw_points(t)

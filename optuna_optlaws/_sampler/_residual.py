@@ -39,9 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
-from optuna_optlaws._study_state import raw_points, trial_curve, trial_schedule, trial_sizes
+from optuna_optlaws._study_state import raw_points, readable_schedule, trial_curve, trial_sizes
 from optuna_optlaws.laws import Law
 from optuna_optlaws.schedules import Schedule
 
@@ -227,10 +226,7 @@ def observations(
     for t in trials:
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
-        try:
-            schedule = trial_schedule(t)
-        except InputError:
-            continue
+        schedule = readable_schedule(t)
         if schedule is None or not _same_size(trial_sizes(t), (model_size, tokens_per_step)):
             continue
         if t.state == TrialState.COMPLETE:
