@@ -327,3 +327,20 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
 def test_never_prunes_on_the_last_step_of_the_schedule() -> None:
     study = _study_with_good_trials(_pruner(margin=0.0, min_fraction=0.99, min_reports=1))
     assert _run(study, BAD)[0] == "COMPLETE"  # only the last report passes the gates: nothing to save
+
+
+def test_a_run_that_never_trains_is_pruned_as_diverged_even_outside_the_checked_peak_lrs() -> None:
+    # a peak LR 30x above the complete runs' (the law is not asked about it) whose loss
+    # never comes down: noisy, far above what every healthy run had reached by then,
+    # without the blow-up after a healthy start that the curve's own detector looks for
+    study = _study_with_good_trials(_pruner())
+    hot = Schedule.constant(9e-2, TOTAL_STEPS, 0)
+    steps = report_steps()
+    stuck = 20.0 + 8.0 * np.cos(np.arange(steps.size))
+    state, step = _run(study, hot, stuck)
+    assert state == "PRUNED" and step == int(steps[4])  # at min_reports, not later
+    reason = study.trials[-1].user_attrs[PRUNE_REASON]
+    assert reason.startswith("diverged") and "complete trials of its group" in reason
+    # a healthy run at that peak LR (here: a slightly worse copy of a good curve) is not
+    healthy = 1.3 * synth_loss(GOOD, steps)
+    assert _run(study, hot, healthy) == ("COMPLETE", int(steps[-1]))

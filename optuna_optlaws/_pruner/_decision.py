@@ -27,7 +27,7 @@ from optuna_optlaws._pruner._calibration import (
     point_noise,
     residuals,
 )
-from optuna_optlaws._pruner._frontier import Frontier, frontier, has_evidence
+from optuna_optlaws._pruner._frontier import FAR_ABOVE, Frontier, frontier, group_floor, has_evidence
 from optuna_optlaws._study_state import LawState, group_key, raw_points, trial_sizes, usable_points
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import detect_divergence
@@ -108,6 +108,12 @@ def check(
         out.notes.append(f"step {seen.last_step} is past the schedule's end ({total} steps); not pruning on it")
         law_ok = False
     ok_steps, ok_losses = usable_points(schedule, steps, losses, sig)
+    if law_ok and ok_steps.size:
+        far = _far_above_group(storage, trials, me, schedule, ok_steps, ok_losses, gates)
+        if far is not None:  # needs min_reports but not min_fraction, like the detector above
+            out.prune = True
+            out.reason = far
+            return out, seen
     if ok_steps.size and not has_evidence(
         ok_steps.size, int(ok_steps[-1]), total, gates.min_reports, gates.min_fraction
     ):
@@ -175,6 +181,34 @@ def check(
             f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}"
         )
     return out, seen
+
+
+def _far_above_group(
+    storage: Any,
+    trials: Sequence[FrozenTrial],
+    me: FrozenTrial,
+    schedule: Schedule,
+    steps: np.ndarray,
+    losses: np.ndarray,
+    gates: Gates,
+) -> str | None:
+    """The reason to prune ``me`` as diverged when its recent loss (median of its last
+    three usable reports, nats) is :data:`~._frontier.FAR_ABOVE` times the lowest loss
+    that ``n_min_trials`` or more COMPLETE trials of its group had reached by the same
+    step; ``None`` otherwise. This catches a run that never trains (too high a peak LR
+    from the first step), which the curve's own detector cannot tell from a slow start
+    and the law is not asked about outside the peak LRs it was checked on."""
+    if steps.size < gates.min_reports:
+        return None
+    recent = float(np.median(losses[-3:]))
+    group = group_key(schedule, *trial_sizes(me))
+    floor, n = group_floor(storage, trials, group, me.number, int(steps[-1]))
+    if n < gates.n_min_trials or not (math.isfinite(floor) and floor > 0) or recent <= FAR_ABOVE * floor:
+        return None
+    return (
+        f"diverged: loss {recent:.4g} at step {int(steps[-1])} is {recent / floor:.1f}x the lowest loss "
+        f"({floor:.4g}) of {n} complete trials of its group by that step"
+    )
 
 
 RECENT_FRACTION = 0.25

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._study_state import group_key, raw_points, readable_schedule, same_group, trial_sizes
@@ -62,6 +63,43 @@ def completed_final(storage: Any, trial: FrozenTrial) -> tuple[tuple[Any, ...] |
     final = float(losses[-1]) if losses.size and math.isfinite(losses[-1]) else math.nan
     cache[trial._trial_id] = (group, final)
     return group, final
+
+
+FAR_ABOVE = 2.0
+"""A running trial whose recent loss is this many times the lowest loss the group's
+COMPLETE trials had reached by the same step is diverged, whatever the law says (a run
+that never trained: no healthy run of the group was ever that far behind)."""
+
+_RUNNING_MIN: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+"""storage -> {trial id: (report steps, running minimum of the finite losses)} of COMPLETE trials."""
+
+
+def group_floor(
+    storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int, step: int
+) -> tuple[float, int]:
+    """The lowest loss (nats) any COMPLETE trial of ``group`` (other than
+    ``exclude_number``) had reported at or before ``step``, and how many such trials
+    reported by then (``inf, 0`` when none)."""
+    cache = _RUNNING_MIN.setdefault(storage, {})
+    best, n = math.inf, 0
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.number == exclude_number:
+            continue
+        g, _ = completed_final(storage, t)
+        if not same_group(g, group):
+            continue
+        hit = cache.get(t._trial_id)
+        if hit is None:
+            steps, losses = raw_points(t)
+            fin = np.isfinite(losses)
+            hit = (steps[fin], np.minimum.accumulate(losses[fin]) if fin.any() else losses[fin])
+            cache[t._trial_id] = hit
+        steps, running = hit
+        i = int(np.searchsorted(steps, step, side="right")) - 1
+        if i >= 0:
+            n += 1
+            best = min(best, float(running[i]))
+    return best, n
 
 
 def has_evidence(n_reports: int, last_step: int, total_steps: int, min_reports: int, min_fraction: float) -> bool:
