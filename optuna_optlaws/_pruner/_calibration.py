@@ -43,8 +43,8 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
+from optuna_optlaws._pruner._frontier import completed_final
 from optuna_optlaws._study_state import (
-    group_key,
     raw_points,
     readable_schedule,
     same_group,
@@ -76,9 +76,8 @@ _Prepared = tuple[Curve, float]
 _PREPARED: weakref.WeakKeyDictionary[Any, dict[int, _Prepared | None]] = weakref.WeakKeyDictionary()
 """storage -> {trial id: (usable curve, final loss) or None}: finished trials never change."""
 
-_RESIDUALS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, float]]] = weakref.WeakKeyDictionary()
-"""storage -> {(law key, trial id, fraction bucket): (residual, the law's own standard
-deviation) in nats; NaN: not computable}."""
+_RESIDUALS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], float]] = weakref.WeakKeyDictionary()
+"""storage -> {(law key, trial id, fraction bucket): residual in nats; NaN: not computable}."""
 
 _MAX_CACHED = 200_000
 
@@ -121,15 +120,14 @@ def _prepared(storage: Any, trial: FrozenTrial) -> _Prepared | None:
 
 
 def calibration_trials(
-    trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int
+    storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int
 ) -> list[FrozenTrial]:
     """The COMPLETE trials of ``group`` that calibrate a check (lowest numbers first)."""
     out: list[FrozenTrial] = []
     for t in trials:
         if t.state != TrialState.COMPLETE or t.number == exclude_number:
             continue
-        schedule = readable_schedule(t)
-        if schedule is None or not same_group(group_key(schedule, *trial_sizes(t)), group):
+        if not same_group(completed_final(storage, t)[0], group):
             continue
         out.append(t)
         if len(out) >= MAX_CALIBRATION_TRIALS:
@@ -145,25 +143,23 @@ def residuals(
     bucket: float,
     min_points: int,
     prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Time-split residuals ``final - predicted`` (nats) of the ``calib`` trials cut at
     fraction ``bucket`` of their schedules (those with at least ``min_points`` usable
-    points before the cut; a prediction that fails leaves the trial out), and the law's
-    own standard deviation of each of those predictions (from its interval)."""
+    points before the cut; a prediction that fails leaves the trial out)."""
     cache = _RESIDUALS.setdefault(storage, {})
     if len(cache) > _MAX_CACHED:
         cache.clear()
-    out, sds = [], []
+    out = []
     for t in calib:
         key = (law_key, t._trial_id, round(bucket / FRACTION_BUCKET))
         hit = cache.get(key)
         if hit is None:
             hit = _residual(storage, t, law, bucket, min_points, prefix_of)
             cache[key] = hit
-        if math.isfinite(hit[0]) and math.isfinite(hit[1]):
-            out.append(hit[0])
-            sds.append(hit[1])
-    return np.asarray(out, dtype=np.float64), np.asarray(sds, dtype=np.float64)
+        if math.isfinite(hit):
+            out.append(hit)
+    return np.asarray(out, dtype=np.float64)
 
 
 def _residual(
@@ -173,8 +169,8 @@ def _residual(
     bucket: float,
     min_points: int,
     prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> tuple[float, float]:
-    nan = (math.nan, math.nan)
+) -> float:
+    nan = math.nan
     prep = _prepared(storage, trial)
     if prep is None:
         return nan
@@ -193,15 +189,10 @@ def _residual(
             tokens_per_step=curve.tokens_per_step,
             observed=prefix,
         )
-        mean, sd = float(pred.mean[0]), law_sd(float(pred.lo[0]), float(pred.hi[0]), law.interval_level)
+        mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
     except Exception:  # a law that cannot predict a finished run just leaves it out
         return nan
-    return (final - mean, sd) if math.isfinite(mean) else nan
-
-
-def law_sd(lo: float, hi: float, level: float) -> float:
-    """The standard deviation (nats) of a law's prediction read from its central interval."""
-    return (hi - lo) / (2.0 * _z_quantile(level))
+    return final - mean if all(math.isfinite(v) for v in (mean, lo, hi)) else nan
 
 
 def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:
@@ -247,8 +238,3 @@ def calibrate(
 @functools.lru_cache(maxsize=256)
 def _t_quantile(level: float, df: int) -> float:
     return float(stats.t.ppf(0.5 + level / 2.0, df=df))
-
-
-@functools.lru_cache(maxsize=16)
-def _z_quantile(level: float) -> float:
-    return float(stats.norm.ppf(0.5 + level / 2.0))

@@ -87,6 +87,8 @@ def check(
         return out, previous
     seen = Seen(int(steps.size), int(steps[-1]))
     total = schedule.total_steps
+    model_size, tokens_per_step = trial_sizes(me)
+    group = group_key(schedule, model_size, tokens_per_step)
 
     sig = detect_divergence(steps, losses)
     if sig is not None:
@@ -109,7 +111,7 @@ def check(
         law_ok = False
     ok_steps, ok_losses = usable_points(schedule, steps, losses, sig)
     if law_ok and ok_steps.size:
-        far = _far_above_group(storage, trials, me, schedule, ok_steps, ok_losses, gates)
+        far = _far_above_group(storage, trials, me.number, group, ok_steps, ok_losses, gates)
         if far is not None:  # needs min_reports but not min_fraction, like the detector above
             out.prune = True
             out.reason = far
@@ -126,7 +128,6 @@ def check(
     if law_state.law is None:
         return out, seen
 
-    model_size, tokens_per_step = trial_sizes(me)
     p_steps, p_losses = law_prefix(ok_steps, ok_losses)
     prefix = Curve(f"trial_{me.number}", schedule, p_steps, p_losses, model_size, tokens_per_step)
     try:
@@ -143,15 +144,14 @@ def check(
     if not all(math.isfinite(v) for v in (mean, lo, hi)) or lo > hi:
         out.notes.append(f"law predicted a non-finite or inverted interval ({mean}, {lo}, {hi}); not pruning")
         return out, seen
-    group = group_key(schedule, model_size, tokens_per_step)
     what = "predicted"
     extrapolated = False
     if gates.calibrate:
-        calib = calibration_trials(trials, group, me.number)
+        calib = calibration_trials(storage, trials, group, me.number)
         extrapolated = len(calib) >= MIN_CALIBRATION and not covered(schedule.peak_lr, calib)
         if len(calib) >= MIN_CALIBRATION:
             law_key = (law_state.source, law_state.fingerprint, id(law_state.law))
-            res, _ = residuals(
+            res = residuals(
                 storage, calib, law_state.law, law_key, fraction_bucket(seen.last_step, total),
                 min(gates.min_reports, int(ok_steps.size)), law_prefix,
             )
@@ -186,13 +186,13 @@ def check(
 def _far_above_group(
     storage: Any,
     trials: Sequence[FrozenTrial],
-    me: FrozenTrial,
-    schedule: Schedule,
+    number: int,
+    group: tuple[Any, ...],
     steps: np.ndarray,
     losses: np.ndarray,
     gates: Gates,
 ) -> str | None:
-    """The reason to prune ``me`` as diverged when its recent loss (median of its last
+    """The reason to prune trial ``number`` of ``group`` as diverged when its recent loss (median of its last
     three usable reports, nats) is :data:`~._frontier.FAR_ABOVE` times the lowest loss
     that ``n_min_trials`` or more COMPLETE trials of its group had reached by the same
     step; ``None`` otherwise. This catches a run that never trains (too high a peak LR
@@ -201,8 +201,7 @@ def _far_above_group(
     if steps.size < gates.min_reports:
         return None
     recent = float(np.median(losses[-3:]))
-    group = group_key(schedule, *trial_sizes(me))
-    floor, n = group_floor(storage, trials, group, me.number, int(steps[-1]))
+    floor, n = group_floor(storage, trials, group, number, int(steps[-1]))
     if n < gates.n_min_trials or not (math.isfinite(floor) and floor > 0) or recent <= FAR_ABOVE * floor:
         return None
     return (

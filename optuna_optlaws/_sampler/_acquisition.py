@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from optuna_optlaws._errors import InputError
-from optuna_optlaws._sampler._residual import Z90, Observations, fit_residuals, schedule_features
+from optuna_optlaws._sampler._residual import Observations, fit_residuals, schedule_features
 from optuna_optlaws._sampler._space import ScheduleSpace
-from optuna_optlaws.laws import Law, Prediction
+from optuna_optlaws.laws import Law
 
 ACQUISITIONS = ("lcb", "thompson")
 """Acquisition functions :func:`propose` knows."""
@@ -67,11 +67,6 @@ def startup_point(space: ScheduleSpace, seed: int, index: int) -> Proposal:
     return Proposal(space.from_unit(u)[0])
 
 
-def _sigma(pred: Prediction) -> np.ndarray:
-    """Predictive standard deviation (nats) read off a central 90% interval."""
-    return np.maximum(np.asarray(pred.hi, dtype=np.float64) - np.asarray(pred.lo, dtype=np.float64), 0.0) / (2 * Z90)
-
-
 def propose(
     space: ScheduleSpace,
     law: Law,
@@ -102,7 +97,7 @@ def propose(
     both = law.predict_final([*schedules, *seen], model_size=model_size, tokens_per_step=tokens_per_step)
     n = len(schedules)
     all_mean = np.asarray(both.mean, dtype=np.float64)
-    all_sigma = _sigma(both)
+    all_sigma = both.sd(law.interval_level)
     mean, sigma = all_mean[:n], all_sigma[:n]
     source = f"law:{acquisition}"
     if observed is not None and seen:

@@ -40,8 +40,8 @@ from numpy.typing import NDArray
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
-from optuna_optlaws._study_state import raw_points, readable_schedule, trial_curve, trial_sizes
-from optuna_optlaws.laws import Law
+from optuna_optlaws._study_state import GROUP_D_TOLERANCE, raw_points, readable_schedule, trial_curve, trial_sizes
+from optuna_optlaws.laws import Law, Prediction
 from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
@@ -69,8 +69,6 @@ scale of its error)."""
 MIN_LAW_SD = 1e-3
 """Floor of the law's standard deviation in the kernel (nats)."""
 
-Z90 = 1.6448536269514722
-"""Standard normal quantile of 0.95: half-width of a central 90% interval in sigmas."""
 
 
 _FEATURE_CACHE: dict[Schedule, FloatArray] = {}
@@ -235,31 +233,32 @@ def observations(
                 continue
             if steps[-1] + 1 < FINAL_REACH * schedule.total_steps or steps[-1] >= schedule.total_steps:
                 continue
-            stated: tuple[float, float] | None = (float(losses[-1]), 0.0)
+            stated = (float(losses[-1]), 0.0)
         else:
-            stated = _pruned_final(t, law)
-        if stated is None:
-            continue
+            pred = _pruned_final(t, law)
+            if pred is None:
+                continue
+            # the pruner records its interval at the law's level (90%)
+            stated = float(pred.mean[0]), float(pred.sd(law.interval_level)[0]) ** 2
         schedules.append(schedule)
         finals.append(stated[0])
         extra.append(stated[1])
     return Observations(schedules, np.asarray(finals, dtype=np.float64), np.asarray(extra, dtype=np.float64))
 
 
-_CONDITIONED: weakref.WeakKeyDictionary[Law, dict[int, tuple[float, float] | None]] = weakref.WeakKeyDictionary()
-"""law -> {trial id: (predicted final, its variance) or None} of PRUNED trials."""
+_CONDITIONED: weakref.WeakKeyDictionary[Law, dict[int, Prediction | None]] = weakref.WeakKeyDictionary()
+"""law -> {trial id: predicted final loss or None} of PRUNED trials."""
 
 
-def _pruned_final(trial: FrozenTrial, law: Law) -> tuple[float, float] | None:
-    """``(final loss, variance)`` (nats, nats^2) a PRUNED trial would have reached."""
+def _pruned_final(trial: FrozenTrial, law: Law) -> Prediction | None:
+    """The final loss (nats, with its interval) a PRUNED trial would have reached."""
     vals = [trial.user_attrs.get(k) for k in (PRED_FINAL, PRED_LO, PRED_HI)]
     if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-        mean, lo, hi = (float(v) for v in vals)  # type: ignore[arg-type]
-        return mean, ((hi - lo) / (2.0 * Z90)) ** 2
+        return Prediction(*(np.array([float(v)]) for v in vals))  # type: ignore[arg-type]
     cache = _CONDITIONED.setdefault(law, {})
     if trial._trial_id in cache:
         return cache[trial._trial_id]
-    out: tuple[float, float] | None = None
+    out: Prediction | None = None
     curve = trial_curve(trial)
     if curve is not None:
         try:
@@ -272,7 +271,7 @@ def _pruned_final(trial: FrozenTrial, law: Law) -> tuple[float, float] | None:
             )
             mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
             if all(math.isfinite(v) for v in (mean, lo, hi)) and lo <= hi:
-                out = mean, ((hi - lo) / (2.0 * Z90)) ** 2
+                out = pred
         except Exception:  # a law that cannot predict this trial: leave it out
             out = None
     cache[trial._trial_id] = out
@@ -283,6 +282,6 @@ def _same_size(a: tuple[float | None, float | None], b: tuple[float | None, floa
     for x, y in zip(a, b, strict=True):
         if (x is None) != (y is None):
             return False
-        if x is not None and y is not None and abs(x - y) > 0.02 * max(abs(x), abs(y)):
+        if x is not None and y is not None and abs(x - y) > GROUP_D_TOLERANCE * max(abs(x), abs(y)):
             return False
     return True

@@ -8,6 +8,7 @@ themselves by ``name``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from abc import ABC, abstractmethod
@@ -28,6 +29,14 @@ LAW_FILE_FORMAT = 1
 _LawT = TypeVar("_LawT", bound="Law")
 
 
+@functools.lru_cache(maxsize=16)
+def z_quantile(level: float) -> float:
+    """Half-width, in standard deviations, of a central ``level`` normal interval."""
+    from scipy import stats
+
+    return float(stats.norm.ppf(0.5 + level / 2.0))
+
+
 class Prediction(NamedTuple):
     """Predicted loss (nats) with a central predictive interval, one entry per step.
 
@@ -36,6 +45,12 @@ class Prediction(NamedTuple):
     mean: NDArray[np.float64]
     lo: NDArray[np.float64]
     hi: NDArray[np.float64]
+
+    def sd(self, level: float = 0.9) -> NDArray[np.float64]:
+        """Standard deviation (nats) read off the central ``level`` interval (0 where it is
+        inverted)."""
+        width = np.asarray(self.hi, dtype=np.float64) - np.asarray(self.lo, dtype=np.float64)
+        return np.asarray(np.maximum(width, 0.0) / (2.0 * z_quantile(level)), dtype=np.float64)
 
 
 class Law(ABC):

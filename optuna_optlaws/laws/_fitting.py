@@ -86,11 +86,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import optimize, stats
+from scipy import optimize
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
-from optuna_optlaws.laws._base import Prediction
+from optuna_optlaws.laws._base import Prediction, z_quantile
 
 FloatArray = NDArray[np.float64]
 ResidualFn = Callable[[FloatArray], FloatArray]
@@ -547,10 +547,6 @@ def loco_discrepancy(
 
 
 # ---------------------------------------------------------------------- prediction
-def _z_quantile(level: float) -> float:
-    return float(stats.norm.ppf(0.5 + level / 2.0))
-
-
 def predictive(
     posterior: Posterior,
     predict_log: Callable[[FloatArray], FloatArray],
@@ -571,7 +567,7 @@ def predictive(
     theta = posterior.theta
     m = np.asarray(predict_log(theta), dtype=np.float64)
     noise_var = (posterior.noise**2 if noise else 0.0) + posterior.model_sd**2
-    zq = _z_quantile(level)
+    zq = z_quantile(level)
     if method == "delta":
         if predict_log_jac is not None:
             G = np.asarray(predict_log_jac(theta), dtype=np.float64) * posterior.space.dtheta_dz(theta)[None, :]
@@ -643,7 +639,7 @@ def condition_on_prefix(
     tau = max(persistence * t_last, 1.0)
     t = np.asarray(target_steps, dtype=np.float64)
     w = np.exp(-np.maximum(t - t_last, 0.0) / tau)
-    zq = _z_quantile(level)
+    zq = z_quantile(level)
     m = np.log(prediction.mean)
     lo_h = m - np.log(prediction.lo)
     hi_h = np.log(prediction.hi) - m

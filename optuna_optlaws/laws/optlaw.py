@@ -69,12 +69,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
-from optuna_optlaws.laws._base import Law, Prediction
+from optuna_optlaws.laws._base import Law, Prediction, z_quantile
 from optuna_optlaws.laws._features import check_steps, observations
 from optuna_optlaws.laws._fitting import (
     ParamSpace,
@@ -305,7 +304,7 @@ class OptLaw(Law):
         extra = post.model_sd**2 * np.maximum(area / terms.area_max - 1.0, 0.0)
         if not np.any(extra > 0):
             return pred
-        zq = float(stats.norm.ppf(0.5 + self.interval_level / 2.0))
+        zq = z_quantile(self.interval_level)
         m = np.log(pred.mean)
         sd0 = (np.log(pred.hi) - np.log(pred.lo)) / (2.0 * zq)
         half = zq * np.sqrt(sd0**2 + extra)
@@ -316,7 +315,7 @@ class OptLaw(Law):
         forms' disagreement, which grows as ``N`` leaves the fitted sizes, widens the interval."""
         if len(preds) == 1:
             return preds[0]
-        zq = float(stats.norm.ppf(0.5 + self.interval_level / 2.0))
+        zq = z_quantile(self.interval_level)
         m = np.stack([np.log(p.mean) for p in preds])
         sd = np.stack([(np.log(p.hi) - np.log(p.lo)) / (2.0 * zq) for p in preds])
         mean = m.mean(axis=0)
