@@ -11,7 +11,7 @@ harness's convention).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,21 +115,22 @@ class FitProblem:
             loss = loss + p["k_warm"] * self._instability(p["kappa_warm"], p["s_edge"])
         return np.asarray(loss, dtype=np.float64)
 
-    def _escape(self, kappa: float) -> FloatArray:
-        """The escape excess at every fitted point (per unit ``k_esc``)."""
+    def _relaxed(self, kappa: float, target: Callable[[dyn.ChunkGrid], FloatArray]) -> FloatArray:
+        """At every fitted point, an excess that relaxes at rate ``kappa`` (per area unit)
+        towards ``target(grid)`` (one equilibrium per chunk), from zero."""
         out = []
         for g in self.grids:
             ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
-            out.append(ek @ escape_target(g.eta))
+            out.append(ek @ target(g))
         return np.concatenate(out)
+
+    def _escape(self, kappa: float) -> FloatArray:
+        """The escape excess at every fitted point (per unit ``k_esc``)."""
+        return self._relaxed(kappa, lambda g: escape_target(g.eta))
 
     def _instability(self, kappa: float, s_edge: float) -> FloatArray:
         """The early-instability excess at every fitted point (per unit ``k_warm``)."""
-        out = []
-        for g in self.grids:
-            ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
-            out.append(ek @ instability_target(g.eta, g.s_mid, s_edge))
-        return np.concatenate(out)
+        return self._relaxed(kappa, lambda g: instability_target(g.eta, g.s_mid, s_edge))
 
     def residuals(self, theta: FloatArray) -> FloatArray:
         """``log(observed) - log(predicted)`` at every fitted point."""

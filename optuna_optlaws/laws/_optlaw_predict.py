@@ -39,18 +39,19 @@ def loss_at_targets(
     s_t = grid.s_target[:, None]
     river = amps[None, :, 1] * np.power(s_t + col["s_w"][None, :], -col["alpha"][None, :])
     loss = amps[None, :, 0] + river + amps[None, :, 2] * noise
+
+    def excess(amp: str, rate: str, target: FloatArray) -> FloatArray:
+        """``amp * m`` per target step and parameter set, ``m`` relaxing at ``rate`` towards
+        ``target`` (``(M, P)``, one equilibrium per chunk and parameter set)."""
+        kap = np.array([p[rate] for p in pars])[:, None]
+        m = dyn.simulate(grid.area, target, np.ones((n_p, 1)), kap)[grid.target_chunk]
+        return np.array([p[amp] for p in pars])[None, :] * m
+
     if terms.escape:
-        k_esc = np.array([p["k_esc"] for p in pars])
-        kap = np.array([p["kappa_esc"] for p in pars])[:, None]
-        tgt = np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)
-        esc = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
-        loss = loss + k_esc[None, :] * esc
+        loss = loss + excess("k_esc", "kappa_esc", np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1))
     if terms.warmup:
-        k_warm = np.array([p["k_warm"] for p in pars])
-        kap = np.array([p["kappa_warm"] for p in pars])[:, None]
         tgt = np.stack([instability_target(grid.eta, grid.s_mid, p["s_edge"]) for p in pars], axis=1)
-        inst = dyn.simulate(grid.area, tgt, np.ones((n_p, 1)), kap)[grid.target_chunk]
-        loss = loss + k_warm[None, :] * inst
+        loss = loss + excess("k_warm", "kappa_warm", tgt)
     if terms.shift and resume_area is not None:
         since = grid.s_target - resume_area
         loss = loss + np.stack([shift_excess(p, since) for p in pars], axis=1)
@@ -79,13 +80,19 @@ def loss_final(
         noise = np.einsum("mcj,j,mc->c", kern, dyn.spectrum_weights(p["beta"], p["c_cut"]), target, optimize=True)
         loss = l0 + dyn.river(batch.s_final, amp, alpha, p["s_w"]) + bb * noise
         if terms.escape and p["k_esc"] > 0:
-            ek = dyn.final_kernel(batch, np.array([p["kappa_esc"]]))[:, :, 0]
-            loss = loss + p["k_esc"] * np.sum(ek * escape_target(batch.eta), axis=0)
+            loss = loss + p["k_esc"] * _final_excess(batch, p["kappa_esc"], escape_target(batch.eta))
         if terms.warmup and p["k_warm"] > 0:
-            wk = dyn.final_kernel(batch, np.array([p["kappa_warm"]]))[:, :, 0]
-            loss = loss + p["k_warm"] * np.sum(wk * instability_target(batch.eta, batch.s_mid, p["s_edge"]), axis=0)
+            target = instability_target(batch.eta, batch.s_mid, p["s_edge"])
+            loss = loss + p["k_warm"] * _final_excess(batch, p["kappa_warm"], target)
         out[i] = loss
     return out
+
+
+def _final_excess(batch: dyn.GridBatch, kappa: float, target: FloatArray) -> FloatArray:
+    """Each candidate's final value of an excess relaxing at rate ``kappa`` towards
+    ``target`` (``(M, C)``), from zero."""
+    kern = dyn.final_kernel(batch, np.array([kappa]))[:, :, 0]
+    return np.asarray(np.sum(kern * target, axis=0), dtype=np.float64)
 
 
 def fd_thetas(post: Posterior) -> tuple[FloatArray, FloatArray]:
