@@ -34,7 +34,6 @@ ACQUISITIONS = ("lcb", "thompson")
 """Acquisition functions :func:`propose` knows."""
 
 
-
 @dataclass(frozen=True)
 class Proposal:
     """A proposed schedule as field values, and its score under the law (NaN at startup):
