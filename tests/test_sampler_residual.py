@@ -1,16 +1,16 @@
-"""The GP on a law's residuals (optuna_optlaws._sampler._residual) on known errors."""
+"""The GP on a law's residuals (optuna_optlaws._residual_gp) on known errors."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from optuna_optlaws._sampler._residual import FEATURE_NAMES, fit_residuals, schedule_features
+from optuna_optlaws._residual_gp import FEATURE_NAMES, fit_residuals, schedule_descriptors
 from optuna_optlaws.schedules import Schedule
 
 
 def test_features_tell_families_apart() -> None:
     total = 1000
-    x = schedule_features(
+    x = schedule_descriptors(
         [
             Schedule.constant(1e-3, total),
             Schedule.cosine(1e-3, total, warmup_steps=100),

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from optuna_optlaws._errors import InputError
-from optuna_optlaws._sampler._residual import Observations, fit_residuals, schedule_features
+from optuna_optlaws._residual_gp import fit_residuals, schedule_descriptors
+from optuna_optlaws._sampler._residual import Observations
 from optuna_optlaws._sampler._space import ScheduleSpace
 from optuna_optlaws.laws import Law
 
@@ -82,8 +83,8 @@ def propose(
     """The best of ``n_candidates`` quasi-random schedules under ``acquisition``.
 
     With ``observed`` finished trials (at least
-    :data:`~optuna_optlaws._sampler._residual.MIN_OBSERVATIONS`), the law's predictions
-    are corrected by a GP fitted on its residuals on them (:mod:`._residual`): the
+    :data:`~optuna_optlaws._residual_gp.MIN_OBSERVATIONS`), the law's predictions
+    are corrected by a GP fitted on its residuals on them (:mod:`optuna_optlaws._residual_gp`): the
     candidate's mean is the law's plus the GP's, its sigma the GP's posterior one.
 
     Raises :class:`InputError` when the law cannot predict these schedules (for example
@@ -100,9 +101,9 @@ def propose(
     mean, sigma = all_mean[:n], all_sigma[:n]
     source = f"law:{acquisition}"
     if observed is not None and seen:
-        cand_x = schedule_features(schedules)
+        cand_x = schedule_descriptors(schedules)
         model = fit_residuals(
-            schedule_features(seen, cache=True),
+            schedule_descriptors(seen, cache=True),
             observed.finals - all_mean[n:],
             observed.extra_var,
             all_sigma[n:],
