@@ -276,21 +276,66 @@ def test_runs_of_nearly_equal_horizon_share_a_group() -> None:
     assert not same_group(a, bigger)
 
 
-def test_calibration_corrects_the_bias_and_takes_the_leave_one_out_spread() -> None:
+def _calibration_runs(cooldowns: list[float], peaks: list[float], error: object, rng: np.random.Generator,
+                      sd: float = 0.004) -> tuple[list[Schedule], object]:
+    """WSD schedules and their time-split residuals ``error(schedule)`` plus noise ``sd`` (nats)."""
+    from optuna_optlaws._pruner._calibration import Residuals
+    from optuna_optlaws._residual_gp import schedule_descriptors
+
+    schedules = [Schedule.wsd(p, 600, 30, 0.0, c) for c, p in zip(cooldowns, peaks, strict=True)]
+    values = np.array([error(s) for s in schedules]) + rng.normal(0.0, sd, len(schedules))  # type: ignore[operator]
+    return schedules, Residuals(values, np.full(len(schedules), 0.03), schedule_descriptors(schedules))
+
+
+def _long_cooldown_error(s: Schedule) -> float:
+    return -0.06 if s.params["cooldown_fraction"] > 0.3 else 0.0
+
+
+def test_calibration_learns_the_law_error_of_each_kind_of_schedule() -> None:
     from optuna_optlaws._pruner._calibration import calibrate, fraction_bucket
 
-    res = np.array([-0.05, -0.03, -0.04, -0.06])
-    cal = calibrate(2.5, res, 0.9, noise=0.0)
-    assert cal.bias == pytest.approx(-0.045) and cal.mean == pytest.approx(2.455) and cal.n == 4
-    loo = [r - (res.sum() - r) / 3 for r in res]
-    assert cal.spread == pytest.approx(math.sqrt(np.mean(np.square(loo))))
-    from scipy import stats
-
-    t = stats.t.ppf(0.95, df=3)
-    assert cal.lo == pytest.approx(cal.mean - t * cal.spread) and cal.hi == pytest.approx(cal.mean + t * cal.spread)
-    # the trial's own point noise is a floor on the spread
-    assert calibrate(2.5, np.array([0.01, 0.01, 0.01]), 0.9, noise=0.02).spread == pytest.approx(0.02)
+    rng = np.random.default_rng(0)
+    cooldowns = rng.uniform(0.05, 0.5, 16).tolist()
+    _, res = _calibration_runs(cooldowns, rng.uniform(2e-3, 8e-3, 16).tolist(), _long_cooldown_error, rng)
+    assert abs(float(np.mean(res.values)) - -0.03) < 0.02  # one bias for the group would be about -0.03
+    long_cd = calibrate(2.5, 0.03, Schedule.wsd(4e-3, 600, 30, 0.0, 0.45), res, 0.9, noise=0.0, law_below=0.1)
+    short_cd = calibrate(2.5, 0.03, Schedule.wsd(4e-3, 600, 30, 0.0, 0.1), res, 0.9, noise=0.0, law_below=0.1)
+    assert long_cd.bias == pytest.approx(-0.06, abs=0.015) and short_cd.bias == pytest.approx(0.0, abs=0.015)
+    assert long_cd.mean == pytest.approx(2.5 + long_cd.bias) and long_cd.n == 16
+    # with 16 residuals the interval is the GP's, narrower than the law's 0.1 nats
+    assert long_cd.mean - long_cd.lo < 0.05 and long_cd.hi - long_cd.mean == pytest.approx(long_cd.mean - long_cd.lo)
+    # with fewer than TRUSTED_CALIBRATION residuals, never narrower than the law's own interval
+    _, few = _calibration_runs(cooldowns[:5], [4e-3] * 5, _long_cooldown_error, rng)
+    cal = calibrate(2.5, 0.03, Schedule.wsd(4e-3, 600, 30, 0.0, 0.45), few, 0.9, noise=0.0, law_below=0.1)
+    assert cal.mean - cal.lo == pytest.approx(0.1)
+    # the trial's own point noise is a floor on the standard deviation
+    assert calibrate(2.5, 0.03, Schedule.wsd(4e-3, 600, 30, 0.0, 0.45), res, 0.9, noise=0.2).spread == 0.2
     assert fraction_bucket(119, 600) == pytest.approx(0.2) and fraction_bucket(118, 600) == pytest.approx(0.175)
+
+
+def test_calibrated_interval_covers_held_out_runs_at_its_level() -> None:
+    """Residuals that vary smoothly with the schedule plus noise: over many draws, a
+    held-out run's residual falls inside the 90% interval about 90% of the time."""
+    from optuna_optlaws._pruner._calibration import calibrate
+
+    rng = np.random.default_rng(1)
+    def error(s: Schedule) -> float:
+        return -0.08 * s.params["cooldown_fraction"] + 0.02 * math.log(s.peak_lr / 4e-3)
+
+    inside = below = 0
+    draws = 150
+    for _ in range(draws):
+        n = int(rng.integers(8, 20))
+        cooldowns, peaks = rng.uniform(0.05, 0.5, n + 1).tolist(), np.exp(rng.uniform(-6.2, -4.8, n + 1)).tolist()
+        schedules, res = _calibration_runs(cooldowns, peaks, error, rng, sd=0.01)
+        from optuna_optlaws._pruner._calibration import Residuals
+
+        train = Residuals(res.values[1:], res.law_sd[1:], res.descriptors[1:])
+        cal = calibrate(0.0, 0.03, schedules[0], train, 0.9, noise=0.0)
+        inside += cal.lo <= res.values[0] <= cal.hi
+        below += res.values[0] < cal.lo
+    assert 0.82 <= inside / draws <= 0.97
+    assert below / draws <= 0.1
 
 
 def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residuals() -> None:

@@ -13,17 +13,27 @@ cut at the same fraction of its own schedule (rounded down to :data:`FRACTION_BU
 the law is conditioned on that cut prefix exactly as on the trial's, and its prediction
 is compared with ``c``'s true final loss: ``r_c = final_c - predicted_c(f)`` (nats).
 These *time-split residuals* are the law's error at this fraction on this study's runs.
-With at least :data:`MIN_CALIBRATION` of them the trial's prediction is
 
-* centred: ``mean + mean(r)`` (the law's bias at this fraction removed), and
-* given the half-width ``t * s``: ``s = sqrt(mean(l_c^2))`` with
-  ``l_c = r_c - mean(r without c)`` (the error of exactly this correction on a run it did
-  not see; at least the trial's own point noise), ``t`` Student's quantile with ``n - 1``
-  degrees of freedom at the two-sided ``level``; but never narrower than the law's own
-  interval. The residuals are in sample (the law was fitted on those runs): with many
+The error depends on the schedule (on the live tiny-LM study it is -0.09 nats on some
+cooldowns and 0.00 on others), so a single bias for the group leaves a spread of 0.025
+to 0.035 nats, while a Gaussian process on the residuals over the schedules'
+descriptors (:mod:`optuna_optlaws._residual_gp`, prior scale the law's own predictive
+standard deviation) predicts a left-out run's residual within 0.010 to 0.028 nats (root
+mean square, 29 and 25 runs of the two seeds). With at least :data:`MIN_CALIBRATION`
+residuals the trial's prediction is
+
+* centred: ``mean + mu(x)``, the GP's prediction of the law's error at the trial's
+  schedule ``x`` (near runs like it: their error; far from all: the residuals' mean), and
+* given the half-width ``t * s``: ``s`` the GP's predictive standard deviation at ``x``
+  (noise included) times the root mean square of its standardised leave-one-out errors
+  when that is above 1 (the GP was too sure on the study's own runs), at least the
+  trial's own point noise; ``t`` Student's quantile with ``n - 1`` degrees of freedom at
+  the two-sided ``level``.
+* With fewer than :data:`TRUSTED_CALIBRATION` residuals, never narrower than the law's
+  own interval. The residuals are in sample (the law was fitted on those runs): with many
   runs they match held-out errors closely, with few runs they understate them (a law
   fitted on 6 tiny-LM runs missed a seventh by 0.10 nats while its 6 residuals spread by
-  0.02), so they may move the interval but not shrink it below the law's own.
+  0.02).
 
 Everything is a pure function of the study's storage (the stored law and the trials'
 reports), so every worker computes the same numbers; residuals are only memoised in
@@ -44,6 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 from optuna_optlaws._pruner._frontier import completed_final
+from optuna_optlaws._residual_gp import FloatArray, fit_residuals, schedule_descriptors
 from optuna_optlaws._study_state import (
     raw_points,
     readable_schedule,
@@ -54,6 +65,7 @@ from optuna_optlaws._study_state import (
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import detect_divergence
 from optuna_optlaws.laws import Law
+from optuna_optlaws.schedules import Schedule
 
 FRACTION_BUCKET = 0.025
 """Complete trials are cut at the trial's fraction of its schedule rounded down to a
@@ -61,6 +73,9 @@ multiple of this (so residuals are reused across nearby checks)."""
 
 MIN_CALIBRATION = 3
 """Residuals needed to calibrate a check; with fewer, the law's own interval is used."""
+
+TRUSTED_CALIBRATION = 8
+"""Residuals from which the calibrated interval may be narrower than the law's own."""
 
 PEAK_LR_TOLERANCE = 1.25
 """A trial's peak LR counts as covered by the calibration runs when it lies within this
@@ -76,16 +91,18 @@ _Prepared = tuple[Curve, float]
 _PREPARED: weakref.WeakKeyDictionary[Any, dict[int, _Prepared | None]] = weakref.WeakKeyDictionary()
 """storage -> {trial id: (usable curve, final loss) or None}: finished trials never change."""
 
-_RESIDUALS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], float]] = weakref.WeakKeyDictionary()
-"""storage -> {(law key, trial id, fraction bucket): residual in nats; NaN: not computable}."""
+_RESIDUALS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, float]]] = weakref.WeakKeyDictionary()
+"""storage -> {(law key, trial id, fraction bucket, min points): (residual, the law's
+predictive standard deviation), nats; NaN: not computable}."""
 
 _MAX_CACHED = 200_000
 
 
 @dataclass(frozen=True)
 class Calibrated:
-    """The calibrated prediction: mean, lower and upper end (nats), the bias correction
-    added to the law's mean, the residuals' leave-one-out spread and how many there were."""
+    """The calibrated prediction: mean, lower and upper end (nats), the correction added to
+    the law's mean at the trial's schedule, the standard deviation behind the interval
+    and how many residuals there were."""
 
     mean: float
     lo: float
@@ -135,6 +152,21 @@ def calibration_trials(
     return out
 
 
+@dataclass(frozen=True)
+class Residuals:
+    """Time-split residuals of complete trials: ``final - predicted`` (nats), the law's
+    predictive standard deviation of each prediction (nats) and the descriptors of each
+    trial's schedule (:func:`~optuna_optlaws._residual_gp.schedule_descriptors`)."""
+
+    values: FloatArray
+    law_sd: FloatArray
+    descriptors: FloatArray
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+
 def residuals(
     storage: Any,
     calib: Sequence[FrozenTrial],
@@ -143,23 +175,30 @@ def residuals(
     bucket: float,
     min_points: int,
     prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> np.ndarray:
-    """Time-split residuals ``final - predicted`` (nats) of the ``calib`` trials cut at
-    fraction ``bucket`` of their schedules (those with at least ``min_points`` usable
-    points before the cut; a prediction that fails leaves the trial out)."""
+) -> Residuals:
+    """Time-split residuals of the ``calib`` trials cut at fraction ``bucket`` of their
+    schedules (those with at least ``min_points`` usable points before the cut; a
+    prediction that fails leaves the trial out)."""
     cache = _RESIDUALS.setdefault(storage, {})
     if len(cache) > _MAX_CACHED:
         cache.clear()
-    out = []
+    values, sds, schedules = [], [], []
     for t in calib:
-        key = (law_key, t._trial_id, round(bucket / FRACTION_BUCKET))
+        key = (law_key, t._trial_id, round(bucket / FRACTION_BUCKET), min_points)
         hit = cache.get(key)
         if hit is None:
             hit = _residual(storage, t, law, bucket, min_points, prefix_of)
             cache[key] = hit
-        if math.isfinite(hit):
-            out.append(hit)
-    return np.asarray(out, dtype=np.float64)
+        prep = _prepared(storage, t)
+        if math.isfinite(hit[0]) and prep is not None:
+            values.append(hit[0])
+            sds.append(hit[1])
+            schedules.append(prep[0].schedule)
+    return Residuals(
+        np.asarray(values, dtype=np.float64),
+        np.asarray(sds, dtype=np.float64),
+        schedule_descriptors(schedules, cache=True) if schedules else np.zeros((0, 0)),
+    )
 
 
 def _residual(
@@ -169,8 +208,8 @@ def _residual(
     bucket: float,
     min_points: int,
     prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> float:
-    nan = math.nan
+) -> tuple[float, float]:
+    nan = (math.nan, math.nan)
     prep = _prepared(storage, trial)
     if prep is None:
         return nan
@@ -190,9 +229,10 @@ def _residual(
             observed=prefix,
         )
         mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
+        sd = float(pred.sd(law.interval_level)[0])
     except Exception:  # a law that cannot predict a finished run just leaves it out
         return nan
-    return final - mean if all(math.isfinite(v) for v in (mean, lo, hi)) else nan
+    return (final - mean, sd) if all(math.isfinite(v) for v in (mean, lo, hi, sd)) else nan
 
 
 def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:
@@ -221,18 +261,38 @@ def point_noise(losses: np.ndarray, recent: int = 8) -> float:
 
 
 def calibrate(
-    mean: float, res: np.ndarray, level: float, noise: float, law_below: float = 0.0, law_above: float = 0.0
+    mean: float,
+    law_sd: float,
+    schedule: Schedule,
+    res: Residuals,
+    level: float,
+    noise: float,
+    law_below: float = 0.0,
+    law_above: float = 0.0,
 ) -> Calibrated:
-    """The law's mean corrected by the residuals ``res`` (at least 2), with the interval
-    of the module docstring: ``t * spread`` either side, never narrower than the law's own
-    interval, which reaches ``law_below`` nats below and ``law_above`` above its mean."""
-    n = int(res.size)
-    bias = float(np.mean(res))
-    loo = res - (res.sum() - res) / (n - 1)
-    spread = max(float(np.sqrt(np.mean(loo**2))), noise)
-    half = _t_quantile(level, n - 1) * spread
-    m = mean + bias
-    return Calibrated(m, m - max(half, law_below), m + max(half, law_above), bias, spread, n)
+    """The law's prediction ``mean`` (nats, with predictive standard deviation ``law_sd``)
+    of a trial with ``schedule``, corrected by the residuals ``res`` (at least
+    :data:`MIN_CALIBRATION`), with the interval of the module docstring: ``t * s`` either
+    side; with fewer than :data:`TRUSTED_CALIBRATION` residuals never narrower than the
+    law's own interval, which reaches ``law_below`` nats below and ``law_above`` above its
+    mean. ``noise``: the trial's own point noise (nats), a floor on ``s``."""
+    n = res.size
+    x = schedule_descriptors([schedule])
+    model = fit_residuals(res.descriptors, res.values, np.zeros(n), res.law_sd, x)
+    if model is None:  # every candidate covariance was singular: one bias for the group
+        shift = float(np.mean(res.values))
+        loo = res.values - (res.values.sum() - res.values) / (n - 1)
+        sd = float(np.sqrt(np.mean(loo**2)))
+    else:
+        mu, s = model.predict(x, np.array([law_sd]))
+        shift = float(mu[0])
+        inflation = max(1.0, float(np.sqrt(np.mean(model.loo_z() ** 2))))
+        sd = math.hypot(float(s[0]), model.noise) * inflation
+    sd = max(sd, noise)
+    half = _t_quantile(level, n - 1) * sd
+    below, above = (half, half) if n >= TRUSTED_CALIBRATION else (max(half, law_below), max(half, law_above))
+    m = mean + shift
+    return Calibrated(m, m - below, m + above, shift, sd, n)
 
 
 @functools.lru_cache(maxsize=256)

@@ -135,6 +135,7 @@ def check(
             schedule, [total - 1], model_size=model_size, tokens_per_step=tokens_per_step, observed=prefix
         )
         mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
+        law_sd = float(pred.sd(law_state.law.interval_level)[0])
     except InputError as exc:
         out.notes.append(f"law cannot predict this trial: {exc}")
         return out, seen
@@ -157,12 +158,14 @@ def check(
             )
             if res.size >= MIN_CALIBRATION:
                 law_half = 0.5 * (hi - lo)
-                cal = calibrate(mean, res, gates.level, point_noise(ok_losses), mean - lo, hi - mean)
+                cal = calibrate(
+                    mean, law_sd, schedule, res, gates.level, point_noise(ok_losses), mean - lo, hi - mean
+                )
                 out.calibrated = cal
                 mean, lo, hi = cal.mean, cal.lo, cal.hi
                 what = (
-                    f"calibrated on {cal.n} complete trials (bias {cal.bias:+.4f}, "
-                    f"spread {cal.spread:.4f}, law half-width {law_half:.4f})"
+                    f"calibrated on {cal.n} complete trials (law error here {cal.bias:+.4f}, "
+                    f"sd {cal.spread:.4f}, law half-width {law_half:.4f})"
                 )
     out.pred = (mean, lo, hi)
 

@@ -47,7 +47,8 @@ def errors(curves: Sequence, law_name: str, *, loco: bool, seed: int = 0) -> lis
             pred = law.predict(c.schedule, [total - 1], model_size=c.model_size,
                                tokens_per_step=c.tokens_per_step, observed=replace(c, steps=s, losses=v))
             out.append({"run": c.run_id, "f": f, "true": float(c.final_loss), "mean": float(pred.mean[0]),
-                        "lo": float(pred.lo[0]), "hi": float(pred.hi[0])})
+                        "lo": float(pred.lo[0]), "hi": float(pred.hi[0]),
+                        "sd": float(pred.sd(law.interval_level)[0]), "schedule": c.schedule})
     return out
 
 
@@ -69,9 +70,11 @@ def table(rows: list[dict]) -> list[str]:
 
 def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, seed: int = 0) -> list[str]:
     """How often a held-out run ends below the lower end of the law's 90% interval, raw and
-    calibrated as the pruner does (:func:`~optuna_optlaws._pruner._calibration.calibrate`)
+    calibrated as the pruner does (:func:`~optuna_optlaws._pruner._calibration.calibrate`: a GP on
+    the residuals over the runs' schedules)
     on the in-sample residuals of ``n`` other runs drawn at random (``repeats`` draws)."""
-    from optuna_optlaws._pruner._calibration import calibrate
+    from optuna_optlaws._pruner._calibration import Residuals, calibrate
+    from optuna_optlaws._residual_gp import schedule_descriptors
 
     runs = sorted({r["run"] for r in loco})
     index = {(r["run"], r["f"]): r for r in insample}
@@ -87,7 +90,7 @@ def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, 
         "| lower half-width raw (nats) | calibrated |",
         "|---|---|---|---|---|---|",
     ]
-    for n in sorted({3, 5, 10, len(runs) - 1}):
+    for n in sorted({3, 5, 8, 12, len(runs) - 1}):
         if n > len(runs) - 1 or n < 3:
             continue
         for f in (0.1, 0.2, 0.5, 0.9):
@@ -100,8 +103,11 @@ def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, 
                     if t is None or len(others) < n:
                         continue
                     pick = [others[k] for k in rng.choice(len(others), n, replace=False)]
-                    res = np.array([index[(o, f)]["true"] - index[(o, f)]["mean"] for o in pick])
-                    c = calibrate(t["mean"], res, 0.9, 0.0, t["mean"] - t["lo"], t["hi"] - t["mean"])
+                    rows = [index[(o, f)] for o in pick]
+                    res = Residuals(np.array([r["true"] - r["mean"] for r in rows]), np.array([r["sd"] for r in rows]),
+                                    schedule_descriptors([r["schedule"] for r in rows], cache=True))
+                    c = calibrate(t["mean"], t["sd"], t["schedule"], res, 0.9, 0.0, t["mean"] - t["lo"],
+                                  t["hi"] - t["mean"])
                     raw += t["true"] < t["lo"]
                     cal += t["true"] < c.lo
                     tot += 1
