@@ -6,8 +6,8 @@ cosine ``3e-3 -> 3e-4``; cached, so running both trains it once). Fine-tuning: `
 optimizer steps on the first ``--train-bytes`` bytes of the ``site_docs`` corpus (the
 installed packages' text files: mostly English prose and reStructuredText; small, so it
 is seen for several epochs and the held-out loss can rise again), fresh AdamW state, under
-constant, cosine, linear and WSD schedules at several peak LRs, plus one run from random
-weights as the reference.
+constant, cosine, linear and WSD schedules at peak LRs 1e-4 to 3e-3 and warmups of 0 to 60
+steps (21 runs), plus one run from random weights as the reference.
 
 Writes ``studies/finetune/curves.csv`` (long curves format with ``resume_from`` and
 ``resume_step``, as in ``continual.py``: steps count from 0 at the start of fine-tuning, the
@@ -15,7 +15,7 @@ run starts from the weights its parent had after the parent's step ``resume_step
 ``pre`` run's losses are on ``stdlib``, the fine-tuning runs' on ``site_docs``),
 ``runs.json`` and ``README.md``.
 
-Usage (repository root; ~8 minutes of one CPU core)::
+Usage (repository root; ~10-15 minutes of one CPU core)::
 
     nice -n 10 python examples/tiny_lm/finetune.py
 """
@@ -53,6 +53,19 @@ def finetune_plan(steps: int) -> list[tuple[str, Schedule, bool]]:
     plan.append(("ft_linear_p1e-3", Schedule.linear(1e-3, steps, w, final_lr=0.0), True))
     plan.append(("ft_wsd_p1e-3", Schedule.wsd(1e-3, steps, w, final_lr=1e-5, cooldown_fraction=0.2), True))
     plan.append(("scratch_cos_p3e-3", Schedule.cosine(3e-3, steps, w, final_lr=0.0), False))
+    # Added later (appended so the runs above keep their order and curves): fill the
+    # family x peak-LR grid (1e-4, 3e-4, 1e-3, 3e-3; warmup ``w``; WSD ending at peak/100),
+    # then warmup variants (0, ``w``, ``2 w`` steps) at peak 1e-3.
+    plan.append(("ft_cos_p1e-4", Schedule.cosine(1e-4, steps, w, final_lr=0.0), True))
+    for peak, tag in ((1e-4, "1e-4"), (3e-4, "3e-4"), (3e-3, "3e-3")):
+        plan.append((f"ft_linear_p{tag}", Schedule.linear(peak, steps, w, final_lr=0.0), True))
+    for peak, tag in ((1e-4, "1e-4"), (3e-4, "3e-4"), (3e-3, "3e-3")):
+        plan.append((f"ft_wsd_p{tag}", Schedule.wsd(peak, steps, w, final_lr=peak / 100, cooldown_fraction=0.2), True))
+    for wu in (0, 2 * w):
+        plan.append((f"ft_cos_p1e-3_w{wu}", Schedule.cosine(1e-3, steps, wu, final_lr=0.0), True))
+    for wu in (0, 2 * w):
+        plan.append((f"ft_wsd_p1e-3_w{wu}", Schedule.wsd(1e-3, steps, wu, final_lr=1e-5, cooldown_fraction=0.2), True))
+    plan.append((f"ft_const_p1e-3_w{w}", Schedule.constant(1e-3, steps, w), True))
     return plan
 
 
