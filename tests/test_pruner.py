@@ -366,6 +366,7 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
         decisions.append((d.prune, d.pred, d.calibrated))
         _calibration._RESIDUALS.clear()
         _calibration._PREPARED.clear()
+        _calibration._MODELS.clear()
     assert decisions[0] == decisions[1] and decisions[0][2] is not None
 
 

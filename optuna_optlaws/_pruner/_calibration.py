@@ -54,7 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 from optuna_optlaws._pruner._frontier import completed_final
-from optuna_optlaws._residual_gp import FloatArray, fit_residuals, schedule_descriptors
+from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals, schedule_descriptors
 from optuna_optlaws._study_state import (
     raw_points,
     readable_schedule,
@@ -161,6 +161,9 @@ class Residuals:
     values: FloatArray
     law_sd: FloatArray
     descriptors: FloatArray
+    key: tuple[Any, ...] | None = None
+    """What the residuals are a function of (law, fraction bucket, minimum points, trials),
+    to memoise the GP fitted on them; ``None``: not memoised."""
 
     @property
     def size(self) -> int:
@@ -182,7 +185,7 @@ def residuals(
     cache = _RESIDUALS.setdefault(storage, {})
     if len(cache) > _MAX_CACHED:
         cache.clear()
-    values, sds, schedules = [], [], []
+    values, sds, schedules, ids = [], [], [], []
     for t in calib:
         key = (law_key, t._trial_id, round(bucket / FRACTION_BUCKET), min_points)
         hit = cache.get(key)
@@ -194,10 +197,12 @@ def residuals(
             values.append(hit[0])
             sds.append(hit[1])
             schedules.append(prep[0].schedule)
+            ids.append(t._trial_id)
     return Residuals(
         np.asarray(values, dtype=np.float64),
         np.asarray(sds, dtype=np.float64),
         schedule_descriptors(schedules, cache=True) if schedules else np.zeros((0, 0)),
+        (id(storage), law_key, round(bucket / FRACTION_BUCKET), min_points, tuple(ids)),
     )
 
 
@@ -277,22 +282,45 @@ def calibrate(
     law's own interval, which reaches ``law_below`` nats below and ``law_above`` above its
     mean. ``noise``: the trial's own point noise (nats), a floor on ``s``."""
     n = res.size
-    x = schedule_descriptors([schedule])
-    model = fit_residuals(res.descriptors, res.values, np.zeros(n), res.law_sd, x)
+    model, inflation = _residual_model(res)
     if model is None:  # every candidate covariance was singular: one bias for the group
         shift = float(np.mean(res.values))
         loo = res.values - (res.values.sum() - res.values) / (n - 1)
         sd = float(np.sqrt(np.mean(loo**2)))
     else:
-        mu, s = model.predict(x, np.array([law_sd]))
+        mu, s = model.predict(schedule_descriptors([schedule]), np.array([law_sd]))
         shift = float(mu[0])
-        inflation = max(1.0, float(np.sqrt(np.mean(model.loo_z() ** 2))))
         sd = math.hypot(float(s[0]), model.noise) * inflation
     sd = max(sd, noise)
     half = _t_quantile(level, n - 1) * sd
     below, above = (half, half) if n >= TRUSTED_CALIBRATION else (max(half, law_below), max(half, law_above))
     m = mean + shift
     return Calibrated(m, m - below, m + above, shift, sd, n)
+
+
+_MODELS: dict[tuple[Any, ...], tuple[ResidualModel | None, float]] = {}
+"""Residuals' key -> (the GP fitted on them, its leave-one-out inflation): every check of
+the study at the same fraction bucket reuses one fit."""
+
+
+def _residual_model(res: Residuals) -> tuple[ResidualModel | None, float]:
+    """The GP on ``res`` (scaled on their own descriptors) and the factor (at least 1) its
+    standard deviation is widened by: the root mean square of its standardised
+    leave-one-out errors."""
+    hit = _MODELS.get(res.key) if res.key is not None else None
+    if hit is not None:
+        return hit
+    n = res.size
+    model = fit_residuals(res.descriptors, res.values, np.zeros(n), res.law_sd, np.zeros((0, res.descriptors.shape[1])))
+    inflation = 1.0 if model is None else max(1.0, float(np.sqrt(np.mean(model.loo_z() ** 2))))
+    if res.key is not None:
+        if len(_MODELS) >= _MAX_MODELS:
+            _MODELS.clear()
+        _MODELS[res.key] = (model, inflation)
+    return model, inflation
+
+
+_MAX_MODELS = 4096
 
 
 @functools.lru_cache(maxsize=256)
