@@ -9,7 +9,9 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
    ``min_fraction`` of its schedule), predicts its final loss with the study's fitted law
    conditioned on the observed prefix, calibrates that prediction on the group's COMPLETE
    trials (``calibrate``: the law's error on those runs, cut at the same fraction of their
-   schedules, removes the law's bias; see :mod:`optuna_optlaws._pruner._calibration`),
+   schedules, is learnt by a Gaussian process over the schedules' descriptors and removed
+   from the trial's prediction, so runs like the trial count most; the interval comes from
+   that GP's leave-one-out errors; see :mod:`optuna_optlaws._pruner._calibration`),
    and prunes when the lower end of the 90% interval is above the *frontier* plus
    ``margin`` nats. The frontier is the best final loss of a COMPLETE trial of the same
    (N, D) group, or the best final loss a running trial of the group is predicted to
@@ -87,8 +89,9 @@ class OptLawsPruner(BasePruner):
         seed: Seed of the law's fit (the same on every worker).
         calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
             :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's
-            fraction of its schedule, measured on finished runs cut at that fraction,
-            corrects the prediction's bias and sets its interval. ``False``: the law's own
+            fraction of its schedule, measured on finished runs cut at that fraction and
+            weighted by how alike their schedules are to the trial's, corrects the
+            prediction's bias and sets its interval. ``False``: the law's own
             interval, uncorrected.
     """
 
