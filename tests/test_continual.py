@@ -14,7 +14,7 @@ from test_cli import assert_one_line_error, run_main
 from test_optlaw import TRUE, _law_with
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.benchmarks.transfer import noise_ceiling, top_k_hit, training_groups
+from optuna_optlaws.benchmarks.transfer import noise_ceiling, top_k_hit, top_k_regret, training_groups
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws import load_law
@@ -302,6 +302,13 @@ def test_top_k_hit_counts_ties_as_expected_hits() -> None:
     # the best ties with two others for second place: one slot for three runs
     assert top_k_hit(np.array([0.5, 0.1, 0.5, 0.5]), true, 2) == pytest.approx(1 / 3)
     assert top_k_hit(np.array([np.nan, 0.1, 0.2, 0.3]), true, 2) == 0.0
+
+
+def test_top_k_regret_is_what_training_only_the_top_k_loses() -> None:
+    true = np.array([1.0, 2.0, 3.0, 4.0])
+    assert top_k_regret(np.array([0.5, 0.1, 0.2, 0.9]), true, 2) == pytest.approx(1.0)  # picks runs 1, 2
+    assert top_k_regret(np.array([0.5, 0.1, 0.7, 0.9]), true, 2) == 0.0
+    assert top_k_regret(np.array([np.nan, 0.1, 0.2, 0.3]), true, 1) == pytest.approx(1.0)
 
 
 def test_noise_ceiling_of_an_oracle_ranking() -> None:

@@ -165,6 +165,15 @@ def top_k_hit(pred: FloatArray, true: FloatArray, k: int) -> float:
     return float(np.clip((k - below) / (tied + 1), 0.0, 1.0))
 
 
+def top_k_regret(pred: FloatArray, true: FloatArray, k: int) -> float:
+    """Final loss (nats) of the best run among the ``k`` lowest predictions minus the best
+    final loss: what training only the method's top ``k`` would have lost (0 on a hit;
+    ties in ``pred`` broken by order, a non-finite prediction ranks last)."""
+    p = np.where(np.isfinite(pred), pred, np.inf)
+    picked = np.argsort(p, kind="stable")[:k]
+    return float(np.min(true[picked]) - np.min(true))
+
+
 def noise_ceiling(true: FloatArray, sigma: float, k: int, rng: np.random.Generator,
                   draws: int = _CEILING_DRAWS) -> float:
     """Top-k hit rate of an oracle that ranks by the expected final losses ``true`` when
@@ -182,6 +191,7 @@ class Score:
 
     top2: list[float] = field(default_factory=list)
     top1: list[float] = field(default_factory=list)
+    regret2: list[float] = field(default_factory=list)
     spearman: list[float] = field(default_factory=list)
     abs_err: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -197,6 +207,8 @@ class Score:
             "groups": len(self.top2),
             "top2_hit_rate": mean(self.top2),
             "top1_hit_rate": mean(self.top1),
+            "top2_regret_mean_nats": mean(self.regret2),
+            "top2_regret_max_nats": max(self.regret2) if self.regret2 else None,
             "spearman_mean": mean(self.spearman),
             "mean_abs_error_nats": mean(self.abs_err),
             "seconds": round(self.seconds, 1),
@@ -238,6 +250,7 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
             s.seconds += time.perf_counter() - began
             s.top2.append(top_k_hit(pred, true, 2))
             s.top1.append(top_k_hit(pred, true, 1))
+            s.regret2.append(top_k_regret(pred, true, 2))
             s.spearman.append(_spearman(pred, true))
             s.abs_err.extend(np.abs(pred - true).tolist())
             row[m] = {
@@ -286,7 +299,8 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
         f"- grouping: each group fits on {res['group_size']} candidates and ranks the other "
         f"{n - res['group_size']} by predicted final loss; {grouping}",
         "- truth: each run's loss at its last row of the curves file (nats); Top-k hit: the truly best "
-        "held-out run is among the k lowest predictions (ties ordered at random: expected hit)",
+        "held-out run is among the k lowest predictions (ties ordered at random: expected hit); Top-2 regret: "
+        "the best final loss among the method's two lowest predictions minus the best held-out final loss",
         "- `optlaw+parent`: Opt-Law fitted on the parent's curve and the training runs, continued runs "
         "start from the parent's state; `optlaw+lineage`: the same without fitting the parent's losses "
         "(its schedule only); both with the data-shift term of continued runs (an excess at the resume "
@@ -295,14 +309,15 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
         "training runs with the nearest peak LR",
         "",
         f"| method | groups | Top-2 hit rate (target >= {TOP2_TARGET:.0%}) | Top-1 hit rate | Spearman (mean) "
-        "| mean abs error of final loss (nats) | seconds | failed groups |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Top-2 regret mean / worst (nats) | mean abs error of final loss (nats) | seconds | failed groups |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m, s in res["methods"].items():
         top2 = s["top2_hit_rate"]
         met = "" if top2 is None else (" (met)" if top2 >= TOP2_TARGET else " (not met)")
         lines.append(
             f"| {m} | {s['groups']} | {_fmt(top2)}{met} | {_fmt(s['top1_hit_rate'])} | {_fmt(s['spearman_mean'])} "
+            f"| {_fmt(s.get('top2_regret_mean_nats'), 4)} / {_fmt(s.get('top2_regret_max_nats'), 4)} "
             f"| {_fmt(s['mean_abs_error_nats'], 4)} | {s['seconds']} | {len(s['failed_groups'])} |"
         )
     gaps = np.asarray(res.get("best_second_gaps", []))
