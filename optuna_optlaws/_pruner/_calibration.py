@@ -14,12 +14,15 @@ the law is conditioned on that cut prefix exactly as on the trial's, and its pre
 is compared with ``c``'s true final loss: ``r_c = final_c - predicted_c(f)`` (nats).
 These *time-split residuals* are the law's error at this fraction on this study's runs.
 
-The error depends on the schedule (on the live tiny-LM study it is -0.09 nats on some
-cooldowns and 0.00 on others), so a single bias for the group leaves a spread of 0.025
-to 0.035 nats, while a Gaussian process on the residuals over the schedules'
-descriptors (:mod:`optuna_optlaws._residual_gp`, prior scale the law's own predictive
-standard deviation) predicts a left-out run's residual within 0.010 to 0.028 nats (root
-mean square, 29 and 25 runs of the two seeds). With at least :data:`MIN_CALIBRATION`
+The error depends on the schedule (on the tiny-LM runs from -0.076 nats on a WSD cooldown
+to +0.015 on a cosine one, studies/replay/tiny_lm/calibration.md), so a single bias for
+the group leaves a spread as large as the law's own. A Gaussian process on the residuals
+over the schedules' descriptors (:mod:`optuna_optlaws._residual_gp`, prior scale the
+law's own predictive standard deviation) lets runs like the trial count most: on that
+replay group, with 8 or more complete runs, 5-7% of held-out runs end below its 90%
+lower end (nominal 5%) at a lower half-width of 0.03-0.05 nats, against the law's raw
+0.05-0.065 nats, which 20-30% of them end below.
+With at least :data:`MIN_CALIBRATION`
 residuals the trial's prediction is
 
 * centred: ``mean + mu(x)``, the GP's prediction of the law's error at the trial's
