@@ -143,10 +143,7 @@ def trial_curve(trial: FrozenTrial, max_points: int | None = None) -> Curve | No
     """The trial as a :class:`Curve` (run id ``trial_<number>``), or ``None`` when it has
     no schedule or no usable point. ``max_points`` thins the curve to at most that many
     points (evenly spaced in report index, the last one always kept)."""
-    try:
-        schedule = trial_schedule(trial)
-    except InputError:
-        return None
+    schedule = readable_schedule(trial)
     if schedule is None:
         return None
     steps, losses = raw_points(trial)

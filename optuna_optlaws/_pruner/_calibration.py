@@ -58,15 +58,8 @@ from scipy import stats
 
 from optuna_optlaws._pruner._frontier import completed_final
 from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals, schedule_descriptors
-from optuna_optlaws._study_state import (
-    raw_points,
-    readable_schedule,
-    same_group,
-    trial_sizes,
-    usable_points,
-)
+from optuna_optlaws._study_state import readable_schedule, same_group, trial_curve
 from optuna_optlaws.curves import Curve
-from optuna_optlaws.divergence.online import detect_divergence
 from optuna_optlaws.laws import Law
 from optuna_optlaws.schedules import Schedule
 
@@ -126,15 +119,9 @@ def _prepared(storage: Any, trial: FrozenTrial) -> _Prepared | None:
     cache = _PREPARED.setdefault(storage, {})
     if trial._trial_id in cache:
         return cache[trial._trial_id]
-    out: _Prepared | None = None
-    schedule = readable_schedule(trial)
-    if schedule is not None:
-        steps, losses = raw_points(trial)
-        final = float(losses[-1]) if losses.size else math.nan
-        steps, losses = usable_points(schedule, steps, losses, detect_divergence(steps, losses))
-        if steps.size and math.isfinite(final):
-            n, tps = trial_sizes(trial)
-            out = (Curve(f"trial_{trial.number}", schedule, steps, losses, n, tps), final)
+    curve = trial_curve(trial)
+    final = completed_final(storage, trial)[1]
+    out = (curve, final) if curve is not None and math.isfinite(final) else None
     cache[trial._trial_id] = out
     return out
 
