@@ -53,8 +53,6 @@ scale of its error)."""
 MIN_LAW_SD = 1e-3
 """Floor of the law's standard deviation in the kernel (nats)."""
 
-
-
 _DESCRIPTOR_CACHE: dict[Schedule, FloatArray] = {}
 """Features of the finished trials' schedules (they come back at every proposal)."""
 
@@ -126,7 +124,9 @@ class ResidualModel:
         d2 = np.sum((z[:, None, :] - self.x[None, :, :]) ** 2, axis=-1)
         ks = scale[:, None] * self.scale[None, :] * np.exp(-0.5 * d2 / self.length**2)
         mu = self.mean + ks @ self.alpha
-        v = np.linalg.solve(self.chol, ks.T)
+        from scipy.linalg import solve_triangular
+
+        v = solve_triangular(self.chol, ks.T, lower=True)
         var = np.maximum(scale**2 - np.sum(v * v, axis=0), 0.0)
         return np.asarray(mu, dtype=np.float64), np.asarray(np.sqrt(var), dtype=np.float64)
 
@@ -137,8 +137,9 @@ class ResidualModel:
         hyperparameters (Rasmussen and Williams 2006, eq. 5.12). Their root mean square
         says whether the GP's own uncertainty is honest on this data (1: yes; above 1:
         it is too sure)."""
-        eye = np.eye(self.alpha.size)
-        k_inv = np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, eye))
+        from scipy.linalg import cho_solve
+
+        k_inv = cho_solve((self.chol, True), np.eye(self.alpha.size))
         return np.asarray(self.alpha / np.sqrt(np.diag(k_inv)), dtype=np.float64)
 
 
@@ -151,6 +152,8 @@ def fit_residuals(
     ``reference``: features of the schedules to be scored too (they fix the feature
     scaling, with the observations). ``None`` with fewer than ``MIN_OBSERVATIONS``
     finite residuals."""
+    from scipy.linalg import cho_solve
+
     ok = (
         np.isfinite(residuals) & np.all(np.isfinite(features), axis=1) & np.isfinite(extra_var) & np.isfinite(law_sd)
     )
@@ -177,11 +180,10 @@ def fit_residuals(
                     chol = np.linalg.cholesky(cov)
                 except np.linalg.LinAlgError:
                     continue
-                ki_r = np.linalg.solve(chol.T, np.linalg.solve(chol, r))
-                ki_1 = np.linalg.solve(chol.T, np.linalg.solve(chol, ones))
+                ki_r, ki_1 = cho_solve((chol, True), np.column_stack([r, ones])).T
                 c = float(ones @ ki_r / (ones @ ki_1))
                 resid = r - c
-                alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, resid))
+                alpha = ki_r - c * ki_1
                 nll = 0.5 * float(resid @ alpha) + float(np.log(np.diag(chol)).sum())
                 if best is None or nll < best[0]:
                     # the noise of the predictions is the fitted noise only: ``extra_var``
