@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import time
 import weakref
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_optlaws._errors import InputError
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import DivergenceSignal, detect_divergence
-from optuna_optlaws.laws import Law, load_law, make_law
+from optuna_optlaws.laws import Law, Prediction, load_law, make_law
 from optuna_optlaws.laws._base import _json_default
 from optuna_optlaws.schedules import Schedule
 from optuna_optlaws.trial_schedule import MODEL_SIZE_KEY, SCHEDULE_KEY, TOKENS_PER_STEP_KEY
@@ -101,6 +102,11 @@ def group_key(schedule: Schedule, model_size: float | None, tokens_per_step: flo
     return (model_size, tokens_per_step is not None, d)
 
 
+def within_tolerance(x: float, y: float) -> bool:
+    """Whether two sizes differ by at most :data:`GROUP_D_TOLERANCE` (relative)."""
+    return abs(x - y) <= GROUP_D_TOLERANCE * max(abs(x), abs(y))
+
+
 def same_group(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
     """Whether two runs are compared with each other: the same N, and data sizes D within
     :data:`GROUP_D_TOLERANCE` of each other (relative)."""
@@ -108,7 +114,7 @@ def same_group(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
         return False
     if a[0] != b[0] or a[1] != b[1]:
         return False
-    return abs(a[2] - b[2]) <= GROUP_D_TOLERANCE * max(abs(a[2]), abs(b[2]))
+    return within_tolerance(a[2], b[2])
 
 
 def raw_points(trial: FrozenTrial) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +161,25 @@ def trial_curve(trial: FrozenTrial, max_points: int | None = None) -> Curve | No
         steps, losses = steps[idx], losses[idx]
     n, tps = trial_sizes(trial)
     return Curve(f"trial_{trial.number}", schedule, steps, losses, model_size=n, tokens_per_step=tps)
+
+
+def conditioned_final(law: Law, observed: Curve) -> Prediction | None:
+    """``law``'s prediction (nats, with its interval) of the loss at the last step of
+    ``observed``'s schedule, conditioned on the points of ``observed``; ``None`` when the
+    law cannot predict it (any error: a finished or pruned run is then just left out) or
+    predicts a non-finite value."""
+    try:
+        pred = law.predict(
+            observed.schedule,
+            [observed.schedule.total_steps - 1],
+            model_size=observed.model_size,
+            tokens_per_step=observed.tokens_per_step,
+            observed=observed,
+        )
+    except Exception:
+        return None
+    ok = all(math.isfinite(float(v[0])) for v in (pred.mean, pred.lo, pred.hi))
+    return pred if ok else None
 
 
 # ---------------------------------------------------------------------- data summary

@@ -206,7 +206,11 @@ class OptLawsSampler(BaseSampler):
                 kappa=self._kappa,
                 model_size=model_size,
                 tokens_per_step=tokens_per_step,
-                observed=observations(trials, state.law, model_size, tokens_per_step) if self._correct else None,
+                observed=(
+                    observations(study._storage, trials, state.law, model_size, tokens_per_step)
+                    if self._correct
+                    else None
+                ),
             )
         except Exception as exc:  # a law that cannot score must never lose the trial
             self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")

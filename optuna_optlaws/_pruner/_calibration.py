@@ -49,7 +49,7 @@ import functools
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ from scipy import stats
 
 from optuna_optlaws._pruner._frontier import completed_final
 from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals, schedule_descriptors
-from optuna_optlaws._study_state import readable_schedule, same_group, trial_curve
+from optuna_optlaws._study_state import conditioned_final, readable_schedule, same_group, trial_curve
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import Law
 from optuna_optlaws.schedules import Schedule
@@ -214,20 +214,10 @@ def _residual(
     if int(keep.sum()) < min_points:
         return nan
     p_steps, p_losses = prefix_of(curve.steps[keep], curve.losses[keep])
-    prefix = Curve(curve.run_id, curve.schedule, p_steps, p_losses, curve.model_size, curve.tokens_per_step)
-    try:
-        pred = law.predict(
-            curve.schedule,
-            [total - 1],
-            model_size=curve.model_size,
-            tokens_per_step=curve.tokens_per_step,
-            observed=prefix,
-        )
-        mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
-        sd = float(pred.sd(law.interval_level)[0])
-    except Exception:  # a law that cannot predict a finished run just leaves it out
+    pred = conditioned_final(law, replace(curve, steps=p_steps, losses=p_losses))
+    if pred is None:
         return nan
-    return (final - mean, sd) if all(math.isfinite(v) for v in (mean, lo, hi, sd)) else nan
+    return final - float(pred.mean[0]), float(pred.sd(law.interval_level)[0])
 
 
 def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:

@@ -22,13 +22,21 @@ import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
 from optuna_optlaws._residual_gp import FloatArray
-from optuna_optlaws._study_state import GROUP_D_TOLERANCE, raw_points, readable_schedule, trial_curve, trial_sizes
+from optuna_optlaws._study_state import (
+    conditioned_final,
+    raw_points,
+    readable_schedule,
+    trial_curve,
+    trial_sizes,
+    within_tolerance,
+)
 from optuna_optlaws.laws import Law, Prediction
 from optuna_optlaws.schedules import Schedule
 
@@ -47,13 +55,13 @@ class Observations:
 
 
 def observations(
-    trials: Sequence[FrozenTrial], law: Law, model_size: float | None, tokens_per_step: float | None
+    storage: Any, trials: Sequence[FrozenTrial], law: Law, model_size: float | None, tokens_per_step: float | None
 ) -> Observations:
     """The COMPLETE and PRUNED trials of ``trials`` with the given sizes (within 2%).
 
     A PRUNED trial's final loss is the one ``OptLawsPruner`` predicted for it (its
     ``optlaws_pred_*`` attributes) or, when another pruner stopped it, ``law``'s
-    prediction conditioned on its reported prefix (cached per law and trial)."""
+    prediction conditioned on its reported prefix (cached per storage, law and trial)."""
     schedules: list[Schedule] = []
     finals: list[float] = []
     extra: list[float] = []
@@ -71,7 +79,7 @@ def observations(
                 continue
             stated = (float(losses[-1]), 0.0)
         else:
-            pred = _pruned_final(t, law)
+            pred = _pruned_final(storage, t, law)
             if pred is None:
                 continue
             # the pruner records its interval at the law's level (90%)
@@ -82,35 +90,23 @@ def observations(
     return Observations(schedules, np.asarray(finals, dtype=np.float64), np.asarray(extra, dtype=np.float64))
 
 
-_CONDITIONED: weakref.WeakKeyDictionary[Law, dict[int, Prediction | None]] = weakref.WeakKeyDictionary()
-"""law -> {trial id: predicted final loss or None} of PRUNED trials."""
+_CONDITIONED: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], Prediction | None]] = weakref.WeakKeyDictionary()
+"""storage -> {(id of the law, trial id): predicted final loss or None} of PRUNED trials."""
 
 
-def _pruned_final(trial: FrozenTrial, law: Law) -> Prediction | None:
+def _pruned_final(storage: Any, trial: FrozenTrial, law: Law) -> Prediction | None:
     """The final loss (nats, with its interval) a PRUNED trial would have reached."""
     vals = [trial.user_attrs.get(k) for k in (PRED_FINAL, PRED_LO, PRED_HI)]
     if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
         return Prediction(*(np.array([float(v)]) for v in vals))  # type: ignore[arg-type]
-    cache = _CONDITIONED.setdefault(law, {})
-    if trial._trial_id in cache:
-        return cache[trial._trial_id]
-    out: Prediction | None = None
+    cache = _CONDITIONED.setdefault(storage, {})
+    key = (id(law), trial._trial_id)
+    if key in cache:
+        return cache[key]
     curve = trial_curve(trial)
-    if curve is not None:
-        try:
-            pred = law.predict(
-                curve.schedule,
-                [curve.schedule.total_steps - 1],
-                model_size=curve.model_size,
-                tokens_per_step=curve.tokens_per_step,
-                observed=curve,
-            )
-            mean, lo, hi = float(pred.mean[0]), float(pred.lo[0]), float(pred.hi[0])
-            if all(math.isfinite(v) for v in (mean, lo, hi)) and lo <= hi:
-                out = pred
-        except Exception:  # a law that cannot predict this trial: leave it out
-            out = None
-    cache[trial._trial_id] = out
+    pred = None if curve is None else conditioned_final(law, curve)
+    out = pred if pred is not None and float(pred.lo[0]) <= float(pred.hi[0]) else None
+    cache[key] = out
     return out
 
 
@@ -118,6 +114,6 @@ def _same_size(a: tuple[float | None, float | None], b: tuple[float | None, floa
     for x, y in zip(a, b, strict=True):
         if (x is None) != (y is None):
             return False
-        if x is not None and y is not None and abs(x - y) > GROUP_D_TOLERANCE * max(abs(x), abs(y)):
+        if x is not None and y is not None and not within_tolerance(x, y):
             return False
     return True
