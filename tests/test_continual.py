@@ -326,3 +326,19 @@ def test_training_groups_all_or_seeded_subset() -> None:
     assert len(some) == 30 and len(set(some)) == 30
     assert some == training_groups(10, 3, 30, seed=0)
     assert some != training_groups(10, 3, 30, seed=1)
+
+
+def test_the_warmup_term_looks_at_runs_trained_from_scratch_only() -> None:
+    from optuna_optlaws.laws._optlaw_terms import terms_for
+
+    steps = np.arange(EVERY, 1200, EVERY)
+    loss = np.full(steps.size, 3.0)
+    scratch = [Curve("pre", PARENT, steps, loss), Curve("pre2", Schedule.cosine(2e-4, 2400, 200), steps, loss)]
+    # continued at a higher peak than its parent's: its whole-history peak comes late
+    hot = Curve("hot", Schedule.constant(1e-3, 600, 50), steps[:5], loss[:5], resume_from="pre", resume_step=RESUME)
+    curves, offsets = resolve_lineage_offsets([*scratch, hot], "test")
+    assert curves[-1].schedule.peak_reached_at() > 2 * PARENT.peak_reached_at()
+    assert not terms_for(curves, "test", offsets).warmup
+    no_warmup = Curve("cold", Schedule.cosine(3e-4, 2400), steps, loss)
+    curves, offsets = resolve_lineage_offsets([*scratch, hot, no_warmup], "test")
+    assert terms_for(curves, "test", offsets).warmup

@@ -219,7 +219,10 @@ class Theta:
         return 1.0 / (self["delta"] * x ** (-self["g_l0"]))
 
 
-def terms_for(curves: Sequence[Curve], where: str) -> Terms:
+def terms_for(curves: Sequence[Curve], where: str, offsets: Mapping[str, int]) -> Terms:
+    """The terms the data can identify. ``curves``: whole-history curves (continued runs
+    already joined to their parents' schedules); ``offsets``: each run's first step in its
+    whole history (0 for a run trained from scratch)."""
     given = [c.model_size for c in curves if c.model_size is not None]
     if given and len(given) != len(curves):
         raise InputError(f"{where}: some runs give a model_size and some do not; give it for all runs or none")
@@ -232,7 +235,7 @@ def terms_for(curves: Sequence[Curve], where: str) -> Terms:
         raise InputError(f"{where}: every run has a zero learning rate throughout")
     positive = peaks[peaks > 0]
     escape = bool(positive.max() / positive.min() >= 1.25)
-    warmups = [c.schedule.peak_reached_at() for c in curves if c.resume_from is None]
+    warmups = [c.schedule.peak_reached_at() for c in curves if not offsets.get(c.run_id)]
     warmup = bool(warmups) and max(warmups) >= 2 * min(warmups) + 1
     return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape, warmup=warmup)
 

@@ -164,7 +164,7 @@ class OptLaw(Law):
         self.lineage = {c.run_id: c.schedule for c in curves}
         self.lineage_offsets = {rid: off for rid, off in offsets.items() if off}
         obs = observations(curves, where=where)
-        base = terms_for(curves, where)
+        base = terms_for(curves, where, offsets)
         prepared: list[tuple[Curve, dyn.ChunkGrid, FloatArray]] = []
         per_curve = max(24, min(self.fit_points, self.total_fit_points // max(len(curves), 1)))
         for c, sl in zip(obs.curves, obs.slices(), strict=True):
