@@ -36,7 +36,7 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._optlaw_fit import FitProblem
-from optuna_optlaws.laws._optlaw_terms import Terms, Theta
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, shift_excess
 from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
@@ -174,8 +174,7 @@ def resume_area(schedule: Schedule, offset: int, eta_ref: float) -> float | None
     step 0 (whole-history step ``offset``); ``None`` for a run that is not continued."""
     if offset <= 0:
         return None
-    lrs = schedule.lr_at(np.arange(float(offset)))
-    return float(np.sum(lrs)) / (eta_ref * dyn.STEPS_PER_AREA_UNIT)
+    return float(np.sum(schedule.lrs(offset))) / (eta_ref * dyn.STEPS_PER_AREA_UNIT)
 
 
 def shift_terms(terms: Terms, fitted: Sequence[Curve], offsets: Mapping[str, int]) -> Terms:
@@ -183,12 +182,6 @@ def shift_terms(terms: Terms, fitted: Sequence[Curve], offsets: Mapping[str, int
     floor offset when runs that are not continued are fitted beside them)."""
     cont = [bool(offsets.get(c.run_id, 0)) for c in fitted]
     return replace(terms, shift=any(cont), shift_offset=any(cont) and not all(cont))
-
-
-def shift_excess(p: Theta, s_since: FloatArray) -> FloatArray:
-    """The data-shift excess (nats) of a continued run at LR areas ``s_since`` since its resume."""
-    x = np.maximum(np.asarray(s_since, dtype=np.float64), 0.0) / p["s_d"]
-    return np.asarray(p["d0"] + p["D"] * np.power(1.0 + x, -p["gamma_d"]), dtype=np.float64)
 
 
 class ShiftedFitProblem(FitProblem):

@@ -9,8 +9,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._fitting import ParamSpace, Posterior
-from optuna_optlaws.laws._optlaw_lineage import shift_excess
-from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, instability_target
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, instability_target, shift_excess
 
 FloatArray = NDArray[np.float64]
 
@@ -40,18 +39,20 @@ def loss_at_targets(
     river = amps[None, :, 1] * np.power(s_t + col["s_w"][None, :], -col["alpha"][None, :])
     loss = amps[None, :, 0] + river + amps[None, :, 2] * noise
 
-    def excess(amp: str, rate: str, target: FloatArray) -> FloatArray:
-        """``amp * m`` per target step and parameter set, ``m`` relaxing at ``rate`` towards
-        ``target`` (``(M, P)``, one equilibrium per chunk and parameter set)."""
-        kap = np.array([p[rate] for p in pars])[:, None]
-        m = dyn.simulate(grid.area, target, np.ones((n_p, 1)), kap)[grid.target_chunk]
-        return np.array([p[amp] for p in pars])[None, :] * m
-
+    # the excesses (amp * m, m relaxing at rate towards its target: one equilibrium per
+    # chunk and parameter set), every excess and parameter set in one pass
+    excesses: list[tuple[str, str, FloatArray]] = []
     if terms.escape:
-        loss = loss + excess("k_esc", "kappa_esc", np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1))
+        excesses.append(("k_esc", "kappa_esc", np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)))
     if terms.warmup:
-        tgt = np.stack([instability_target(grid.eta, grid.s_mid, p["s_edge"]) for p in pars], axis=1)
-        loss = loss + excess("k_warm", "kappa_warm", tgt)
+        s_edge = np.array([p["s_edge"] for p in pars])
+        excesses.append(("k_warm", "kappa_warm", instability_target(grid.eta[:, None], grid.s_mid[:, None], s_edge)))
+    if excesses:
+        kap = np.concatenate([[p[rate] for p in pars] for _, rate, _ in excesses])[:, None]
+        targets = np.hstack([tgt for _, _, tgt in excesses])
+        m = dyn.simulate(grid.area, targets, np.ones((kap.size, 1)), kap)[grid.target_chunk]
+        amp = np.concatenate([[p[a] for p in pars] for a, _, _ in excesses])
+        loss = loss + (amp[None, :] * m).reshape(m.shape[0], len(excesses), n_p).sum(axis=1)
     if terms.shift and resume_area is not None:
         since = grid.s_target - resume_area
         loss = loss + np.stack([shift_excess(p, since) for p in pars], axis=1)
@@ -70,6 +71,7 @@ def loss_final(
 
     ``kern``: :func:`~._optlaw_dynamics.final_kernel` of the batch."""
     out = np.empty((thetas.shape[0], batch.area.shape[1]))
+    esc_target = escape_target(batch.eta) if terms.escape else None
     for i, theta in enumerate(thetas):
         p = Theta(terms, space.names, theta)
         l0, amp, bb = p.amplitudes(model_size)
@@ -79,8 +81,8 @@ def loss_final(
         )
         noise = np.einsum("mcj,j,mc->c", kern, dyn.spectrum_weights(p["beta"], p["c_cut"]), target, optimize=True)
         loss = l0 + dyn.river(batch.s_final, amp, alpha, p["s_w"]) + bb * noise
-        if terms.escape and p["k_esc"] > 0:
-            loss = loss + p["k_esc"] * _final_excess(batch, p["kappa_esc"], escape_target(batch.eta))
+        if esc_target is not None and p["k_esc"] > 0:
+            loss = loss + p["k_esc"] * _final_excess(batch, p["kappa_esc"], esc_target)
         if terms.warmup and p["k_warm"] > 0:
             target = instability_target(batch.eta, batch.s_mid, p["s_edge"])
             loss = loss + p["k_warm"] * _final_excess(batch, p["kappa_warm"], target)

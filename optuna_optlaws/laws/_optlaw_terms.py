@@ -38,9 +38,9 @@ INSTABILITY_POWER = 2.0
 ``(eta/eta_ref)^2 exp(-S / s_edge)``."""
 
 
-def instability_target(eta_rel: FloatArray, s_mid: FloatArray, s_edge: float) -> FloatArray:
+def instability_target(eta_rel: FloatArray, s_mid: FloatArray, s_edge: float | FloatArray) -> FloatArray:
     """Equilibrium of the early-instability excess (dimensionless) at LR ``eta_rel = eta /
-    eta_ref`` after an LR area ``s_mid`` (area units).
+    eta_ref`` after an LR area ``s_mid`` (area units); the three broadcast together.
 
     Early in training the landscape is sharp, so the stability edge is low and a high LR
     does damage that later training removes only slowly (at rate ``kappa_warm``); the
@@ -50,6 +50,12 @@ def instability_target(eta_rel: FloatArray, s_mid: FloatArray, s_edge: float) ->
     return np.asarray(
         np.power(np.minimum(eta_rel, 1.0), INSTABILITY_POWER) * np.exp(-s_mid / s_edge), dtype=np.float64
     )
+
+
+def shift_excess(p: Theta, s_since: FloatArray) -> FloatArray:
+    """The data-shift excess (nats) of a continued run at LR areas ``s_since`` since its resume."""
+    x = np.maximum(np.asarray(s_since, dtype=np.float64), 0.0) / p["s_d"]
+    return np.asarray(p["d0"] + p["D"] * np.power(1.0 + x, -p["gamma_d"]), dtype=np.float64)
 
 
 SIZE_FORMS = ("single", "power", "entropy")

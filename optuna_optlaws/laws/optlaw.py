@@ -372,7 +372,7 @@ class OptLaw(Law):
                 recent[-_PREFIX_MIN_POINTS:] = True
                 p_steps, p_losses = p_steps[recent], p_losses[recent]
         grid = dyn.chunk_grid(schedule, np.concatenate([st, p_steps]), eta_ref=terms.eta_ref)
-        s_resume = resume_area(schedule, resume_at, terms.eta_ref)
+        s_resume = resume_area(schedule, resume_at, terms.eta_ref) if any(t.shift for t, _ in self._members) else None
         preds, prefix_log = [], []
         for m_terms, post in self._members:
             thetas, h = fd_thetas(post)
