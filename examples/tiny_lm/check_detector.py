@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{int(c.steps[bad[0]]) if bad.size else '-'} | {sig.step if sig else '-'} | "
                 f"{sig.reason if sig else '-'} |"
             )
-    args.out.write_text("\n".join([*lines, ""]), encoding="utf-8")
-    print(args.out.read_text(encoding="utf-8"))
+    text = "\n".join([*lines, ""])
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 

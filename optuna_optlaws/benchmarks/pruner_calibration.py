@@ -78,6 +78,7 @@ def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, 
 
     runs = sorted({r["run"] for r in loco})
     index = {(r["run"], r["f"]): r for r in insample}
+    held_out = {(r["run"], r["f"]): r for r in loco}
     rng = np.random.default_rng(seed)
     lines = [
         "## The lower end of the interval: raw law vs calibrated",
@@ -98,7 +99,7 @@ def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, 
             hw_raw, hw_cal = [], []
             for _ in range(repeats if n < len(runs) - 1 else 1):
                 for run in runs:
-                    t = next((r for r in loco if r["run"] == run and r["f"] == f), None)
+                    t = held_out.get((run, f))
                     others = [o for o in runs if o != run and (o, f) in index]
                     if t is None or len(others) < n:
                         continue
@@ -149,10 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         (False, "Law fitted on all runs (in sample: what the pruner's time-split residuals see)")):
         rows = sets[loco] = errors(group.curves, args.law, loco=loco)
         lines += [f"## {title}", "", *table(rows), ""]
-        worst = sorted({r["run"] for r in rows},
-                       key=lambda run: np.mean([r["true"] - r["mean"] for r in rows if r["run"] == run]))
+        per_run = {run: float(np.mean([r["true"] - r["mean"] for r in rows if r["run"] == run]))
+                   for run in {r["run"] for r in rows}}
         lines += ["Per run, mean error over the fractions (most negative first): " + ", ".join(
-            f"{run} {np.mean([r['true'] - r['mean'] for r in rows if r['run'] == run]):+.3f}" for run in worst), ""]
+            f"{run} {per_run[run]:+.3f}" for run in sorted(per_run, key=per_run.__getitem__)), ""]
     lines += calibrated_table(sets[True], sets[False])
     text = "\n".join(lines) + "\n"
     if args.out:

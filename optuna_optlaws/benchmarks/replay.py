@@ -333,8 +333,14 @@ def trial_orders(n_runs: int, n_orders: int, seed: int) -> list[list[int]]:
     return orders
 
 
-ORACLE_GATES: dict[str, Any] = {"n_min_trials": 3, "min_reports": 3, "min_fraction": 0.1}
-"""The optlaws pruner's default gates, under which :func:`oracle_steps` is computed."""
+def oracle_gates() -> dict[str, Any]:
+    """The optlaws pruner's default gates, under which :func:`oracle_steps` is computed."""
+    import inspect
+
+    from optuna_optlaws.pruner import OptLawsPruner
+
+    params = inspect.signature(OptLawsPruner).parameters
+    return {k: params[k].default for k in ("n_min_trials", "min_reports", "min_fraction")}
 
 
 def oracle_steps(
@@ -345,6 +351,8 @@ def oracle_steps(
     runs and every run that beats all earlier ones complete; every other run is pruned at
     its first report with ``min_reports`` reports and ``min_fraction`` of its schedule. The
     floor for any pruner with those gates."""
+    from optuna_optlaws._pruner._frontier import has_evidence
+
     finals = [c.final_loss if math.isfinite(c.final_loss) else math.inf for c in group.curves]
     trained = full = 0
     for order in orders:
@@ -358,7 +366,7 @@ def oracle_steps(
                 best = min(best, finals[i])
                 continue
             steps, _ = group.reports(i)
-            ok = [s for k, s in enumerate(steps.tolist()) if k + 1 >= min_reports and s + 1 >= min_fraction * total]
+            ok = [s for k, s in enumerate(steps.tolist()) if has_evidence(k + 1, s, total, min_reports, min_fraction)]
             trained += ok[0] if ok else total
     return trained, full
 
@@ -452,7 +460,7 @@ def run_replay(
                     "every": int(np.median(np.diff(g.report_steps))) if g.report_steps.size > 1 else 0,
                 },
                 "orders": len(o),
-                "oracle_steps": oracle_steps(g, o, **ORACLE_GATES),
+                "oracle_steps": oracle_steps(g, o, **oracle_gates()),
             }
             for g, o in plan
         ],
@@ -551,7 +559,7 @@ def oracle_line(results: dict[str, Any]) -> str:
     trained = sum(g["oracle_steps"][0] for g in groups)
     full = sum(g["oracle_steps"][1] for g in groups)
     per = ", ".join(f"{g['group']} {100 * g['oracle_steps'][0] / g['oracle_steps'][1]:.1f}%" for g in groups)
-    gates = ", ".join(f"{k}={v}" for k, v in ORACLE_GATES.items())
+    gates = ", ".join(f"{k}={v}" for k, v in oracle_gates().items())
     return (
         f"Floor: an oracle that knows every final loss but keeps the optlaws pruner's gates ({gates}: "
         "the first runs and every run that is best so far complete, every other run is pruned at its first "

@@ -62,11 +62,16 @@ class CriterionParams:
     w: float
 
 
+def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The logistic function, written with tanh (no overflow for large ``|x|``)."""
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x)), dtype=np.float64)
+
+
 def step_term(batch_size: NDArray[np.float64], tokens: NDArray[np.float64], ln_s_c: float,
               w: float) -> NDArray[np.float64]:
     """The run-length switch in [0, 1]: 1 / (1 + (S_c/S)^(1/w)), S = tokens / batch_size."""
     x = (np.log(tokens / batch_size) - ln_s_c) / w
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    return _sigmoid(x)
 
 
 def features(
@@ -118,7 +123,7 @@ def fit_logistic(
     w = np.zeros(z.shape[1])
     value = objective(w)
     for _ in range(100):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (z @ w)))
+        p = _sigmoid(z @ w)
         grad = z.T @ (p - y) + 2.0 * penalty * w
         hess = (z * (p * (1.0 - p))[:, None]).T @ z + np.diag(2.0 * penalty + 1e-9)
         step = np.linalg.solve(hess, grad)
@@ -192,4 +197,4 @@ def probability(
 ) -> NDArray[np.float64]:
     """p_diverge of each run."""
     t = (log_lr - log_eta_crit(params, feats)) / params.s
-    return 0.5 * (1.0 + np.tanh(0.5 * t))
+    return _sigmoid(t)
