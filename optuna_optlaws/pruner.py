@@ -13,11 +13,12 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
    from the trial's prediction, so runs like the trial count most; the interval comes from
    that GP's leave-one-out errors; see :mod:`optuna_optlaws._pruner._calibration`),
    and prunes when the lower end of the 90% interval is above the *frontier* plus
-   ``margin`` nats. The frontier is the best final loss of a COMPLETE trial of the same
-   (N, D) group, or the best final loss a running trial of the group is predicted to
-   reach (the upper end of its interval), whichever is lower; it needs ``n_min_trials``
-   COMPLETE trials in the group. A report at the schedule's last step is never pruned on
-   (the run is done: pruning it saves nothing).
+   ``margin`` nats (minus ``tolerance``, the regret the user accepts). The frontier is
+   the best final loss of a COMPLETE trial of the same (N, D) group, or the best final
+   loss a running trial of the group is predicted to reach (the upper end of its
+   interval), whichever is lower; it needs ``n_min_trials`` COMPLETE trials in the
+   group. A report at the schedule's last step is never pruned on (the run is done:
+   pruning it saves nothing).
 
 User attributes written on the trial: ``optlaws_pred_final``, ``optlaws_pred_lo``,
 ``optlaws_pred_hi`` (plain floats, nats, the latest prediction of the final loss, within
@@ -70,6 +71,13 @@ class OptLawsPruner(BasePruner):
         prior: A fitted law (a :class:`~optuna_optlaws.laws.Law` or a law file path) used
             until the study has ``n_min_trials`` COMPLETE curves of its own.
         margin: Nats the predicted lower end must exceed the frontier by before pruning.
+        tolerance: Nats of final loss you accept to lose to the best run in exchange for
+            compute (a regret tolerance, e.g. ``0.01`` nats is 0.5% of a loss of 2). A trial
+            is then pruned when its interval's lower end is above the frontier plus
+            ``margin`` minus ``tolerance``: a run that can beat the frontier, but only by
+            less than ``tolerance - margin`` nats, may be pruned, so the eventual winner
+            can be lost when it beats the others by less than that. ``0`` (the default)
+            never trades the winner for compute.
         min_reports: Reports a trial needs before the law may prune it.
         min_fraction: Fraction of its schedule's ``total_steps`` a trial must have reached
             before the law may prune it. The defaults (3 reports, 10%) were chosen on the
@@ -101,6 +109,7 @@ class OptLawsPruner(BasePruner):
         *,
         prior: str | Path | Law | None = None,
         margin: float = 0.01,
+        tolerance: float = 0.0,
         min_reports: int = 3,
         min_fraction: float = 0.1,
         n_min_trials: int = 3,
@@ -114,6 +123,8 @@ class OptLawsPruner(BasePruner):
         law_class(law, where="OptLawsPruner(law=...)")
         if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
             raise InputError(f"OptLawsPruner: margin={margin!r} must be a finite number of nats >= 0")
+        if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+            raise InputError(f"OptLawsPruner: tolerance={tolerance!r} must be a finite number of nats >= 0")
         if not (isinstance(min_reports, int) and min_reports >= 1):
             raise InputError(f"OptLawsPruner: min_reports={min_reports!r} must be an int >= 1")
         if not (isinstance(min_fraction, (int, float)) and 0.0 <= min_fraction <= 1.0):
@@ -126,7 +137,9 @@ class OptLawsPruner(BasePruner):
             raise InputError(f"OptLawsPruner: record_tol={record_tol!r} must be a number of nats >= 0")
         if fallback is not None and not isinstance(fallback, BasePruner):
             raise InputError(f"OptLawsPruner: fallback={fallback!r} is not an Optuna pruner")
-        self._gates = Gates(float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate))
+        self._gates = Gates(
+            float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate), tolerance=float(tolerance)
+        )
         self._store = LawStore(
             law,
             prior=resolve_prior(prior, "OptLawsPruner(prior=...)"),

@@ -390,3 +390,41 @@ def test_a_run_that_never_trains_is_pruned_as_diverged_even_outside_the_checked_
     # a healthy run at that peak LR (here: a slightly worse copy of a good curve) is not
     healthy = 1.3 * synth_loss(GOOD, steps)
     assert _run(study, hot, healthy) == ("COMPLETE", int(steps[-1]))
+
+
+def test_tolerance_prunes_a_run_that_could_only_tie_the_best() -> None:
+    # a copy of a COMPLETE run: its interval straddles the frontier, so the default pruner
+    # keeps it, while a pruner told that 0.2 nats of regret are acceptable prunes it early
+    steps = report_steps()
+    strict = _study_with_good_trials(_pruner())
+    assert _run(strict, GOOD2, synth_loss(GOOD2, steps))[0] == "COMPLETE"
+    tolerant = _study_with_good_trials(_pruner(tolerance=0.2))
+    state, step = _run(tolerant, GOOD2, synth_loss(GOOD2, steps))
+    assert state == "PRUNED" and step < TOTAL_STEPS // 2
+    pruned = tolerant.trials[-1]
+    best = min(t.value for t in tolerant.trials if t.value is not None)
+    assert pruned.user_attrs[PRED_LO] < best + 0.01  # below the strict threshold: only the tolerance prunes it
+    assert "tolerance 0.2" in pruned.user_attrs[PRUNE_REASON]
+    with pytest.raises(InputError, match="tolerance"):
+        OptLawsPruner(TEST_LAW, tolerance=-0.01)
+    with pytest.raises(InputError, match="tolerance"):
+        OptLawsPruner(TEST_LAW, tolerance=math.nan)
+
+
+def test_point_noise_ignores_the_initial_transient() -> None:
+    from optuna_optlaws._pruner._calibration import MIN_NOISE_POINTS, point_noise
+
+    schedule = Schedule.constant(3e-3, 600, 30)
+    steps = np.arange(24, 600, 25)
+    smooth = 2.0 + 1.5 / np.sqrt(steps / 24.0)  # no noise, steep early
+
+    def all_points(k: int) -> float:  # the same estimate over the last 8 reports, transient included
+        return float(np.sqrt(np.mean(np.diff(smooth[:k][-8:], 2) ** 2) / 6))
+
+    early = int(np.sum(steps < 60)) + MIN_NOISE_POINTS - 1  # one report short of the estimate
+    assert all_points(4) > 0.05
+    assert point_noise(schedule, steps[:early], smooth[:early]) == 0.0
+    assert point_noise(schedule, steps[: early + 1], smooth[: early + 1]) < all_points(early + 1) / 4
+    assert point_noise(schedule, steps, smooth) < 0.002
+    noisy = smooth + np.random.default_rng(0).normal(0.0, 0.01, steps.size)
+    assert 0.005 < point_noise(schedule, steps, noisy) < 0.02

@@ -170,6 +170,36 @@ def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "bogus" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("spec", "what"),
+    [
+        ("median:tolerance=0.01", "only optlaws takes arguments"),
+        ("optlaws:patience=3", "'patience=3' is not key=value"),
+        ("optlaws:tolerance", "'tolerance' is not key=value"),
+        ("optlaws:tolerance=-0.1", "tolerance='-0.1' must be a number of nats >= 0"),
+        ("optlaws:margin=abc", "margin='abc' must be a number"),
+    ],
+)
+def test_cli_rejects_bad_pruner_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, what: str
+) -> None:
+    path = tmp_path / "curves.csv"
+    write_curves_csv(path, _synthetic())
+    assert main(["replay", str(path), "--pruner", spec]) == 2
+    err = capsys.readouterr().err
+    assert what in err and spec in err and len(err.strip().splitlines()) == 1
+
+
+def test_optlaws_arguments_reach_the_pruner_and_the_results() -> None:
+    pytest.importorskip("optuna_optlaws.pruner")
+    group = group_curves(_synthetic())[0]
+    pruner = make_pruner("optlaws:tolerance=0.02,margin=0", group)
+    assert pruner._gates.tolerance == 0.02 and pruner._gates.margin == 0.0  # type: ignore[attr-defined]
+    res = run_replay(_synthetic(), ["none", "optlaws:tolerance=0.02"], orders=1, progress=False)
+    row = res["pruners"]["optlaws:tolerance=0.02"]
+    assert row["settings"].startswith("OptLawsPruner(tolerance=0.02)")
+
+
 def test_target_line_judges_the_optlaws_row() -> None:
     from optuna_optlaws.benchmarks.replay import target_line
 

@@ -12,7 +12,10 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
 * ``tpe-median``: ``TPESampler`` + ``MedianPruner``;
 * ``tpe``: ``TPESampler``, no pruning;
 * ``tpe-optlaws`` (only when asked): ``TPESampler`` + :class:`~optuna_optlaws.OptLawsPruner`,
-  the pruner alone.
+  the pruner alone;
+* ``optlaws-tolerant`` (only when asked): as ``optlaws``, with the pruner's regret
+  ``tolerance`` set (``--tolerance``, default 0.01 nats): runs that could beat the best
+  only by less than that are pruned too.
 
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
@@ -49,9 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tinylm import TinyLMConfig, count_parameters, default_device, train
 
 ROOT = Path(__file__).resolve().parents[2]
-ARMS = ("optlaws", "tpe-median", "tpe", "tpe-optlaws")
-"""``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner; it runs only when asked."""
+ARMS = ("optlaws", "tpe-median", "tpe", "tpe-optlaws", "optlaws-tolerant")
+"""``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner and ``optlaws-tolerant``
+trades a bounded regret for steps; they run only when asked."""
 DEFAULT_ARMS = ("optlaws", "tpe-median", "tpe")
+TOLERANCE = 0.01
+"""Default regret tolerance of the ``optlaws-tolerant`` arm (nats): 0.5% of the tiny LM's
+final loss of about 2 nats/byte."""
 STEPS_ATTR = "steps_trained"
 """User attribute of every trial: optimizer steps it actually trained."""
 
@@ -106,12 +113,17 @@ def make_objective(steps: int, cfg: TinyLMConfig, space: SearchSpace, device: to
     return objective
 
 
-def make_study(arm: str, storage: str, seed: int, steps: int, resume: bool, law: str = "optlaw") -> optuna.Study:
-    """The arm's study (deleted and recreated unless ``resume``)."""
+def make_study(
+    arm: str, storage: str, seed: int, steps: int, resume: bool, law: str = "optlaw", tolerance: float = TOLERANCE
+) -> optuna.Study:
+    """The arm's study (deleted and recreated unless ``resume``); ``tolerance`` (nats) is
+    the pruner's regret tolerance in the ``optlaws-tolerant`` arm."""
     name = f"tiny_lm-{arm}"
-    if arm == "optlaws":
+    if arm in ("optlaws", "optlaws-tolerant"):
         sampler: optuna.samplers.BaseSampler = OptLawsSampler(law, seed=seed)
-        pruner: optuna.pruners.BasePruner = OptLawsPruner(law, seed=seed)
+        pruner: optuna.pruners.BasePruner = OptLawsPruner(
+            law, seed=seed, tolerance=tolerance if arm == "optlaws-tolerant" else 0.0
+        )
     elif arm == "tpe-median":
         sampler = optuna.samplers.TPESampler(seed=seed)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 10)
@@ -255,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short version: optlaws arm, 6 trials x 200 steps")
     ap.add_argument("--law", default="optlaw", help="law of the optlaws arm (default optlaw)")
     ap.add_argument("--seed", type=int, default=0, help="sampler/pruner seed (default 0)")
+    ap.add_argument("--tolerance", type=float, default=TOLERANCE,
+                    help=f"regret tolerance (nats) of the optlaws-tolerant arm's pruner (default {TOLERANCE})")
     ap.add_argument("--train-seed", type=int, default=0, help="training seed of every trial (default 0)")
     ap.add_argument("--noise-seeds", type=int, default=0, help="retrain the best tpe schedule with N other seeds")
     ap.add_argument("--resume", action="store_true", help="continue the arms' studies instead of starting over")
@@ -285,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python examples/tiny_lm/study.py " + shlex.join(argv)
     results: dict[str, dict[str, Any]] = {}
     for arm in [] if args.report_only else arms:
-        study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law)
+        study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law, args.tolerance)
         study.set_user_attr("command", command)
         study.set_user_attr("seed", args.seed)
         t0 = time.perf_counter()

@@ -44,6 +44,12 @@ class Gates:
     n_min_trials: int
     calibrate: bool = True
     level: float = 0.9
+    tolerance: float = 0.0
+
+    @property
+    def threshold(self) -> float:
+        """Nats above the frontier the interval's lower end must be for a prune."""
+        return self.margin - self.tolerance
 
 
 @dataclass
@@ -158,9 +164,8 @@ def check(
             )
             if res.size >= MIN_CALIBRATION:
                 law_half = 0.5 * (hi - lo)
-                cal = calibrate(
-                    mean, law_sd, schedule, res, gates.level, point_noise(ok_losses), mean - lo, hi - mean
-                )
+                noise = point_noise(schedule, ok_steps, ok_losses)
+                cal = calibrate(mean, law_sd, schedule, res, gates.level, noise, mean - lo, hi - mean)
                 out.calibrated = cal
                 mean, lo, hi = cal.mean, cal.lo, cal.hi
                 what = (
@@ -177,11 +182,12 @@ def check(
         return out, seen
     if extrapolated:  # a peak LR outside the complete runs' range: the law's error there is unknown
         return out, seen
-    if lo > front.value + gates.margin and seen.last_step < total - 1:  # a finished run saves nothing
+    if lo > front.value + gates.threshold and seen.last_step < total - 1:  # a finished run saves nothing
         out.prune = True
+        tolerated = f" - tolerance {gates.tolerance:g}" if gates.tolerance else ""
         out.reason = (
             f"predicted final loss {mean:.4f} [{lo:.4f}, {hi:.4f}] at step {total - 1} ({what}): "
-            f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}"
+            f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}{tolerated}"
         )
     return out, seen
 

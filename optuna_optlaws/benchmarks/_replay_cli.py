@@ -28,7 +28,8 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="NAME",
         help=f"pruners to compare, any of {', '.join(PRUNERS)} (default: all; optlaws left out with a "
-        "warning when it is not available)",
+        "warning when it is not available); optlaws:tolerance=NATS[,margin=NATS] sets OptLawsPruner's "
+        "regret tolerance and margin",
     )
     p.add_argument("--orders", type=int, default=20, help="random trial orders per group (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trial orders (default 0)")
@@ -46,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def _pruner_names(requested: list[str] | None) -> list[str]:
-    from optuna_optlaws.benchmarks.replay import PRUNERS
+    from optuna_optlaws.benchmarks.replay import PRUNERS, parse_pruner
 
     if requested is None:
         names = list(PRUNERS)
@@ -56,10 +57,13 @@ def _pruner_names(requested: list[str] | None) -> list[str]:
             print("warning: optuna_optlaws.pruner is not available; replaying without 'optlaws'", file=sys.stderr)
             names.remove("optlaws")
         return names
-    names = [n.strip() for item in requested for n in item.split(",") if n.strip()]
+    # "a,b" lists pruners, except in "optlaws:key=value,key=value" where commas separate arguments
+    names = [n.strip() for item in requested for n in ([item] if ":" in item else item.split(",")) if n.strip()]
     for n in names:
-        if n not in PRUNERS:
-            raise InputError(f"--pruner: unknown pruner {n!r}; known: {', '.join(PRUNERS)}")
+        try:
+            parse_pruner(n)
+        except InputError as exc:
+            raise InputError(f"--pruner: {exc}") from None
     return list(dict.fromkeys(names))
 
 

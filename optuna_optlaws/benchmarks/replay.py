@@ -45,6 +45,37 @@ if TYPE_CHECKING:
 PRUNERS = ("optlaws", "median", "hyperband", "wilcoxon", "patient", "none")
 """Pruner names the replay knows, in the order results are listed."""
 
+OPTLAWS_OPTIONS = ("tolerance", "margin")
+"""Arguments of :class:`~optuna_optlaws.OptLawsPruner` a replay may set, as in
+``optlaws:tolerance=0.01`` (nats)."""
+
+
+def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
+    """A pruner spec ``name`` or ``optlaws:key=value[,key=value]`` as (name, arguments).
+
+    Raises :class:`InputError` naming the spec when the name or an argument is unknown or a
+    value is not a number >= 0."""
+    name, _, rest = spec.partition(":")
+    if name not in PRUNERS:
+        raise InputError(f"replay: unknown pruner {spec!r}; known: {', '.join(PRUNERS)}")
+    if not rest:
+        return name, {}
+    if name != "optlaws":
+        raise InputError(f"replay: pruner {spec!r}: only optlaws takes arguments ({', '.join(OPTLAWS_OPTIONS)})")
+    kwargs: dict[str, Any] = {}
+    for item in rest.split(","):
+        key, eq, value = item.partition("=")
+        if key not in OPTLAWS_OPTIONS or not eq:
+            raise InputError(f"replay: pruner {spec!r}: {item!r} is not key=value with key in {OPTLAWS_OPTIONS}")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number >= 0):
+            raise InputError(f"replay: pruner {spec!r}: {key}={value!r} must be a number of nats >= 0")
+        kwargs[key] = number
+    return name, kwargs
+
 GROUP_KEYS = ("horizon", "model_size")
 """What runs of one group share: ``horizon`` (total steps, within 10%) and/or ``model_size``."""
 
@@ -180,9 +211,12 @@ def group_curves(
     return groups
 
 
-def make_pruner(name: str, group: ReplayGroup) -> optuna.pruners.BasePruner:
-    """A fresh pruner for one study of ``group``; Optuna's own pruners, step units in steps."""
+def make_pruner(spec: str, group: ReplayGroup) -> optuna.pruners.BasePruner:
+    """A fresh pruner for one study of ``group`` (``spec``: see :func:`parse_pruner`);
+    Optuna's own pruners, step units in steps."""
     import optuna
+
+    name, kwargs = parse_pruner(spec)
 
     warmup = int(WARMUP_SHARE * group.horizon)
     if name == "median":
@@ -206,12 +240,15 @@ def make_pruner(name: str, group: ReplayGroup) -> optuna.pruners.BasePruner:
             from optuna_optlaws.pruner import OptLawsPruner
         except ModuleNotFoundError as exc:
             raise InputError(f"replay: the optlaws pruner is not available ({exc})") from None
-        return OptLawsPruner()
-    raise InputError(f"replay: unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+        return OptLawsPruner(**kwargs)
+    raise AssertionError(name)  # parse_pruner knows only PRUNERS
 
 
-def pruner_settings(name: str) -> str:
+def pruner_settings(spec: str) -> str:
     """One line saying how a pruner is configured in the replay (for the results table)."""
+    name, kwargs = parse_pruner(spec)
+    if kwargs:
+        return "OptLawsPruner(" + ", ".join(f"{k}={v:g}" for k, v in kwargs.items()) + ") (other arguments default)"
     w = f"{WARMUP_SHARE:g} T"
     return {
         "median": f"MedianPruner(n_startup_trials={MEDIAN_STARTUP_TRIALS}, n_warmup_steps={w})",
@@ -431,8 +468,7 @@ def run_replay(
     import optuna
 
     for name in pruners:
-        if name not in PRUNERS:
-            raise InputError(f"replay: unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+        parse_pruner(name)
     if orders < 1:
         raise InputError(f"replay: --orders must be >= 1, got {orders}")
     groups = group_curves(curves, group_by, report_every=report_every)
