@@ -97,3 +97,7 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
             assert t.intermediate_values  # reported through LossReporter
             if t.state == optuna.trial.TrialState.COMPLETE:
                 assert t.user_attrs["steps_trained"] == 24 and max(t.intermediate_values) == 23
+    # the tolerant arm hands its tolerance to the pruner; the others keep the default (0)
+    tolerant = study_mod.make_study("optlaws-tolerant", storage, 0, 24, False, law, 0.03)
+    assert tolerant.pruner._gates.tolerance == 0.03
+    assert study_mod.make_study("optlaws", storage, 0, 24, True, law, 0.03).pruner._gates.tolerance == 0.0
