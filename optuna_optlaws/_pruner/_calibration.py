@@ -61,7 +61,7 @@ from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals
 from optuna_optlaws._study_state import conditioned_final, readable_schedule, same_group, trial_curve
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import Law
-from optuna_optlaws.laws._optlaw_fit import TRANSIENT_FRACTION
+from optuna_optlaws.laws._optlaw_fit import transient_end
 from optuna_optlaws.schedules import Schedule
 
 FRACTION_BUCKET = 0.025
@@ -244,11 +244,10 @@ def point_noise(schedule: Schedule, steps: np.ndarray, losses: np.ndarray, recen
     """Point-to-point noise (nats) of a trial's curve: the standard deviation of the second
     differences of its last ``recent`` losses over sqrt(6) (a smooth trend cancels), on
     reports past its warmup and the first 10% of its schedule only (the law's initial
-    transient, :func:`~optuna_optlaws.laws._optlaw_fit.fit_points`): before that the
+    transient, :func:`~optuna_optlaws.laws._optlaw_fit.transient_end`): before that the
     curve's own curvature passes for noise (on the tiny-LM runs 0.04-0.14 nats at a sixth
     of the schedule against 0.003-0.012 later). 0 until :data:`MIN_NOISE_POINTS` such reports."""
-    start = max(schedule.peak_reached_at(), int(TRANSIENT_FRACTION * schedule.total_steps))
-    x = losses[steps >= start][-recent:]
+    x = losses[steps >= transient_end(schedule)][-recent:]
     if x.size < MIN_NOISE_POINTS:
         return 0.0
     d2 = np.diff(x, 2)

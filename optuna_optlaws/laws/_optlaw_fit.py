@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, instability_target
+from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
 
@@ -224,14 +225,18 @@ HUBER_EFFICIENCY = 1.345
 """Huber scale in units of the point noise (95% efficiency for Gaussian noise)."""
 
 
+def transient_end(schedule: Schedule, transient: float = TRANSIENT_FRACTION) -> int:
+    """The first step past a run's warmup and its first ``transient`` of steps: the initial
+    transient the law does not describe."""
+    return max(schedule.peak_reached_at(), int(transient * schedule.total_steps))
+
+
 def fit_points(
     curve: Curve, steps: NDArray[np.int64], losses: FloatArray, most: int, transient: float = TRANSIENT_FRACTION
 ) -> tuple[NDArray[np.int64], FloatArray]:
-    """The points of a curve the fit uses: after the warmup (and the first 10% of the run,
-    the initial transient the law does not describe), at most ``most``, evenly spread."""
-    sched = curve.schedule
-    start = max(sched.peak_reached_at(), int(transient * sched.total_steps))
-    keep = steps >= start
+    """The points of a curve the fit uses: from :func:`transient_end` on, at most ``most``,
+    evenly spread."""
+    keep = steps >= transient_end(curve.schedule, transient)
     steps, losses = steps[keep], losses[keep]
     if steps.size > most:
         idx = np.unique(np.round(np.linspace(0, steps.size - 1, most)).astype(np.int64))
