@@ -90,8 +90,11 @@ def observations(
     return Observations(schedules, np.asarray(finals, dtype=np.float64), np.asarray(extra, dtype=np.float64))
 
 
-_CONDITIONED: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], Prediction | None]] = weakref.WeakKeyDictionary()
-"""storage -> {(id of the law, trial id): predicted final loss or None} of PRUNED trials."""
+_CONDITIONED: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Law, dict[int, Prediction | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""storage -> law -> {trial id: predicted final loss or None} of PRUNED trials (keyed by
+the law object, not its ``id``, which a refitted law could reuse)."""
 
 
 def _pruned_final(storage: Any, trial: FrozenTrial, law: Law) -> Prediction | None:
@@ -99,8 +102,8 @@ def _pruned_final(storage: Any, trial: FrozenTrial, law: Law) -> Prediction | No
     vals = [trial.user_attrs.get(k) for k in (PRED_FINAL, PRED_LO, PRED_HI)]
     if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
         return Prediction(*(np.array([float(v)]) for v in vals))  # type: ignore[arg-type]
-    cache = _CONDITIONED.setdefault(storage, {})
-    key = (id(law), trial._trial_id)
+    cache = _CONDITIONED.setdefault(storage, weakref.WeakKeyDictionary()).setdefault(law, {})
+    key = trial._trial_id
     if key in cache:
         return cache[key]
     curve = trial_curve(trial)
