@@ -89,6 +89,7 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
     assert rc == 0
     report = (out / "README.md").read_text()
     assert "| optlaws | 3 |" in report and "| tpe | 3 |" in report
+    assert "Anytime view" in report and "- tpe: after " in report  # tpe reaches its own best
     for arm in ("optlaws", "tpe"):
         study = optuna.load_study(study_name=f"tiny_lm-{arm}", storage=storage)
         assert len(study.trials) == 3
@@ -101,3 +102,20 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
     tolerant = study_mod.make_study("optlaws-tolerant", storage, 0, 24, False, law, 0.03)
     assert tolerant.pruner._gates.tolerance == 0.03
     assert study_mod.make_study("optlaws", storage, 0, 24, True, law, 0.03).pruner._gates.tolerance == 0.0
+
+
+def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_trial() -> None:
+    study_mod = sys.modules.get("tiny_lm_study")
+    if study_mod is None:
+        spec = importlib.util.spec_from_file_location("tiny_lm_study", EXAMPLE / "study.py")
+        assert spec is not None and spec.loader is not None
+        study_mod = importlib.util.module_from_spec(spec)
+        sys.modules["tiny_lm_study"] = study_mod
+        spec.loader.exec_module(study_mod)
+    trace = [[600, 2.10], [75, None], [600, 2.01], [600, 1.99]]
+    # a pruned trial's steps count, its (missing) value never reaches the target
+    assert study_mod.steps_until(trace, 2.02) == 1275
+    assert study_mod.steps_until(trace, 2.10) == 600
+    assert study_mod.steps_until(trace, 1.99) == 1875
+    assert study_mod.steps_until(trace, 1.9) is None
+    assert study_mod.steps_until([], 2.0) is None
