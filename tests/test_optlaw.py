@@ -339,3 +339,77 @@ def test_warmup_term_only_when_warmups_differ_and_it_learns_their_cost() -> None
     # the term survives a save and load
     again = OptLaw.from_dict(law.to_dict())
     np.testing.assert_allclose(again.predict_final(scheds).mean, got, rtol=1e-12)
+
+
+def _law_with_terms(terms: Terms, values: dict[str, float]) -> OptLaw:
+    space = terms.space()
+    theta = space.from_mapping(values)
+    law = OptLaw()
+    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
+    law._members = [(terms, post)]
+    law._terms, law._space, law.posterior = terms, space, post
+    return law
+
+
+FAST_TRUE = {**TRUE, "k_esc": 0.05, "kappa_esc": 0.5, "k_fast": 0.15, "kappa_fast": 3000.0, "p_fast": 0.5}
+
+
+def test_fast_term_is_fitted_with_the_escape_term_and_learns_a_fast_cooldown_drop() -> None:
+    truth = _law_with_terms(Terms(eta_ref=1e-3, sizes=(), escape=True, fast=True), FAST_TRUE)
+    scheds = {
+        "cos_hi": Schedule.cosine(1e-3, 20000, warmup_steps=1000, final_lr=1e-5),
+        "const_hi": Schedule.constant(1e-3, 20000, warmup_steps=1000),
+        "cos_lo": Schedule.cosine(3e-4, 20000, warmup_steps=1000, final_lr=3e-6),
+        "const_lo": Schedule.constant(3e-4, 20000, warmup_steps=1000),
+    }
+    wsd = Schedule.wsd(1e-3, 20000, warmup_steps=1000, final_lr=1e-5, cooldown_fraction=0.1, cooldown="linear")
+    steps = np.arange(1000, 20000, 250)
+    curves = [Curve(n, s, steps, truth.predict(s, steps).mean) for n, s in scheds.items()]
+    # in the truth, the fast excess is a large part of what a short cooldown removes
+    t_wsd, t_const = truth.predict_final([wsd, scheds["const_hi"]]).mean
+    assert t_const - t_wsd > 0.1
+    law = OptLaw(n_random=1, loco=False).fit(curves)
+    assert law.params["k_fast"] > 0.05
+    assert law.predict_final([wsd]).mean[0] == pytest.approx(t_wsd, abs=0.01)
+    # one peak LR: neither the escape term nor the fast excess is fitted
+    one_peak = OptLaw(n_random=0, loco=False).fit(curves[:2]).params
+    assert "k_fast" not in one_peak and "k_esc" not in one_peak
+    # the term survives a save and load
+    again = OptLaw.from_dict(law.to_dict())
+    np.testing.assert_allclose(again.predict_final([wsd]).mean, law.predict_final([wsd]).mean, rtol=1e-12)
+
+
+def test_a_law_saved_before_the_fast_term_still_loads() -> None:
+    law = _law_with(TRUE)
+    data = law.to_dict()
+    state = data["params"]
+    assert state["version"] == 3
+    state["version"] = 2
+    for m in state["members"]:
+        del m["terms"]["fast"]
+    old = OptLaw.from_dict(data)
+    np.testing.assert_allclose(old.predict(HELD_OUT, [19999]).mean, law.predict(HELD_OUT, [19999]).mean, rtol=1e-12)
+    state["version"] = 1
+    with pytest.raises(ValueError, match="version"):
+        OptLaw.from_dict(data)
+
+
+def test_fit_problem_jacobian_with_the_fast_term_matches_finite_differences() -> None:
+    from optuna_optlaws.laws._optlaw_fit import FitProblem
+
+    terms = Terms(eta_ref=1e-3, sizes=(), escape=True, fast=True)
+    truth = _law_with_terms(terms, FAST_TRUE)
+    scheds = [Schedule.cosine(1e-3, 8000, warmup_steps=500, final_lr=1e-5),
+              Schedule.wsd(4e-4, 8000, warmup_steps=500, final_lr=1e-6, cooldown_fraction=0.2)]
+    curves = [Curve(f"c{i}", s, np.arange(500, 8000, 250), truth.predict(s, np.arange(500, 8000, 250)).mean * 1.01)
+              for i, s in enumerate(scheds)]
+    grids = [dyn.chunk_grid(c.schedule, c.steps, eta_ref=terms.eta_ref) for c in curves]
+    problem = FitProblem(terms, curves, grids, np.log(np.concatenate([c.losses for c in curves])))
+    theta = terms.space().from_mapping(FAST_TRUE)
+    jac = problem.jacobian(theta)
+    for i, name in enumerate(problem.names):
+        h = 1e-6 * max(1.0, abs(theta[i]))
+        up = theta.copy()
+        up[i] += h
+        num = (problem.residuals(up) - problem.residuals(theta)) / h
+        np.testing.assert_allclose(jac[:, i], num, rtol=5e-3, atol=1e-6, err_msg=name)

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
-from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, instability_target
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, fast_target, instability_target
 from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
@@ -112,6 +112,8 @@ class FitProblem:
         loss = st["l0"][ci] + st["amp"][ci] * pt + st["bb"][ci] * noise
         if self.terms.escape and p["k_esc"] > 0:
             loss = loss + p["k_esc"] * self._escape(p["kappa_esc"])
+        if self.terms.fast and p["k_fast"] > 0:
+            loss = loss + p["k_fast"] * self._fast(p["kappa_fast"], p["p_fast"])
         if self.terms.warmup and p["k_warm"] > 0:
             loss = loss + p["k_warm"] * self._instability(p["kappa_warm"], p["s_edge"])
         return np.asarray(loss, dtype=np.float64)
@@ -129,6 +131,10 @@ class FitProblem:
         """The escape excess at every fitted point (per unit ``k_esc``)."""
         return self._relaxed(kappa, lambda g: escape_target(g.eta))
 
+    def _fast(self, kappa: float, power: float) -> FloatArray:
+        """The fast excess at every fitted point (per unit ``k_fast``)."""
+        return self._relaxed(kappa, lambda g: fast_target(g.eta, power))
+
     def _instability(self, kappa: float, s_edge: float) -> FloatArray:
         """The early-instability excess at every fitted point (per unit ``k_warm``)."""
         return self._relaxed(kappa, lambda g: instability_target(g.eta, g.s_mid, s_edge))
@@ -139,8 +145,8 @@ class FitProblem:
             return np.asarray(self.log_y - np.log(self.loss(theta)), dtype=np.float64)
 
     def jacobian(self, theta: FloatArray) -> FloatArray:
-        """``d residual / d theta`` (natural units), analytic; ``kappa_esc``, ``kappa_warm`` and
-        ``s_edge`` by forward differences."""
+        """``d residual / d theta`` (natural units), analytic; ``kappa_esc``, ``kappa_fast``,
+        ``p_fast``, ``kappa_warm`` and ``s_edge`` by forward differences."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             return self._jacobian(theta)
 
@@ -206,6 +212,14 @@ class FitProblem:
             jac[:, col["k_esc"]] = esc
             h = 1e-6 * p["kappa_esc"]
             jac[:, col["kappa_esc"]] = p["k_esc"] * (self._escape(p["kappa_esc"] + h) - esc) / h
+        if self.terms.fast:
+            kf, pf = p["kappa_fast"], p["p_fast"]
+            fast = self._fast(kf, pf)
+            loss = loss + p["k_fast"] * fast
+            jac[:, col["k_fast"]] = fast
+            hk, hp = 1e-6 * kf, 1e-6 * max(pf, 1.0)
+            jac[:, col["kappa_fast"]] = p["k_fast"] * (self._fast(kf + hk, pf) - fast) / hk
+            jac[:, col["p_fast"]] = p["k_fast"] * (self._fast(kf, pf + hp) - fast) / hp
         if self.terms.warmup:
             kw, se = p["kappa_warm"], p["s_edge"]
             inst = self._instability(kw, se)

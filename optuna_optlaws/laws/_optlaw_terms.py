@@ -33,6 +33,13 @@ def escape_target(eta_rel: FloatArray) -> FloatArray:
     higher LRs and keeps the pruner from killing them on an extrapolation."""
     return np.asarray(np.power(np.minimum(eta_rel, 1.0), ESCAPE_POWER), dtype=np.float64)
 
+def fast_target(eta_rel: FloatArray, power: float | FloatArray) -> FloatArray:
+    """Equilibrium of the fast excess (dimensionless) at LR ``eta_rel = eta / eta_ref``:
+    ``eta_rel^power``, held flat past the fitted LR range like :func:`escape_target`;
+    ``eta_rel`` and ``power`` broadcast together."""
+    return np.asarray(np.power(np.minimum(eta_rel, 1.0), power), dtype=np.float64)
+
+
 INSTABILITY_POWER = 2.0
 """Steepness of the early-instability excess in the LR: its equilibrium is
 ``(eta/eta_ref)^2 exp(-S / s_edge)``."""
@@ -90,6 +97,11 @@ class Terms:
     shift_offset: bool = False
     """Whether continued runs also have a constant offset ``d0`` (the new corpus's floor
     differs from the parent's): only when the parent's own losses are fitted too."""
+    fast: bool = False
+    """Whether the fast excess ``k_fast f(t)`` is fitted: the loss held in the sharpest
+    directions, which follow the LR within a few steps, towards ``(eta/eta_ref)^p_fast``
+    (:func:`fast_target`). Fitted when the escape term is (the data varies the peak LR,
+    so the LR power ``p_fast`` is identified apart from the modes' ``phi``)."""
 
     @property
     def multi_size(self) -> bool:
@@ -136,6 +148,12 @@ class Terms:
                 Param("k_esc", 0.0, 10.0, init=(0.0, 0.1)),
                 Param("kappa_esc", 1e-3, 1e3, log=True, init=(0.01, 10.0)),
             ]
+        if self.fast:
+            ps += [
+                Param("k_fast", 0.0, 10.0, init=(0.0, 0.1)),
+                Param("kappa_fast", 10.0, 1e4, log=True, init=(30.0, 3000.0)),
+                Param("p_fast", 0.1, 3.0, init=(0.3, 1.5)),
+            ]
         if self.warmup:
             ps += [
                 Param("k_warm", 0.0, 10.0, init=(0.0, 0.1)),
@@ -162,6 +180,7 @@ class Terms:
             "warmup": self.warmup,
             "shift": self.shift,
             "shift_offset": self.shift_offset,
+            "fast": self.fast,
         }
 
     @classmethod
@@ -179,7 +198,7 @@ class Terms:
         return cls(
             eta_ref=eta_ref, sizes=sizes, escape=bool(state["escape"]), size_form=form, area_max=area_max,
             warmup=bool(state.get("warmup", False)), shift=bool(state.get("shift", False)),
-            shift_offset=bool(state.get("shift_offset", False)),
+            shift_offset=bool(state.get("shift_offset", False)), fast=bool(state.get("fast", False)),
         )
 
 
@@ -243,7 +262,7 @@ def terms_for(curves: Sequence[Curve], where: str, offsets: Mapping[str, int]) -
     escape = bool(positive.max() / positive.min() >= 1.25)
     warmups = [c.schedule.peak_reached_at() for c in curves if not offsets.get(c.run_id)]
     warmup = bool(warmups) and max(warmups) >= 2 * min(warmups) + 1
-    return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape, warmup=warmup)
+    return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape, warmup=warmup, fast=escape)
 
 
 def default_start(terms: Terms, min_loss: float) -> list[float]:
@@ -257,6 +276,8 @@ def default_start(terms: Terms, min_loss: float) -> list[float]:
     start += [1.2, 100.0]
     if terms.escape:
         start += [0.01, 1.0]
+    if terms.fast:
+        start += [0.02, 300.0, 1.0]
     if terms.warmup:
         start += [0.05, 0.03, 0.3]
     if terms.shift:

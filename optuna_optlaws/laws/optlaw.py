@@ -3,6 +3,7 @@
     L(t) = L0(N) + A(N) (S(t) + s_w)^(-alpha)               convergence (river)
          + B(N) sum_j w_j n_j(t)                             noise excess in J modes
          + k_esc m(t)                                        escape / instability
+         + k_fast f(t)                                       fast excess
          + k_warm w(t)                                       early instability (warmup)
 
 ``S(t)`` is the LR area up to step ``t`` (area units of 1000 steps at the reference LR
@@ -31,6 +32,16 @@ at rate ``kappa_esc`` towards ``(eta/eta_ref)^4``; with ``k_esc > 0`` the final 
 U-shaped in the peak LR (more area helps, too high a peak hurts). The term is only
 identifiable when the fitting curves use different peak LRs (at least a factor 1.25
 apart); otherwise it is off (``k_esc = 0``, not a fitted parameter).
+
+Fast excess. The loss held in the sharpest directions follows the LR within a few steps:
+an excess ``k_fast f(t)`` relaxing at rate ``kappa_fast`` (at least 10 per area unit, i.e.
+within about a hundred steps at the reference LR; fits put it at the bound of 10^4, at
+once) towards ``(eta/eta_ref)^p_fast`` (:func:`~._optlaw_terms.fast_target`). It is what
+a cooldown removes at once, apart from the modes' slower floor; on the tiny LM's runs
+(studies/curves/law_check.md) the modes alone put most of their weight on slow modes (to
+make a high LR cost loss for good) and left WSD's fast final drop to nothing, so they
+overpredicted every WSD run by 0.02-0.08 nats. Fitted with the escape term (the data
+varies the peak LR, which separates ``p_fast`` from the modes' ``phi``).
 
 Early-instability (warmup) term. Early in training the stability edge is low, so a high
 LR while the LR area is still small does damage: an excess ``k_warm w(t)`` that relaxes
@@ -101,7 +112,11 @@ from optuna_optlaws.schedules import Schedule
 FloatArray = NDArray[np.float64]
 _L = TypeVar("_L", bound="OptLaw")
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3
+"""Version of the parameters this code writes (3 added the fast excess)."""
+
+_READABLE_VERSIONS = (2, 3)
+"""Versions it reads: a version-2 law has no fast excess (``Terms.fast`` is ``False``)."""
 
 _PREFIX_WINDOW = 0.2
 """Conditioning on a prefix estimates the run's offset from its last 20% of steps."""
@@ -464,8 +479,10 @@ class OptLaw(Law):
     def _load_state(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping):
             raise ValueError("params must be a JSON object")
-        if int(state.get("version", 0)) != _STATE_VERSION:
-            raise ValueError(f"optlaw parameters version {state.get('version')!r}, expected {_STATE_VERSION}")
+        if int(state.get("version", 0)) not in _READABLE_VERSIONS:
+            raise ValueError(
+                f"optlaw parameters version {state.get('version')!r}, expected one of {_READABLE_VERSIONS}"
+            )
         members = []
         for m in state["members"]:
             terms = Terms.from_state(m["terms"])
