@@ -6,9 +6,9 @@ loss at the last step, each law's prediction and its error (nats), for the fitte
 (in-sample) and for the 1200-step runs (a longer horizon, held out). This is the check
 that explains what a sampler driven by the law will prefer on this model.
 
-Usage (repository root; ~1-3 minutes per law)::
+Usage (repository root; ~1-3 minutes per law, about 20 times that with ``--loco``)::
 
-    python examples/tiny_lm/check_law.py --laws optlaw,multipower
+    python examples/tiny_lm/check_law.py --laws optlaw,multipower [--loco]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--laws", default="optlaw,multipower", help="comma-separated law names")
     ap.add_argument("--fit-steps", type=int, default=600, help="fit on the runs of this many steps")
     ap.add_argument("--out", type=Path, default=ROOT / "studies" / "curves" / "law_check.md")
+    ap.add_argument("--loco", action="store_true",
+                    help="also fit each law once per fitted run without it and predict that run (leave one run out)")
     args = ap.parse_args(argv)
     curves = read_curves_csv(args.curves)
     base_size = min(c.model_size or 0.0 for c in curves)
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     held = [c for c in base if c.schedule.total_steps != args.fit_steps]
     laws = [name for name in args.laws.split(",") if name]
     preds: dict[str, dict[str, float]] = {}
+    loco: dict[str, dict[str, float]] = {name: {} for name in laws}
     info: dict[str, str] = {}
     for name in laws:
         t0 = time.perf_counter()
@@ -49,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         for c in fit_on + held:
             p = law.predict(c.schedule, [c.last_step], model_size=c.model_size, tokens_per_step=c.tokens_per_step)
             preds[name][c.run_id] = float(p.mean[0])
+        if args.loco:
+            for i, c in enumerate(fit_on):
+                held_law = make_law(name).fit([g for j, g in enumerate(fit_on) if j != i], seed=0)
+                p = held_law.predict(
+                    c.schedule, [c.last_step], model_size=c.model_size, tokens_per_step=c.tokens_per_step
+                )
+                loco[name][c.run_id] = float(p.mean[0])
         info[name] = f"{time.perf_counter() - t0:.0f} s"
         print(f"{name}: fitted on {len(fit_on)} runs ({info[name]})", flush=True)
     lines = [
@@ -61,23 +71,38 @@ def main(argv: list[str] | None = None) -> int:
         "`held out` rows are the other horizons. Loss at each run's last step (nats/byte); "
         "error = predicted - observed.",
         "",
-        "| run_id | set | observed | " + " | ".join(f"{n} pred | {n} err" for n in laws) + " |",
-        "|---|---|---|" + "---|---|" * len(laws),
+        *(
+            ["", f"`loo err` columns: the error on a fitted run of the law fitted on the other {len(fit_on) - 1} "
+             "runs (leave one run out)."] if args.loco else []
+        ),
+        "",
+        "| run_id | set | observed | "
+        + " | ".join(f"{n} pred | {n} err" + (f" | {n} loo err" if args.loco else "") for n in laws) + " |",
+        "|---|---|---|" + ("---|---|---|" if args.loco else "---|---|") * len(laws),
     ]
     for c in fit_on + held:
         row = f"| {c.run_id} | {'fit' if c in fit_on else 'held out'} | {c.final_loss:.4f} | "
-        row += " | ".join(f"{preds[n][c.run_id]:.4f} | {preds[n][c.run_id] - c.final_loss:+.4f}" for n in laws)
-        lines.append(row + " |")
+        cells = []
+        for n in laws:
+            cell = f"{preds[n][c.run_id]:.4f} | {preds[n][c.run_id] - c.final_loss:+.4f}"
+            if args.loco:
+                cell += f" | {loco[n][c.run_id] - c.final_loss:+.4f}" if c.run_id in loco[n] else " | -"
+            cells.append(cell)
+        lines.append(row + " | ".join(cells) + " |")
     lines.append("")
     for n in laws:
-        for label, group in (("fit", fit_on), ("held out", held)):
+        sets = [("fit", fit_on, preds[n]), ("held out", held, preds[n])]
+        if args.loco:
+            sets.append(("left out one at a time", fit_on, loco[n]))
+        for label, group, pred in sets:
             if not group:
                 continue
-            err = np.array([preds[n][c.run_id] - c.final_loss for c in group])
-            wsd = np.array([preds[n][c.run_id] - c.final_loss for c in group if c.run_id.startswith("wsd")])
+            err = np.array([pred[c.run_id] - c.final_loss for c in group])
+            wsd = np.array([pred[c.run_id] - c.final_loss for c in group if c.run_id.startswith("wsd")])
             extra = f"; WSD runs mean error {wsd.mean():+.4f}" if wsd.size else ""
             lines.append(
-                f"- {n}, {label}: mean abs error {np.abs(err).mean():.4f}, mean error {err.mean():+.4f}{extra}."
+                f"- {n}, {label}: mean abs error {np.abs(err).mean():.4f}, rms {np.sqrt(np.mean(err**2)):.4f}, "
+                f"worst {np.abs(err).max():.4f}, mean error {err.mean():+.4f}{extra}."
             )
     lines.append("")
     args.out.write_text("\n".join(lines), encoding="utf-8")
