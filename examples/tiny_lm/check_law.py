@@ -72,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         "error = predicted - observed.",
         "",
         *(
-            ["", f"`loo err` columns: the error on a fitted run of the law fitted on the other {len(fit_on) - 1} "
-             "runs (leave one run out)."] if args.loco else []
+            [f"`loo err` columns: the error on a fitted run of the law fitted on the other {len(fit_on) - 1} "
+             "runs (leave one run out).", ""] if args.loco else []
         ),
-        "",
         "| run_id | set | observed | "
         + " | ".join(f"{n} pred | {n} err" + (f" | {n} loo err" if args.loco else "") for n in laws) + " |",
         "|---|---|---|" + ("---|---|---|" if args.loco else "---|---|") * len(laws),
