@@ -148,9 +148,12 @@ class FitProblem:
         """``d residual / d theta`` (natural units), analytic; ``kappa_esc``, ``kappa_fast``,
         ``p_fast``, ``kappa_warm`` and ``s_edge`` by forward differences."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return self._jacobian(theta)
+            loss, grad = self._loss_grad(theta)
+            return np.asarray(-grad / loss[:, None], dtype=np.float64)
 
-    def _jacobian(self, theta: FloatArray) -> FloatArray:
+    def _loss_grad(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """The predicted loss (nats) at every fitted point and its gradient ``d loss / d
+        theta`` (natural units), ``(points,)`` and ``(points, parameters)``, in one pass."""
         p, st, base, pm, target = self._parts(theta)
         ci = self.curve_of
         col = self.col
@@ -228,7 +231,7 @@ class FitProblem:
             hk, hs = 1e-6 * kw, 1e-6 * se
             jac[:, col["kappa_warm"]] = p["k_warm"] * (self._instability(kw + hk, se) - inst) / hk
             jac[:, col["s_edge"]] = p["k_warm"] * (self._instability(kw, se + hs) - inst) / hs
-        return np.asarray(-jac / loss[:, None], dtype=np.float64)
+        return np.asarray(loss, dtype=np.float64), jac
 
 
 TRANSIENT_FRACTION = 0.1

@@ -203,21 +203,19 @@ class ShiftedFitProblem(FitProblem):
     def loss(self, theta: FloatArray) -> FloatArray:
         return np.asarray(super().loss(theta) + self._shift(theta)[1], dtype=np.float64)
 
-    def _jacobian(self, theta: FloatArray) -> FloatArray:
-        base = super().loss(theta)
+    def _loss_grad(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+        base, grad = super()._loss_grad(theta)
         p, sh = self._shift(theta)
-        total = base + sh
-        jac = super()._jacobian(theta) * (base / total)[:, None]
         m = self.shifted.astype(np.float64)
         x = self.s_since / p["s_d"]
         g = np.power(1.0 + x, -p["gamma_d"])
         col = self.col
-        jac[:, col["D"]] = -m * g / total
-        jac[:, col["s_d"]] = -m * p["D"] * p["gamma_d"] * g / (1.0 + x) * x / p["s_d"] / total
-        jac[:, col["gamma_d"]] = m * p["D"] * g * np.log1p(x) / total
+        grad[:, col["D"]] = m * g
+        grad[:, col["s_d"]] = m * p["D"] * p["gamma_d"] * g / (1.0 + x) * x / p["s_d"]
+        grad[:, col["gamma_d"]] = -m * p["D"] * g * np.log1p(x)
         if "d0" in col:
-            jac[:, col["d0"]] = -m / total
-        return jac
+            grad[:, col["d0"]] = m
+        return np.asarray(base + sh, dtype=np.float64), grad
 
 
 def fit_problem(
