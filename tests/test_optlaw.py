@@ -15,7 +15,7 @@ from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws import load_law, make_law
 from optuna_optlaws.laws._fitting import Posterior
 from optuna_optlaws.laws._optlaw_fit import TRANSIENT_FRACTION
-from optuna_optlaws.laws._optlaw_terms import Terms
+from optuna_optlaws.laws._optlaw_terms import FAST_MIN_RUNS, Terms
 from optuna_optlaws.laws.optlaw import OptLaw
 
 TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")
@@ -354,29 +354,44 @@ def _law_with_terms(terms: Terms, values: dict[str, float]) -> OptLaw:
 FAST_TRUE = {**TRUE, "k_esc": 0.05, "kappa_esc": 0.5, "k_fast": 0.15, "kappa_fast": 3000.0, "p_fast": 0.5}
 
 
-def test_fast_term_is_fitted_with_the_escape_term_and_learns_a_fast_cooldown_drop() -> None:
+def test_fast_term_is_tried_with_the_escape_term_on_enough_runs_and_learns_a_fast_cooldown_drop() -> None:
     truth = _law_with_terms(Terms(eta_ref=1e-3, sizes=(), escape=True, fast=True), FAST_TRUE)
-    scheds = {
-        "cos_hi": Schedule.cosine(1e-3, 20000, warmup_steps=1000, final_lr=1e-5),
-        "const_hi": Schedule.constant(1e-3, 20000, warmup_steps=1000),
-        "cos_lo": Schedule.cosine(3e-4, 20000, warmup_steps=1000, final_lr=3e-6),
-        "const_lo": Schedule.constant(3e-4, 20000, warmup_steps=1000),
-    }
+    scheds = {}
+    for peak in (1e-3, 6e-4, 3e-4, 1.5e-4):
+        scheds[f"cos_{peak:g}"] = Schedule.cosine(peak, 20000, warmup_steps=1000, final_lr=0.01 * peak)
+        scheds[f"const_{peak:g}"] = Schedule.constant(peak, 20000, warmup_steps=1000)
     wsd = Schedule.wsd(1e-3, 20000, warmup_steps=1000, final_lr=1e-5, cooldown_fraction=0.1, cooldown="linear")
-    steps = np.arange(1000, 20000, 250)
+    steps = np.arange(1000, 20000, 500)
     curves = [Curve(n, s, steps, truth.predict(s, steps).mean) for n, s in scheds.items()]
+    assert len(curves) == FAST_MIN_RUNS
     # in the truth, the fast excess is a large part of what a short cooldown removes
-    t_wsd, t_const = truth.predict_final([wsd, scheds["const_hi"]]).mean
+    t_wsd, t_const = truth.predict_final([wsd, scheds["const_0.001"]]).mean
     assert t_const - t_wsd > 0.1
     law = OptLaw(n_random=1, loco=False).fit(curves)
     assert law.params["k_fast"] > 0.05
     assert law.predict_final([wsd]).mean[0] == pytest.approx(t_wsd, abs=0.01)
-    # one peak LR: neither the escape term nor the fast excess is fitted
+    # fewer runs, or one peak LR: the fast excess is not tried
+    assert "k_fast" not in OptLaw(n_random=0, loco=False).fit(curves[:-1]).params
     one_peak = OptLaw(n_random=0, loco=False).fit(curves[:2]).params
     assert "k_fast" not in one_peak and "k_esc" not in one_peak
     # the term survives a save and load
     again = OptLaw.from_dict(law.to_dict())
     np.testing.assert_allclose(again.predict_final([wsd]).mean, law.predict_final([wsd]).mean, rtol=1e-12)
+
+
+def test_fast_term_is_kept_only_when_it_predicts_left_out_runs_better() -> None:
+    truth = _law_with_terms(Terms(eta_ref=1e-3, sizes=(), escape=True, fast=True), FAST_TRUE)
+    steps = np.arange(1000, 20000, 500)
+    curves = []
+    for peak in (1e-3, 6e-4, 3e-4, 1.5e-4):
+        for name, s in (("cos", Schedule.cosine(peak, 20000, warmup_steps=1000, final_lr=0.01 * peak)),
+                        ("wsd", Schedule.wsd(peak, 20000, warmup_steps=1000, final_lr=0.01 * peak,
+                                             cooldown_fraction=0.2))):
+            curves.append(Curve(f"{name}_{peak:g}", s, steps, truth.predict(s, steps).mean))
+    law = OptLaw(n_random=0).fit(curves)
+    choice = law.fit_info["fast_choice"]
+    assert choice["with"] < choice["without"]  # the truth has the term: leaving it out errs more
+    assert "k_fast" in law.params
 
 
 def test_a_law_saved_before_the_fast_term_still_loads() -> None:

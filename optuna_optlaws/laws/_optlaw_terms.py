@@ -100,8 +100,9 @@ class Terms:
     fast: bool = False
     """Whether the fast excess ``k_fast f(t)`` is fitted: the loss held in the sharpest
     directions, which follow the LR within a few steps, towards ``(eta/eta_ref)^p_fast``
-    (:func:`fast_target`). Fitted when the escape term is (the data varies the peak LR,
-    so the LR power ``p_fast`` is identified apart from the modes' ``phi``)."""
+    (:func:`fast_target`). Tried when the escape term is fitted (the data varies the peak
+    LR, so the LR power ``p_fast`` is identified apart from the modes' ``phi``) on at least
+    :data:`FAST_MIN_RUNS` runs; see :meth:`OptLaw.fit` for when it is kept."""
 
     @property
     def multi_size(self) -> bool:
@@ -244,6 +245,14 @@ class Theta:
         return 1.0 / (self["delta"] * x ** (-self["g_l0"]))
 
 
+FAST_MIN_RUNS = 8
+"""Runs a fit needs before the fast excess is tried: on fewer, the leave-one-run-out
+error that decides whether to keep it is too noisy (on five of the tiny LM's runs the
+term was kept where it extrapolated worse to the others), and the pruner does not trust
+its calibration on fewer complete runs either
+(:data:`~optuna_optlaws._pruner._calibration.TRUSTED_CALIBRATION`)."""
+
+
 def terms_for(curves: Sequence[Curve], where: str, offsets: Mapping[str, int]) -> Terms:
     """The terms the data can identify. ``curves``: whole-history curves (continued runs
     already joined to their parents' schedules); ``offsets``: each run's first step in its
@@ -262,7 +271,8 @@ def terms_for(curves: Sequence[Curve], where: str, offsets: Mapping[str, int]) -
     escape = bool(positive.max() / positive.min() >= 1.25)
     warmups = [c.schedule.peak_reached_at() for c in curves if not offsets.get(c.run_id)]
     warmup = bool(warmups) and max(warmups) >= 2 * min(warmups) + 1
-    return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape, warmup=warmup, fast=escape)
+    fast = escape and len(curves) >= FAST_MIN_RUNS
+    return Terms(eta_ref=float(positive.max()), sizes=tuple(sizes), escape=escape, warmup=warmup, fast=fast)
 
 
 def default_start(terms: Terms, min_loss: float) -> list[float]:

@@ -41,9 +41,11 @@ a cooldown removes at once, apart from the modes' slower floor. Without it, fits
 tiny LM's runs put the modes' weight on slow modes (a high LR costing loss for good) and
 left WSD's fast final drop out, overpredicting every WSD run by 0.02-0.08 nats; with it,
 the 20 runs of studies/curves/law_check.md, each left out in turn, are predicted within
-0.026 nats rms (0.049 without the term: the same command at commit 8347f4f). Fitted with
-the escape term (the data varies the peak LR, which separates ``p_fast`` from the modes'
-``phi``).
+0.026 nats rms (0.049 without the term: the same command at commit 8347f4f). It is tried
+when the escape term is fitted (the data varies the peak LR, which separates ``p_fast``
+from the modes' ``phi``) on at least 8 runs (:data:`~._optlaw_terms.FAST_MIN_RUNS`), and
+kept only when the runs left out one at a time are predicted better with it than
+without it (both are fitted; ``fit_info["fast_choice"]`` holds both errors).
 
 Early-instability (warmup) term. Early in training the stability edge is low, so a high
 LR while the LR area is still small does damage: an excess ``k_warm w(t)`` that relaxes
@@ -207,6 +209,17 @@ class OptLaw(Law):
             terms = replace(base, size_form=form, area_max=area_max)
             if not self._members:
                 post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
+                if terms.fast and self.loco:
+                    # the fast excess adds three parameters: keep it only when it predicts
+                    # left-out runs better (on a few runs it can fit them and extrapolate worse)
+                    slow = replace(terms, fast=False)
+                    post_s, info_s = self._fit_form(slow, prepared, log_y, groups, seed, where)
+                    # left-out error (log-loss rms) of each: discrepancy and point noise together
+                    err, err_s = math.hypot(post.model_sd, post.noise), math.hypot(post_s.model_sd, post_s.noise)
+                    info["fast_choice"] = {"with": err, "without": err_s}
+                    if err_s < err:
+                        terms, post, info = slow, post_s, {**info_s, "fast_choice": info["fast_choice"]}
+                    base = replace(base, fast=terms.fast)
             else:
                 # the second size form starts from the first one's optimum and shares its
                 # schedule discrepancy (both have the same schedule dynamics)
