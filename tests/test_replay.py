@@ -213,7 +213,7 @@ def test_target_line_judges_the_optlaws_row() -> None:
 
 
 def test_pruner_calibration_tables_on_synthetic_runs() -> None:
-    from optuna_optlaws.benchmarks.pruner_calibration import calibrated_table, errors, table
+    from optuna_optlaws.benchmarks.pruner_calibration import calibrated_table, early_table, errors, table
 
     curves = _synthetic()
     loco = errors(curves, "momentum", loco=True)
@@ -223,3 +223,12 @@ def test_pruner_calibration_tables_on_synthetic_runs() -> None:
     assert len(table(loco)) > 2
     lines = calibrated_table(loco, insample, repeats=2)
     assert any(line.startswith("| 3 | 0.5 |") for line in lines)
+    # early phase: law fitted on 3 of the 4 runs, asked about the fourth (same peak LR)
+    table_lines = early_table(curves, "momentum", ns=(3, 4), draws=2)
+    early = [line.split("|") for line in table_lines if line.startswith("| 3 |")]
+    # at 10% of the schedule these runs have reported once: too little to condition on
+    assert [row[2].strip() for row in early] == ["0.5"]
+    for row in early:
+        assert int(row[3]) == 2  # one held-out run per draw
+        assert 0.0 <= float(row[4]) <= 1.0 and 0.0 <= float(row[5]) <= 1.0
+        assert float(row[7]) > 0
