@@ -345,12 +345,14 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
 
     pruner = _pruner()
     study = _study_with_good_trials(pruner)
-    # BAD's peak LR lies below the complete runs': the law's error there is unknown, no pruning
+    # BAD's peak LR lies below the complete runs': the law's error there is unknown, no pruning;
+    # one complete run at that LR is not enough either (its own residual is in sample)
     assert _run(study, BAD)[0] == "COMPLETE"
-    # now a complete run covers its peak LR (itself): a second BAD run is pruned
+    assert _run(study, BAD)[0] == "COMPLETE"
+    # now two complete runs bracket its peak LR from below: a third BAD run is pruned
     state, _step = _run(study, BAD)
     assert state == "PRUNED"
-    assert "calibrated on 4 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
+    assert "calibrated on 5 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
     # a running trial, checked by a warm and by a fresh worker (no memoised residuals)
     trial = study.ask()
     set_schedule(trial, BAD)
@@ -428,3 +430,22 @@ def test_point_noise_ignores_the_initial_transient() -> None:
     assert point_noise(schedule, steps, smooth) < 0.002
     noisy = smooth + np.random.default_rng(0).normal(0.0, 0.01, steps.size)
     assert 0.005 < point_noise(schedule, steps, noisy) < 0.02
+
+
+def test_peak_lr_is_covered_only_when_two_complete_runs_bracket_it_on_each_side() -> None:
+    from optuna_optlaws import set_schedule
+    from optuna_optlaws._pruner._calibration import covered
+
+    study = optuna.create_study()
+    for peak in (1e-3, 1e-3, 3e-3, 1e-2):
+        trial = study.ask()
+        set_schedule(trial, Schedule.cosine(peak, 600, warmup_steps=30))
+        study.tell(trial, 1.0)
+    calib = study.get_trials(deepcopy=False)
+    assert covered(1e-3, calib)  # two at the peak itself, two above
+    assert covered(2e-3, calib)
+    assert covered(3e-3, calib)
+    assert not covered(1e-2, calib)  # only one run at (or above) the largest peak
+    assert not covered(5e-4, calib)  # below every run
+    assert not covered(9e-3, calib)
+    assert covered(1.2e-3, calib)  # within the 1.25x tolerance of the two lowest
