@@ -370,7 +370,8 @@ def test_fast_term_is_tried_with_the_escape_term_on_enough_runs_and_learns_a_fas
     law = OptLaw(n_random=1, loco=False).fit(curves)
     assert law.params["k_fast"] > 0.05
     assert law.predict_final([wsd]).mean[0] == pytest.approx(t_wsd, abs=0.01)
-    # fewer runs, or one peak LR: the fast excess is not tried
+    # asked not to, fewer runs, or one peak LR: the fast excess is not tried
+    assert "k_fast" not in OptLaw(n_random=0, loco=False, fast_excess=False).fit(curves).params
     assert "k_fast" not in OptLaw(n_random=0, loco=False).fit(curves[:-1]).params
     one_peak = OptLaw(n_random=0, loco=False).fit(curves[:2]).params
     assert "k_fast" not in one_peak and "k_esc" not in one_peak

@@ -8,7 +8,7 @@ that explains what a sampler driven by the law will prefer on this model.
 
 Usage (repository root; ~1-3 minutes per law, about 20 times that with ``--loco``)::
 
-    python examples/tiny_lm/check_law.py --laws optlaw,multipower [--loco]
+    python examples/tiny_lm/check_law.py --laws optlaw,multipower [--loco] [--without-fast]
 """
 
 from __future__ import annotations
@@ -21,9 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from optuna_optlaws.curves import read_curves_csv
-from optuna_optlaws.laws import make_law
+from optuna_optlaws.laws import Law, make_law
+from optuna_optlaws.laws.optlaw import OptLaw
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+NO_FAST = "optlaw-nofast"
+"""The Opt-Law without its fast excess (``--without-fast``)."""
+
+
+def new_law(name: str) -> Law:
+    """An unfitted law by name; :data:`NO_FAST` is the Opt-Law that never tries its fast excess."""
+    return OptLaw(fast_excess=False) if name == NO_FAST else make_law(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--laws", default="optlaw,multipower", help="comma-separated law names")
     ap.add_argument("--fit-steps", type=int, default=600, help="fit on the runs of this many steps")
     ap.add_argument("--out", type=Path, default=ROOT / "studies" / "curves" / "law_check.md")
+    ap.add_argument("--without-fast", action="store_true",
+                    help="also fit the Opt-Law without its fast excess (column optlaw-nofast), to see what it adds")
     ap.add_argument("--loco", action="store_true",
                     help="also fit each law once per fitted run without it and predict that run (leave one run out)")
     args = ap.parse_args(argv)
@@ -42,19 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     fit_on = [c for c in base if c.schedule.total_steps == args.fit_steps]
     held = [c for c in base if c.schedule.total_steps != args.fit_steps]
     laws = [name for name in args.laws.split(",") if name]
+    if args.without_fast:
+        laws.append(NO_FAST)
     preds: dict[str, dict[str, float]] = {}
     loco: dict[str, dict[str, float]] = {name: {} for name in laws}
     info: dict[str, str] = {}
     for name in laws:
         t0 = time.perf_counter()
-        law = make_law(name).fit(fit_on, seed=0)
+        law = new_law(name).fit(fit_on, seed=0)
         preds[name] = {}
         for c in fit_on + held:
             p = law.predict(c.schedule, [c.last_step], model_size=c.model_size, tokens_per_step=c.tokens_per_step)
             preds[name][c.run_id] = float(p.mean[0])
         if args.loco:
             for i, c in enumerate(fit_on):
-                held_law = make_law(name).fit([g for j, g in enumerate(fit_on) if j != i], seed=0)
+                held_law = new_law(name).fit([g for j, g in enumerate(fit_on) if j != i], seed=0)
                 p = held_law.predict(
                     c.schedule, [c.last_step], model_size=c.model_size, tokens_per_step=c.tokens_per_step
                 )

@@ -41,7 +41,7 @@ a cooldown removes at once, apart from the modes' slower floor. Without it, fits
 tiny LM's runs put the modes' weight on slow modes (a high LR costing loss for good) and
 left WSD's fast final drop out, overpredicting every WSD run by 0.02-0.08 nats; with it,
 the 20 runs of studies/curves/law_check.md, each left out in turn, are predicted within
-0.026 nats rms (0.049 without the term: the same command at commit 8347f4f). It is tried
+0.026 nats rms (0.049 without it: ``check_law.py --loco --without-fast``). It is tried
 when the escape term is fitted (the data varies the peak LR, which separates ``p_fast``
 from the modes' ``phi``) on at least 8 runs (:data:`~._optlaw_terms.FAST_MIN_RUNS`), and
 kept only when the runs left out one at a time are predicted better with it than
@@ -150,11 +150,16 @@ class OptLaw(Law):
     loco_folds: int = 6
     """Most leave-one-curve-out refits for the model discrepancy (curves spread evenly)."""
 
-    def __init__(self, *, n_random: int = 3, fit_points: int = 96, max_nfev: int = 200, loco: bool = True) -> None:
+    def __init__(
+        self, *, n_random: int = 3, fit_points: int = 96, max_nfev: int = 200, loco: bool = True,
+        fast_excess: bool = True,
+    ) -> None:
         """``n_random``: random starts besides the default one; ``fit_points``: at most this
         many points per curve are fitted (evenly spread, the last one always);
-        ``loco``: estimate the model discrepancy by leave-one-curve-out refits."""
+        ``loco``: estimate the model discrepancy by leave-one-curve-out refits;
+        ``fast_excess``: ``False`` never tries the fast excess (to measure what it adds)."""
         super().__init__()
+        self.fast_excess = bool(fast_excess)
         self.n_random = int(n_random)
         self.fit_points = int(fit_points)
         self.max_nfev = int(max_nfev)
@@ -184,6 +189,8 @@ class OptLaw(Law):
         self.lineage_offsets = {rid: off for rid, off in offsets.items() if off}
         obs = observations(curves, where=where)
         base = terms_for(curves, where, offsets)
+        if not self.fast_excess:
+            base = replace(base, fast=False)
         prepared: list[tuple[Curve, dyn.ChunkGrid, FloatArray]] = []
         per_curve = max(24, min(self.fit_points, self.total_fit_points // max(len(curves), 1)))
         for c, sl in zip(obs.curves, obs.slices(), strict=True):
