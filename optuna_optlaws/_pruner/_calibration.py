@@ -234,7 +234,7 @@ def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:
     its residual is small whatever the law does at that LR. In one replay order of the
     tiny LM's 20-run group, with only the constant-LR run complete at the lowest peak LR,
     the law predicted that LR's cosine and WSD runs 0.20 and 0.11 nats too high (the WSD
-    run was the group's best) with calibrated intervals of +-0.09 and +-0.05. Outside
+    run was the group's best) with calibrated intervals of +-0.10 and +-0.05. Outside
     these bounds the pruner does not prune on the law."""
     peaks = [s.peak_lr for s in (readable_schedule(t) for t in calib) if s is not None]
     if not peaks or not (math.isfinite(peak_lr) and peak_lr > 0):
