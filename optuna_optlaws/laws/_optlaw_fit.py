@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
-from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, fast_target, instability_target
+from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, held_power, instability_target
 from optuna_optlaws.schedules import Schedule
 
 FloatArray = NDArray[np.float64]
@@ -113,31 +113,34 @@ class FitProblem:
         if self.terms.escape and p["k_esc"] > 0:
             loss = loss + p["k_esc"] * self._escape(p["kappa_esc"])
         if self.terms.fast and p["k_fast"] > 0:
-            loss = loss + p["k_fast"] * self._fast(p["kappa_fast"], p["p_fast"])
+            loss = loss + p["k_fast"] * self._fast(p["kappa_fast"], p["p_fast"])[0]
         if self.terms.warmup and p["k_warm"] > 0:
-            loss = loss + p["k_warm"] * self._instability(p["kappa_warm"], p["s_edge"])
+            loss = loss + p["k_warm"] * self._instability(p["kappa_warm"], p["s_edge"])[0]
         return np.asarray(loss, dtype=np.float64)
 
-    def _relaxed(self, kappa: float, target: Callable[[dyn.ChunkGrid], FloatArray]) -> FloatArray:
+    def _relaxed(self, kappa: float, *targets: Callable[[dyn.ChunkGrid], FloatArray]) -> list[FloatArray]:
         """At every fitted point, an excess that relaxes at rate ``kappa`` (per area unit)
-        towards ``target(grid)`` (one equilibrium per chunk), from zero."""
-        out = []
+        towards each of ``targets(grid)`` (one equilibrium per chunk), from zero: one
+        array per target, the relaxation kernel computed once for all of them."""
+        out: list[list[FloatArray]] = [[] for _ in targets]
         for g in self.grids:
             ek = dyn.relaxation_kernel(g, np.array([kappa]))[0]
-            out.append(ek @ target(g))
-        return np.concatenate(out)
+            for acc, target in zip(out, targets, strict=True):
+                acc.append(ek @ target(g))
+        return [np.concatenate(acc) for acc in out]
 
     def _escape(self, kappa: float) -> FloatArray:
         """The escape excess at every fitted point (per unit ``k_esc``)."""
-        return self._relaxed(kappa, lambda g: escape_target(g.eta))
+        return self._relaxed(kappa, lambda g: escape_target(g.eta))[0]
 
-    def _fast(self, kappa: float, power: float) -> FloatArray:
-        """The fast excess at every fitted point (per unit ``k_fast``)."""
-        return self._relaxed(kappa, lambda g: fast_target(g.eta, power))
+    def _fast(self, kappa: float, *powers: float) -> list[FloatArray]:
+        """The fast excess at every fitted point (per unit ``k_fast``), one array per LR power."""
+        return self._relaxed(kappa, *(lambda g, pw=pw: held_power(g.eta, pw) for pw in powers))
 
-    def _instability(self, kappa: float, s_edge: float) -> FloatArray:
-        """The early-instability excess at every fitted point (per unit ``k_warm``)."""
-        return self._relaxed(kappa, lambda g: instability_target(g.eta, g.s_mid, s_edge))
+    def _instability(self, kappa: float, *s_edges: float) -> list[FloatArray]:
+        """The early-instability excess at every fitted point (per unit ``k_warm``), one
+        array per ``s_edge``."""
+        return self._relaxed(kappa, *(lambda g, se=se: instability_target(g.eta, g.s_mid, se) for se in s_edges))
 
     def residuals(self, theta: FloatArray) -> FloatArray:
         """``log(observed) - log(predicted)`` at every fitted point."""
@@ -217,20 +220,20 @@ class FitProblem:
             jac[:, col["kappa_esc"]] = p["k_esc"] * (self._escape(p["kappa_esc"] + h) - esc) / h
         if self.terms.fast:
             kf, pf = p["kappa_fast"], p["p_fast"]
-            fast = self._fast(kf, pf)
+            hk, hp = 1e-6 * kf, 1e-6 * max(pf, 1.0)
+            fast, fast_hp = self._fast(kf, pf, pf + hp)
             loss = loss + p["k_fast"] * fast
             jac[:, col["k_fast"]] = fast
-            hk, hp = 1e-6 * kf, 1e-6 * max(pf, 1.0)
-            jac[:, col["kappa_fast"]] = p["k_fast"] * (self._fast(kf + hk, pf) - fast) / hk
-            jac[:, col["p_fast"]] = p["k_fast"] * (self._fast(kf, pf + hp) - fast) / hp
+            jac[:, col["kappa_fast"]] = p["k_fast"] * (self._fast(kf + hk, pf)[0] - fast) / hk
+            jac[:, col["p_fast"]] = p["k_fast"] * (fast_hp - fast) / hp
         if self.terms.warmup:
             kw, se = p["kappa_warm"], p["s_edge"]
-            inst = self._instability(kw, se)
+            hk, hs = 1e-6 * kw, 1e-6 * se
+            inst, inst_hs = self._instability(kw, se, se + hs)
             loss = loss + p["k_warm"] * inst
             jac[:, col["k_warm"]] = inst
-            hk, hs = 1e-6 * kw, 1e-6 * se
-            jac[:, col["kappa_warm"]] = p["k_warm"] * (self._instability(kw + hk, se) - inst) / hk
-            jac[:, col["s_edge"]] = p["k_warm"] * (self._instability(kw, se + hs) - inst) / hs
+            jac[:, col["kappa_warm"]] = p["k_warm"] * (self._instability(kw + hk, se)[0] - inst) / hk
+            jac[:, col["s_edge"]] = p["k_warm"] * (inst_hs - inst) / hs
         return np.asarray(loss, dtype=np.float64), jac
 
 

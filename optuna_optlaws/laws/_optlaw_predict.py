@@ -13,7 +13,7 @@ from optuna_optlaws.laws._optlaw_terms import (
     Terms,
     Theta,
     escape_target,
-    fast_target,
+    held_power,
     instability_target,
     shift_excess,
 )
@@ -53,7 +53,7 @@ def loss_at_targets(
         excesses.append(("k_esc", "kappa_esc", np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)))
     if terms.fast:
         p_fast = np.array([p["p_fast"] for p in pars])
-        excesses.append(("k_fast", "kappa_fast", fast_target(grid.eta[:, None], p_fast[None, :])))
+        excesses.append(("k_fast", "kappa_fast", held_power(grid.eta[:, None], p_fast[None, :])))
     if terms.warmup:
         s_edge = np.array([p["s_edge"] for p in pars])
         excesses.append(("k_warm", "kappa_warm", instability_target(grid.eta[:, None], grid.s_mid[:, None], s_edge)))
@@ -94,7 +94,7 @@ def loss_final(
         if esc_target is not None and p["k_esc"] > 0:
             loss = loss + p["k_esc"] * _final_excess(batch, p["kappa_esc"], esc_target)
         if terms.fast and p["k_fast"] > 0:
-            loss = loss + p["k_fast"] * _final_excess(batch, p["kappa_fast"], fast_target(batch.eta, p["p_fast"]))
+            loss = loss + p["k_fast"] * _final_excess(batch, p["kappa_fast"], held_power(batch.eta, p["p_fast"]))
         if terms.warmup and p["k_warm"] > 0:
             target = instability_target(batch.eta, batch.s_mid, p["s_edge"])
             loss = loss + p["k_warm"] * _final_excess(batch, p["kappa_warm"], target)

@@ -18,6 +18,13 @@ from optuna_optlaws.laws._fitting import Param, ParamSpace
 
 FloatArray = NDArray[np.float64]
 
+def held_power(eta_rel: FloatArray, power: float | FloatArray) -> FloatArray:
+    """``eta_rel^power`` (dimensionless, ``eta_rel = eta / eta_ref``) up to the largest LR
+    of the fitting data (``eta_rel = 1``) and flat past it: the LR dependence of every
+    excess's equilibrium; ``eta_rel`` and ``power`` broadcast together."""
+    return np.asarray(np.power(np.minimum(eta_rel, 1.0), power), dtype=np.float64)
+
+
 ESCAPE_POWER = 4.0
 """Steepness of the escape excess in the LR: its equilibrium is ``(eta/eta_ref)^4``."""
 
@@ -26,18 +33,13 @@ def escape_target(eta_rel: FloatArray) -> FloatArray:
     """Equilibrium of the escape excess at LR ``eta_rel = eta / eta_ref`` (dimensionless).
 
     ``eta_rel^4`` up to the largest LR of the fitting data (``eta_rel = 1``) and flat past
-    it: the data says nothing about where the stability edge lies beyond the LRs it
-    tried, so the law does not extrapolate the steep power there (at 3x the largest
-    fitted peak, ``eta^4`` alone would add 81 times the largest fitted escape excess).
-    Past the fitted range the law is therefore optimistic, which lets the sampler explore
-    higher LRs and keeps the pruner from killing them on an extrapolation."""
-    return np.asarray(np.power(np.minimum(eta_rel, 1.0), ESCAPE_POWER), dtype=np.float64)
-
-def fast_target(eta_rel: FloatArray, power: float | FloatArray) -> FloatArray:
-    """Equilibrium of the fast excess (dimensionless) at LR ``eta_rel = eta / eta_ref``:
-    ``eta_rel^power``, held flat past the fitted LR range like :func:`escape_target`;
-    ``eta_rel`` and ``power`` broadcast together."""
-    return np.asarray(np.power(np.minimum(eta_rel, 1.0), power), dtype=np.float64)
+    it (:func:`held_power`): the data says nothing about where the stability edge lies
+    beyond the LRs it tried, so the law does not extrapolate the steep power there (at 3x
+    the largest fitted peak, ``eta^4`` alone would add 81 times the largest fitted escape
+    excess). Past the fitted range the law is therefore optimistic, which lets the
+    sampler explore higher LRs and keeps the pruner from killing them on an extrapolation.
+    The fast excess's equilibrium is ``held_power(eta_rel, p_fast)``."""
+    return held_power(eta_rel, ESCAPE_POWER)
 
 
 INSTABILITY_POWER = 2.0
@@ -54,9 +56,7 @@ def instability_target(eta_rel: FloatArray, s_mid: FloatArray, s_edge: float | F
     edge rises as training goes on, which ``exp(-S / s_edge)`` stands for. A warmup keeps
     the LR low while ``S`` is small, which is why too short a warmup costs loss (design.md
     section 3). Held flat past the fitted LR range, like :func:`escape_target`."""
-    return np.asarray(
-        np.power(np.minimum(eta_rel, 1.0), INSTABILITY_POWER) * np.exp(-s_mid / s_edge), dtype=np.float64
-    )
+    return np.asarray(held_power(eta_rel, INSTABILITY_POWER) * np.exp(-s_mid / s_edge), dtype=np.float64)
 
 
 def shift_excess(p: Theta, s_since: FloatArray) -> FloatArray:
@@ -100,7 +100,7 @@ class Terms:
     fast: bool = False
     """Whether the fast excess ``k_fast f(t)`` is fitted: the loss held in the sharpest
     directions, which follow the LR within a few steps, towards ``(eta/eta_ref)^p_fast``
-    (:func:`fast_target`). Tried when the escape term is fitted (the data varies the peak
+    (:func:`held_power`). Tried when the escape term is fitted (the data varies the peak
     LR, so the LR power ``p_fast`` is identified apart from the modes' ``phi``) on at least
     :data:`FAST_MIN_RUNS` runs; see :meth:`OptLaw.fit` for when it is kept."""
 

@@ -36,7 +36,7 @@ apart); otherwise it is off (``k_esc = 0``, not a fitted parameter).
 Fast excess. The loss held in the sharpest directions follows the LR within a few steps:
 an excess ``k_fast f(t)`` relaxing at rate ``kappa_fast`` (at least 10 per area unit, i.e.
 within about a hundred steps at the reference LR; fits put it at the bound of 10^4, at
-once) towards ``(eta/eta_ref)^p_fast`` (:func:`~._optlaw_terms.fast_target`). It is what
+once) towards ``(eta/eta_ref)^p_fast`` (:func:`~._optlaw_terms.held_power`). It is what
 a cooldown removes at once, apart from the modes' slower floor. Without it, fits on the
 tiny LM's runs put the modes' weight on slow modes (a high LR costing loss for good) and
 left WSD's fast final drop out, overpredicting every WSD run by 0.02-0.08 nats; with it,
