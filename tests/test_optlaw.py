@@ -26,9 +26,8 @@ TRUE = {
 }
 
 
-def _law_with(values: dict[str, float], eta_ref: float = 3e-4, sizes: tuple[float, ...] = ()) -> OptLaw:
-    """An OptLaw holding given parameters (as if fitted), to generate curves."""
-    terms = Terms(eta_ref=eta_ref, sizes=sizes, escape=False, size_form="power" if sizes else "single")
+def _law_with_terms(terms: Terms, values: dict[str, float]) -> OptLaw:
+    """An OptLaw with ``terms`` holding given parameters (as if fitted), to generate curves."""
     space = terms.space()
     theta = space.from_mapping(values)
     law = OptLaw()
@@ -36,6 +35,12 @@ def _law_with(values: dict[str, float], eta_ref: float = 3e-4, sizes: tuple[floa
     law._members = [(terms, post)]
     law._terms, law._space, law.posterior = terms, space, post
     return law
+
+
+def _law_with(values: dict[str, float], eta_ref: float = 3e-4, sizes: tuple[float, ...] = ()) -> OptLaw:
+    """An OptLaw of the plain terms (no escape) holding given parameters."""
+    terms = Terms(eta_ref=eta_ref, sizes=sizes, escape=False, size_form="power" if sizes else "single")
+    return _law_with_terms(terms, values)
 
 
 def _synthetic(law: OptLaw, schedules: dict[str, Schedule], every: int = 200) -> list[Curve]:
@@ -242,13 +247,7 @@ def test_continued_run_starts_from_its_parent() -> None:
 
 
 def test_escape_term_fits_a_u_shape_in_peak_lr() -> None:
-    terms = Terms(eta_ref=1e-3, sizes=(), escape=True)
-    space = terms.space()
-    theta = space.from_mapping({**TRUE, "k_esc": 1.0, "kappa_esc": 0.02})
-    truth = OptLaw()
-    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
-    truth._members = [(terms, post)]
-    truth._terms, truth._space, truth.posterior = terms, space, post
+    truth = _law_with_terms(Terms(eta_ref=1e-3, sizes=(), escape=True), {**TRUE, "k_esc": 1.0, "kappa_esc": 0.02})
     peaks = [1e-4, 2e-4, 4e-4, 7e-4, 1e-3]
     scheds = [Schedule.cosine(p, 20000, warmup_steps=1000, final_lr=0.1 * p) for p in peaks]
     true_final = truth.predict_final(scheds).mean
@@ -315,13 +314,10 @@ def test_single_curve_gets_a_model_discrepancy() -> None:
 
 
 def test_warmup_term_only_when_warmups_differ_and_it_learns_their_cost() -> None:
-    terms = Terms(eta_ref=1e-3, sizes=(), escape=False, warmup=True)
-    space = terms.space()
-    theta = space.from_mapping({**TRUE, "k_warm": 5.0, "s_edge": 1.0, "kappa_warm": 0.02})
-    truth = OptLaw()
-    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
-    truth._members = [(terms, post)]
-    truth._terms, truth._space, truth.posterior = terms, space, post
+    truth = _law_with_terms(
+        Terms(eta_ref=1e-3, sizes=(), escape=False, warmup=True),
+        {**TRUE, "k_warm": 5.0, "s_edge": 1.0, "kappa_warm": 0.02},
+    )
     warmups = [0, 200, 500, 1000, 2000]
     scheds = [Schedule.wsd(1e-3, 20000, w, cooldown_fraction=0.2, final_lr=1e-5) for w in warmups]
     true_final = truth.predict_final(scheds).mean
@@ -339,16 +335,6 @@ def test_warmup_term_only_when_warmups_differ_and_it_learns_their_cost() -> None
     # the term survives a save and load
     again = OptLaw.from_dict(law.to_dict())
     np.testing.assert_allclose(again.predict_final(scheds).mean, got, rtol=1e-12)
-
-
-def _law_with_terms(terms: Terms, values: dict[str, float]) -> OptLaw:
-    space = terms.space()
-    theta = space.from_mapping(values)
-    law = OptLaw()
-    post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
-    law._members = [(terms, post)]
-    law._terms, law._space, law.posterior = terms, space, post
-    return law
 
 
 FAST_TRUE = {**TRUE, "k_esc": 0.05, "kappa_esc": 0.5, "k_fast": 0.15, "kappa_fast": 3000.0, "p_fast": 0.5}
