@@ -46,20 +46,30 @@ def errors(curves: Sequence, law_name: str, *, loco: bool, seed: int = 0) -> lis
 def conditioned(law: Any, c: Any, f: float) -> dict | None:
     """The law's prediction of run ``c``'s final loss conditioned on its prefix up to
     fraction ``f`` of its schedule (as the pruner hands it over); ``None`` with fewer
-    than two finite points in that prefix."""
+    than two finite points in that prefix, or when the law cannot predict it."""
     from optuna_optlaws._pruner._decision import law_prefix
+    from optuna_optlaws._study_state import conditioned_final
 
-    ok = np.isfinite(c.losses)
-    total = c.schedule.total_steps
-    keep = ok & (c.steps + 1 <= f * total)
+    keep = np.isfinite(c.losses) & (c.steps + 1 <= f * c.schedule.total_steps)
     if keep.sum() < 2:
         return None
     s, v = law_prefix(c.steps[keep], c.losses[keep])
-    pred = law.predict(c.schedule, [total - 1], model_size=c.model_size,
-                       tokens_per_step=c.tokens_per_step, observed=replace(c, steps=s, losses=v))
+    pred = conditioned_final(law, replace(c, steps=s, losses=v))
+    if pred is None:
+        return None
     return {"run": c.run_id, "f": f, "true": float(c.final_loss), "mean": float(pred.mean[0]),
             "lo": float(pred.lo[0]), "hi": float(pred.hi[0]),
             "sd": float(pred.sd(law.interval_level)[0]), "schedule": c.schedule}
+
+
+def residuals_of(rows: Sequence[dict]) -> Any:
+    """The calibration residuals (true - predicted final loss, with the law's sd) of
+    :func:`conditioned` rows, as the pruner's calibration takes them."""
+    from optuna_optlaws._pruner._calibration import Residuals
+    from optuna_optlaws._residual_gp import schedule_descriptors
+
+    return Residuals(np.array([r["true"] - r["mean"] for r in rows]), np.array([r["sd"] for r in rows]),
+                     schedule_descriptors([r["schedule"] for r in rows], cache=True))
 
 
 EARLY_FRACTIONS = (0.1, 0.5)
@@ -72,8 +82,7 @@ def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8), dra
     them (and calibrated on their in-sample errors, as the pruner does) predicts each
     other run whose peak LR lies within theirs (the pruner's extrapolation guard holds
     back the rest)."""
-    from optuna_optlaws._pruner._calibration import TRUSTED_CALIBRATION, Residuals, calibrate
-    from optuna_optlaws._residual_gp import schedule_descriptors
+    from optuna_optlaws._pruner._calibration import TRUSTED_CALIBRATION, calibrate
     from optuna_optlaws.laws import make_law
 
     rng = np.random.default_rng(seed)
@@ -102,8 +111,7 @@ def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8), dra
                 rows = [r for c in fit if (r := conditioned(law, c, f)) is not None]
                 if len(rows) < 3:
                     continue
-                res = Residuals(np.array([r["true"] - r["mean"] for r in rows]), np.array([r["sd"] for r in rows]),
-                                schedule_descriptors([r["schedule"] for r in rows], cache=True))
+                res = residuals_of(rows)
                 for i, c in enumerate(curves):
                     if i in pick or not min(peaks) * 0.999 <= c.schedule.peak_lr <= max(peaks) * 1.001:
                         continue
@@ -142,8 +150,7 @@ def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, 
     calibrated as the pruner does (:func:`~optuna_optlaws._pruner._calibration.calibrate`: a GP on
     the residuals over the runs' schedules)
     on the in-sample residuals of ``n`` other runs drawn at random (``repeats`` draws)."""
-    from optuna_optlaws._pruner._calibration import Residuals, calibrate
-    from optuna_optlaws._residual_gp import schedule_descriptors
+    from optuna_optlaws._pruner._calibration import calibrate
 
     runs = sorted({r["run"] for r in loco})
     index = {(r["run"], r["f"]): r for r in insample}
@@ -173,9 +180,7 @@ def calibrated_table(loco: list[dict], insample: list[dict], repeats: int = 20, 
                     if t is None or len(others) < n:
                         continue
                     pick = [others[k] for k in rng.choice(len(others), n, replace=False)]
-                    rows = [index[(o, f)] for o in pick]
-                    res = Residuals(np.array([r["true"] - r["mean"] for r in rows]), np.array([r["sd"] for r in rows]),
-                                    schedule_descriptors([r["schedule"] for r in rows], cache=True))
+                    res = residuals_of([index[(o, f)] for o in pick])
                     c = calibrate(t["mean"], t["sd"], t["schedule"], res, 0.9, 0.0, t["mean"] - t["lo"],
                                   t["hi"] - t["mean"])
                     raw += t["true"] < t["lo"]
