@@ -45,7 +45,8 @@ the 20 runs of studies/curves/law_check.md, each left out in turn, are predicted
 when the escape term is fitted (the data varies the peak LR, which separates ``p_fast``
 from the modes' ``phi``) on at least 8 runs (:data:`~._optlaw_terms.FAST_MIN_RUNS`), and
 kept only when the runs left out one at a time are predicted better with it than
-without it (both are fitted; ``fit_info["fast_choice"]`` holds both errors).
+without it (both are fitted; ``fit_info["fast_choice"]`` holds both errors); a fit
+with ``loco=False`` has no left-out errors and keeps it.
 
 Early-instability (warmup) term. Early in training the stability edge is low, so a high
 LR while the LR area is still small does damage: an excess ``k_warm w(t)`` that relaxes
