@@ -4,7 +4,8 @@ Schedule parameters (those :func:`~optuna_optlaws.suggest_schedule` registers) a
 *jointly*: when a trial asks for its first schedule parameter, the sampler fits (or reuses)
 the study's law, scores many quasi-random candidate schedules from the search space with
 ``law.predict_final`` and picks one by an acquisition over the law's predictive
-distribution (lower confidence bound by default, or Thompson sampling), after correcting
+distribution (lower confidence bound by default, Thompson sampling, or expected
+improvement beyond a margin the user does not care about), after correcting
 the law by a Gaussian process on its errors on the study's finished trials; the trial's
 other schedule parameters then take that candidate's values. While the study has fewer
 than ``n_startup_trials`` COMPLETE curves and no ``prior`` law, schedules come from a
@@ -66,8 +67,14 @@ class OptLawsSampler(BaseSampler):
         n_startup_trials: COMPLETE curves the study needs before its own law proposes
             schedules (before that: the prior, or a space-filling Sobol sequence).
         n_candidates: Quasi-random candidate schedules scored per proposal.
-        acquisition: ``"lcb"`` (minimise ``mean - kappa * sigma``) or ``"thompson"``.
+        acquisition: ``"lcb"`` (minimise ``mean - kappa * sigma``), ``"thompson"``, or
+            ``"ei"`` (maximise the expected improvement on the best COMPLETE trial's final
+            loss minus ``min_improvement``).
         kappa: Exploration weight of the lower confidence bound (sigmas).
+        min_improvement: Nats by which ``"ei"`` asks a candidate to beat the best COMPLETE
+            trial: set it to the :class:`~optuna_optlaws.OptLawsPruner`'s ``tolerance``, so
+            that trials are not spent on schedules predicted to tie with the best, which
+            that pruner would neither prune early nor keep for a gain you care about.
         seed: Seed; with the same seed and the same study history, proposals repeat.
         refit_growth: Refit the law when the study's finished trials (at least one more)
             or reported points grew by this fraction since the last fit.
@@ -89,6 +96,7 @@ class OptLawsSampler(BaseSampler):
         n_candidates: int = 256,
         acquisition: str = "lcb",
         kappa: float = 1.0,
+        min_improvement: float = 0.0,
         seed: int | None = None,
         refit_growth: float = 0.25,
         max_fit_points: int = 128,
@@ -103,6 +111,8 @@ class OptLawsSampler(BaseSampler):
             raise InputError(f"OptLawsSampler: n_candidates={n_candidates!r} must be an int >= 1")
         if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa >= 0):
             raise InputError(f"OptLawsSampler: kappa={kappa!r} must be a finite number >= 0")
+        if not (isinstance(min_improvement, (int, float)) and math.isfinite(min_improvement) and min_improvement >= 0):
+            raise InputError(f"OptLawsSampler: min_improvement={min_improvement!r} must be a finite number >= 0 (nats)")
         if inner_sampler is not None and not isinstance(inner_sampler, BaseSampler):
             raise InputError(f"OptLawsSampler: inner_sampler={inner_sampler!r} is not an Optuna sampler")
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
@@ -117,6 +127,7 @@ class OptLawsSampler(BaseSampler):
         self._n_candidates = n_candidates
         self._acquisition = acquisition
         self._kappa = float(kappa)
+        self._min_improvement = float(min_improvement)
         self._correct = bool(correct_residuals)
         self._proposals: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], Proposal]] = (
             weakref.WeakKeyDictionary()
@@ -196,6 +207,11 @@ class OptLawsSampler(BaseSampler):
             return startup_point(space, self._seed, trial.number)
         model_size, tokens_per_step = trial_sizes(trial)
         try:
+            seen = (
+                observations(study._storage, trials, state.law, model_size, tokens_per_step)
+                if self._correct or self._acquisition == "ei"
+                else None
+            )
             return propose(
                 space,
                 state.law,
@@ -206,11 +222,9 @@ class OptLawsSampler(BaseSampler):
                 kappa=self._kappa,
                 model_size=model_size,
                 tokens_per_step=tokens_per_step,
-                observed=(
-                    observations(study._storage, trials, state.law, model_size, tokens_per_step)
-                    if self._correct
-                    else None
-                ),
+                observed=seen if self._correct else None,
+                incumbent=math.inf if seen is None else seen.incumbent,
+                min_improvement=self._min_improvement,
             )
         except Exception as exc:  # a law that cannot score must never lose the trial
             self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")

@@ -11,7 +11,7 @@ import pytest
 from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, schedule_objective, synth_loss
 
 from optuna_optlaws import InputError, OptLawsSampler, get_schedule
-from optuna_optlaws._sampler._acquisition import _sobol
+from optuna_optlaws._sampler._acquisition import _sobol, expected_improvement
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import make_law
 from optuna_optlaws.sampler import PROPOSAL_KEY
@@ -58,14 +58,19 @@ def test_seeded_runs_reproduce() -> None:
     assert runs[0] != runs[2]
 
 
-def test_prior_law_makes_the_first_suggestions_among_its_best() -> None:
+def _prior_law() -> tuple[Any, Any]:
+    """A law fitted on 6 synthetic runs of the default test space, and that space."""
     steps = report_steps()
     space_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     space_study.optimize(schedule_objective(), n_trials=1)
     space = get_space(space_study.trials[0])
     assert space is not None
     train = [space.build(v) for v in space.from_unit(_sobol(space.unit_dims, 6, 11))]
-    prior = make_law(TEST_LAW).fit([Curve(f"r{i}", s, steps, synth_loss(s, steps)) for i, s in enumerate(train)])
+    return make_law(TEST_LAW).fit([Curve(f"r{i}", s, steps, synth_loss(s, steps)) for i, s in enumerate(train)]), space
+
+
+def test_prior_law_makes_the_first_suggestions_among_its_best() -> None:
+    prior, space = _prior_law()
     # the prior's ranking of 256 random schedules of the same space
     reference = [space.build(v) for v in space.from_unit(np.random.default_rng(5).random((256, space.unit_dims)))]
     ref_pred = prior.predict_final(reference).mean
@@ -136,9 +141,37 @@ def test_thompson_acquisition_stays_in_space() -> None:
         assert get_schedule(t).total_steps == TOTAL_STEPS  # type: ignore[union-attr]
 
 
+def test_expected_improvement_matches_monte_carlo_and_values_a_clear_gain() -> None:
+    mean, sigma = np.array([2.00, 2.03, 2.10]), np.array([0.01, 0.02, 0.001])
+    draws = np.random.default_rng(0).standard_normal((200_000, 1)) * sigma + mean
+    mc = np.maximum(2.02 - draws, 0.0).mean(axis=0)
+    assert expected_improvement(mean, sigma, 2.02) == pytest.approx(mc, abs=2e-4)
+    assert expected_improvement(mean, sigma, 2.02)[2] == 0.0  # 80 sigmas above: underflows to 0
+    # a sure tie with the best against an unsure candidate predicted a little worse:
+    # expected improvement prefers the tie, unless gains under 0.01 nats count for nothing
+    tie, unsure = np.array([1.998, 2.03]), np.array([0.005, 0.02])
+    plain = expected_improvement(tie, unsure, 2.0)
+    assert plain[0] > plain[1]
+    beyond = expected_improvement(tie, unsure, 2.0 - 0.01)
+    assert beyond[1] > beyond[0]
+
+
+def test_ei_acquisition_proposes_by_the_best_complete_trial() -> None:
+    study = optuna.create_study(sampler=_sampler(acquisition="ei", min_improvement=0.01))
+    study.optimize(schedule_objective(**SPACE), n_trials=6)
+    sources = [t.system_attrs[PROPOSAL_KEY]["source"] for t in study.trials]
+    assert sources == ["startup"] * 3 + ["law+residual-gp:ei"] * 3
+    # a prior law and nothing COMPLETE yet: nothing to improve on, the lower bound decides
+    study = optuna.create_study(sampler=_sampler(acquisition="ei", prior=_prior_law()[0]))
+    study.optimize(schedule_objective(), n_trials=1)
+    assert study.trials[0].system_attrs[PROPOSAL_KEY]["source"].endswith(":lcb")
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(InputError, match="acquisition"):
-        OptLawsSampler(TEST_LAW, acquisition="ei")
+        OptLawsSampler(TEST_LAW, acquisition="ucb")
+    with pytest.raises(InputError, match="min_improvement"):
+        OptLawsSampler(TEST_LAW, acquisition="ei", min_improvement=-0.01)
     with pytest.raises(InputError, match="unknown law"):
         OptLawsSampler("nolaw")
     with pytest.raises(InputError, match="n_candidates"):

@@ -102,6 +102,10 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
     tolerant = study_mod.make_study("optlaws-tolerant", storage, 0, 24, False, law, 0.03)
     assert tolerant.pruner._gates.tolerance == 0.03
     assert study_mod.make_study("optlaws", storage, 0, 24, True, law, 0.03).pruner._gates.tolerance == 0.0
+    # the ei arm hands it to the pruner and, as the improvement asked for, to the sampler
+    ei = study_mod.make_study("optlaws-ei", storage, 0, 24, False, law, 0.03)
+    assert ei.pruner._gates.tolerance == 0.03
+    assert ei.sampler._acquisition == "ei" and ei.sampler._min_improvement == 0.03
 
 
 def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_trial() -> None:

@@ -15,7 +15,11 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
   the pruner alone;
 * ``optlaws-tolerant`` (only when asked): as ``optlaws``, with the pruner's regret
   ``tolerance`` set (``--tolerance``, default 0.01 nats): runs that could beat the best
-  only by less than that are pruned too.
+  only by less than that are pruned too;
+* ``optlaws-ei`` (only when asked): as ``optlaws-tolerant``, with the sampler's
+  acquisition the expected improvement on the best final loss minus the same tolerance
+  (``OptLawsSampler(acquisition="ei", min_improvement=tolerance)``): no trial spent on a
+  schedule predicted to tie with the best.
 
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
@@ -52,9 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tinylm import TinyLMConfig, count_parameters, default_device, train
 
 ROOT = Path(__file__).resolve().parents[2]
-ARMS = ("optlaws", "tpe-median", "tpe", "tpe-optlaws", "optlaws-tolerant")
-"""``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner and ``optlaws-tolerant``
-trades a bounded regret for steps; they run only when asked."""
+ARMS = ("optlaws", "tpe-median", "tpe", "tpe-optlaws", "optlaws-tolerant", "optlaws-ei")
+"""``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner, ``optlaws-tolerant``
+trades a bounded regret for steps and ``optlaws-ei`` also tells the sampler about that
+regret; they run only when asked."""
 DEFAULT_ARMS = ("optlaws", "tpe-median", "tpe")
 TOLERANCE = 0.01
 """Default regret tolerance of the ``optlaws-tolerant`` arm (nats): 0.5% of the tiny LM's
@@ -117,13 +122,17 @@ def make_study(
     arm: str, storage: str, seed: int, steps: int, resume: bool, law: str = "optlaw", tolerance: float = TOLERANCE
 ) -> optuna.Study:
     """The arm's study (deleted and recreated unless ``resume``); ``tolerance`` (nats) is
-    the pruner's regret tolerance in the ``optlaws-tolerant`` arm."""
+    the pruner's regret tolerance in the ``optlaws-tolerant`` and ``optlaws-ei`` arms (and
+    the improvement the latter's sampler asks for)."""
     name = f"tiny_lm-{arm}"
-    if arm in ("optlaws", "optlaws-tolerant"):
-        sampler: optuna.samplers.BaseSampler = OptLawsSampler(law, seed=seed)
-        pruner: optuna.pruners.BasePruner = OptLawsPruner(
-            law, seed=seed, tolerance=tolerance if arm == "optlaws-tolerant" else 0.0
+    if arm in ("optlaws", "optlaws-tolerant", "optlaws-ei"):
+        tol = 0.0 if arm == "optlaws" else tolerance
+        sampler: optuna.samplers.BaseSampler = (
+            OptLawsSampler(law, seed=seed, acquisition="ei", min_improvement=tol)
+            if arm == "optlaws-ei"
+            else OptLawsSampler(law, seed=seed)
         )
+        pruner: optuna.pruners.BasePruner = OptLawsPruner(law, seed=seed, tolerance=tol)
     elif arm == "tpe-median":
         sampler = optuna.samplers.TPESampler(seed=seed)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 10)
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--law", default="optlaw", help="law of the optlaws arm (default optlaw)")
     ap.add_argument("--seed", type=int, default=0, help="sampler/pruner seed (default 0)")
     ap.add_argument("--tolerance", type=float, default=TOLERANCE,
-                    help=f"regret tolerance (nats) of the optlaws-tolerant arm's pruner (default {TOLERANCE})")
+                    help=f"regret tolerance (nats) of the optlaws-tolerant and optlaws-ei arms (default {TOLERANCE})")
     ap.add_argument("--train-seed", type=int, default=0, help="training seed of every trial (default 0)")
     ap.add_argument("--noise-seeds", type=int, default=0, help="retrain the best tpe schedule with N other seeds")
     ap.add_argument("--resume", action="store_true", help="continue the arms' studies instead of starting over")

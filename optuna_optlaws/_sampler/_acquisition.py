@@ -11,7 +11,14 @@
     interval, ``(hi - lo) / (2 * 1.645)`` nats;
   - ``"thompson"``: minimise one draw ``mean + sigma * z`` per candidate
     (``z`` standard normal, seeded), i.e. Thompson sampling from the law's marginal
-    predictive distribution.
+    predictive distribution;
+  - ``"ei"`` (expected improvement): maximise ``E[max(target - y, 0)]`` for ``y``
+    normal with that mean and sigma, ``target`` the best COMPLETE trial's final loss
+    minus ``min_improvement`` nats: an improvement smaller than what the user would
+    accept to lose (the pruner's regret tolerance) is worth nothing, so candidates
+    predicted to tie with the best give way to those that might beat it clearly.
+    Where every candidate's expected improvement underflows, the one most standard
+    deviations below the target wins; without a COMPLETE trial, ``"lcb"`` decides.
 
 Cost: building ``n`` schedules plus one ``predict_final`` call on them.
 """
@@ -31,7 +38,7 @@ from optuna_optlaws._sampler._residual import Observations
 from optuna_optlaws._sampler._space import ScheduleSpace
 from optuna_optlaws.laws import Law
 
-ACQUISITIONS = ("lcb", "thompson")
+ACQUISITIONS = ("lcb", "thompson", "ei")
 """Acquisition functions :func:`propose` knows."""
 
 
@@ -79,6 +86,8 @@ def propose(
     model_size: float | None,
     tokens_per_step: float | None,
     observed: Observations | None = None,
+    incumbent: float = math.inf,
+    min_improvement: float = 0.0,
 ) -> Proposal:
     """The best of ``n_candidates`` quasi-random schedules under ``acquisition``.
 
@@ -86,9 +95,13 @@ def propose(
     :data:`~optuna_optlaws._residual_gp.MIN_OBSERVATIONS`), the law's predictions
     are corrected by a GP fitted on its residuals on them (:mod:`optuna_optlaws._residual_gp`): the
     candidate's mean is the law's plus the GP's, its sigma the GP's posterior one.
+    ``incumbent`` (nats) is the best COMPLETE final loss, which ``"ei"`` must beat by
+    ``min_improvement`` nats.
 
     Raises :class:`InputError` when the law cannot predict these schedules (for example
     a model size it has no term for)."""
+    if acquisition not in ACQUISITIONS:
+        raise InputError(f"unknown acquisition {acquisition!r}; known: {', '.join(ACQUISITIONS)}")
     u = _sobol(space.unit_dims, n_candidates, _seed_of(seed, trial_number))
     values = space.from_unit(u)
     schedules = [space.build(v) for v in values]
@@ -99,6 +112,8 @@ def propose(
     all_mean = np.asarray(both.mean, dtype=np.float64)
     all_sigma = both.sd(law.interval_level)
     mean, sigma = all_mean[:n], all_sigma[:n]
+    if acquisition == "ei" and not math.isfinite(incumbent):
+        acquisition = "lcb"  # nothing COMPLETE to improve on yet
     source = f"law:{acquisition}"
     if observed is not None and seen:
         cand_x = schedule_descriptors(schedules)
@@ -122,7 +137,21 @@ def propose(
         z = np.random.default_rng(_seed_of(seed, trial_number, 0x7405)).standard_normal(mean.size)
         score = mean + sigma * z
     else:
-        raise InputError(f"unknown acquisition {acquisition!r}; known: {', '.join(ACQUISITIONS)}")
+        target = incumbent - min_improvement
+        ei = np.where(ok, expected_improvement(mean, sigma, target), 0.0)
+        # all underflowed: the candidate most standard deviations below the target
+        score = -ei if np.any(ei > 0) else (mean - target) / np.maximum(sigma, 1e-12)
     score = np.where(ok, score, np.inf)
     best = int(np.argmin(score))
     return Proposal(values[best], float(mean[best]), float(sigma[best]), source)
+
+
+def expected_improvement(mean: np.ndarray, sigma: np.ndarray, target: float) -> np.ndarray:
+    """``E[max(target - y, 0)]`` (nats) for ``y ~ N(mean, sigma^2)``, elementwise (0 where
+    it underflows or is not finite)."""
+    from scipy.stats import norm
+
+    sd = np.maximum(sigma, 1e-12)
+    z = (target - mean) / sd
+    ei = sd * (z * norm.cdf(z) + norm.pdf(z))
+    return np.where(np.isfinite(ei), np.maximum(ei, 0.0), 0.0)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
@@ -52,6 +53,14 @@ class Observations:
     schedules: list[Schedule]
     finals: FloatArray
     extra_var: FloatArray
+    complete: NDArray[np.bool_]
+    """Which of them are COMPLETE trials (the others: PRUNED, their final predicted)."""
+
+    @property
+    def incumbent(self) -> float:
+        """The lowest final loss (nats) a COMPLETE trial reached; ``inf`` when there is none."""
+        done = self.finals[self.complete]
+        return float(done.min()) if done.size else math.inf
 
 
 def observations(
@@ -65,6 +74,7 @@ def observations(
     schedules: list[Schedule] = []
     finals: list[float] = []
     extra: list[float] = []
+    complete: list[bool] = []
     for t in trials:
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
@@ -87,7 +97,13 @@ def observations(
         schedules.append(schedule)
         finals.append(stated[0])
         extra.append(stated[1])
-    return Observations(schedules, np.asarray(finals, dtype=np.float64), np.asarray(extra, dtype=np.float64))
+        complete.append(t.state == TrialState.COMPLETE)
+    return Observations(
+        schedules,
+        np.asarray(finals, dtype=np.float64),
+        np.asarray(extra, dtype=np.float64),
+        np.asarray(complete, dtype=np.bool_),
+    )
 
 
 _CONDITIONED: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Law, dict[int, Prediction | None]]] = (
