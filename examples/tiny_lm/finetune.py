@@ -7,7 +7,11 @@ optimizer steps on the first ``--train-bytes`` bytes of the ``site_docs`` corpus
 installed packages' text files: mostly English prose and reStructuredText; small, so it
 is seen for several epochs and the held-out loss can rise again), fresh AdamW state, under
 constant, cosine, linear and WSD schedules at peak LRs 1e-4 to 3e-3 and warmups of 0 to 60
-steps (21 runs), plus one run from random weights as the reference.
+steps (21 runs), plus one run from random weights as the reference. Each fine-tuning
+run is trained again under ``--seeds`` beyond the first (the seed orders the training
+batches; the weights start from the same ``pre``): their last held-out losses, in
+``runs.json`` and the README, give each schedule's expected final loss (the mean over
+seeds) and the seed noise, which the transfer benchmark uses as the truth to rank against.
 
 Writes ``studies/finetune/curves.csv`` (long curves format with ``resume_from`` and
 ``resume_step``, as in ``continual.py``: steps count from 0 at the start of fine-tuning, the
@@ -15,7 +19,7 @@ run starts from the weights its parent had after the parent's step ``resume_step
 ``pre`` run's losses are on ``stdlib``, the fine-tuning runs' on ``site_docs``),
 ``runs.json`` and ``README.md``.
 
-Usage (repository root; ~10-15 minutes of one CPU core)::
+Usage (repository root; ~10 minutes of one CPU core with the default three seeds)::
 
     nice -n 10 python examples/tiny_lm/finetune.py
 """
@@ -24,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import statistics
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -69,6 +75,16 @@ def finetune_plan(steps: int) -> list[tuple[str, Schedule, bool]]:
     return plan
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"finetune.py: --seeds {text!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"finetune.py: --seeds {text!r} needs at least one seed, none repeated")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -77,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-bytes", type=int, default=100_000, help="fine-tuning set size in bytes (default 1e5)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "studies" / "finetune")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seeds", default="0,1,2",
+                    help="training seeds, comma-separated (default 0,1,2); the first one's curves go to curves.csv")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    seeds = _seeds(args.seeds)
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     base = TinyLMConfig()
-    ft_cfg = replace(base, corpus="site_docs", train_bytes=args.train_bytes)
+    ft_cfg = replace(base, corpus="site_docs", train_bytes=args.train_bytes, seed=seeds[0])
     pre_sched = pre_schedule(args.pre_steps)
     pre_res, pre_state = pretrained(pre_sched, base)
     records: dict[str, dict[str, Any]] = {
@@ -96,12 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         parent, rstep = ("pre", args.pre_steps - 1) if from_pre else (None, None)
         curves.append(curve_of(run_id, sched, res, ft_cfg.batch_size, parent, rstep))
         best = min(res.losses) if res.losses else float("nan")
-        records[run_id] = {"schedule": sched.to_json(), "config": asdict(ft_cfg), "steps": res.steps,
+        by_seed = {seeds[0]: curves[-1].final_loss}
+        if from_pre:
+            for sd in seeds[1:]:
+                again = train(sched, replace(ft_cfg, seed=sd), init_state=pre_state)
+                assert not isinstance(again, tuple)
+                by_seed[sd] = curve_of(run_id, sched, again, ft_cfg.batch_size, parent, rstep).final_loss
+        records[run_id] = {"last_loss_by_seed": {str(k): v for k, v in by_seed.items()},
+                           "schedule": sched.to_json(), "config": asdict(ft_cfg), "steps": res.steps,
                            "losses": res.losses, "final_loss": res.final_loss, "best_loss": best,
                            "final_loss_stdlib": loss_of_state(state, base), "seconds": round(res.seconds, 2),
                            "resume_from": parent, "resume_step": rstep, "corpus": "site_docs"}
-        print(f"{run_id}: last {res.losses[-1]:.4f} best {best:.4f} final {res.final_loss:.4f} ({res.seconds:.0f} s)",
-              flush=True)
+        print(f"{run_id}: last {res.losses[-1]:.4f} best {best:.4f} final {res.final_loss:.4f} ({res.seconds:.0f} s); "
+              f"last by seed {', '.join(f'{v:.4f}' for v in by_seed.values())}", flush=True)
     write_curves_csv(out / "curves.csv", curves)
     (out / "runs.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     epochs = args.steps * ft_cfg.tokens_per_step / args.train_bytes
@@ -117,17 +143,33 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(corpus_files('site_docs'))} files of this machine's site-packages; {epochs:.1f} epochs), "
         "fresh AdamW state, `resume_from=pre`, `resume_step` = pre's last step; `scratch_*` from random weights.",
         f"Loss of `pre` on the fine-tuning corpus before fine-tuning: {pre_on_ft:.4f} nats/byte.",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, 1 thread. Seed 0 everywhere.",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, 1 thread. Training seed {seeds[0]} for `pre`, "
+        f"the scratch run and the curves in `curves.csv`; each fine-tuning run also trained with seeds "
+        f"{', '.join(map(str, seeds[1:])) or '(none)'} (batch order; same starting weights).",
         "",
-        "| run_id | family | peak lr | warmup | lowest held-out loss | final loss | final loss on stdlib | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "Loss columns in nats/byte on `site_docs` held-out text: lowest and last of the periodic held-out "
+        "measurements, the final objective on a larger held-out set, and the last periodic measurement "
+        "averaged over the seeds (with their standard deviation).",
+        "",
+        "| run_id | family | peak lr | warmup | lowest held-out loss | last held-out loss | final loss "
+        "| last, mean over seeds | seed sd | final loss on stdlib | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    sds = []
     for run_id, rec in records.items():
         if run_id == "pre":
             continue
         s = Schedule.from_json(rec["schedule"])
+        vals = list(rec["last_loss_by_seed"].values())
+        sd = float(statistics.stdev(vals)) if len(vals) > 1 else float("nan")
+        if len(vals) > 1:
+            sds.append(sd)
         lines.append(f"| {run_id} | {s.family} | {s.peak_lr:g} | {s.warmup_steps} | {rec['best_loss']:.4f} | "
-                     f"{rec['final_loss']:.4f} | {rec['final_loss_stdlib']:.4f} | {rec['seconds']:.0f} |")
+                     f"{vals[0]:.4f} | {rec['final_loss']:.4f} | {statistics.fmean(vals):.4f} | {sd:.4f} | "
+                     f"{rec['final_loss_stdlib']:.4f} | {rec['seconds']:.0f} |")
+    if sds:
+        lines += ["", f"Seed noise of the last held-out loss: root mean square of the per-run seed sd "
+                      f"{math.sqrt(statistics.fmean(v * v for v in sds)):.4f} nats over {len(sds)} runs."]
     lines.append("")
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {out / 'curves.csv'}")
