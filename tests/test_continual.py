@@ -14,7 +14,17 @@ from test_cli import assert_one_line_error, run_main
 from test_optlaw import TRUE, _law_with
 
 from optuna_optlaws import Schedule
-from optuna_optlaws.benchmarks.transfer import noise_ceiling, top_k_hit, top_k_regret, training_groups
+from optuna_optlaws._errors import InputError
+from optuna_optlaws._progress import Progress
+from optuna_optlaws.benchmarks.transfer import (
+    Setting,
+    noise_ceiling,
+    read_seed_finals,
+    run_setting,
+    top_k_hit,
+    top_k_regret,
+    training_groups,
+)
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws import load_law
@@ -317,6 +327,50 @@ def test_noise_ceiling_of_an_oracle_ranking() -> None:
     assert noise_ceiling(np.array([1.0, 2.0, 3.0]), 0.01, 2, rng) == 1.0
     assert noise_ceiling(np.full(4, 2.0), 0.01, 2, rng) == pytest.approx(0.5, abs=0.05)
     assert noise_ceiling(np.array([2.0, 2.005, 3.0]), 0.02, 1, rng) < 0.7
+
+
+def test_seed_finals_are_read_only_when_every_candidate_has_two_seeds(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    assert read_seed_finals(path, ["a"]) is None  # no file
+    path.write_text(json.dumps({"a": {"last_loss_by_seed": {"0": 2.0, "1": 2.2}},
+                                "b": {"last_loss_by_seed": {"0": 2.5}}}))
+    assert read_seed_finals(path, ["a"]) == {"a": [2.0, 2.2]}
+    assert read_seed_finals(path, ["a", "b"]) is None  # b has one seed
+    path.write_text("{not json")
+    with pytest.raises(InputError, match=r"runs\.json: not readable JSON"):
+        read_seed_finals(path, ["a"])
+
+
+def test_methods_are_scored_against_the_mean_over_seeds_too() -> None:
+    steps = np.arange(EVERY, 600, EVERY)
+    parent = Curve("pre", PARENT, steps, np.full(steps.size, 3.0))
+    peaks = [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3]
+    # seed 0 makes the last run best; over three seeds the first one is
+    seed0 = [2.50, 2.55, 2.60, 2.65, 2.70, 2.45]
+    others = [[2.40, 2.40], [2.55, 2.56], [2.60, 2.59], [2.65, 2.66], [2.70, 2.71], [2.60, 2.60]]
+    cands = [
+        Curve(f"r{i}", Schedule.constant(pk, 300, 0), steps[steps < 300],
+              np.linspace(3.0, last, int(np.sum(steps < 300))), resume_from="pre", resume_step=RESUME)
+        for i, (pk, last) in enumerate(zip(peaks, seed0, strict=True))
+    ]
+    finals = {c.run_id: [s0, *o] for c, s0, o in zip(cands, seed0, others, strict=True)}
+    setting = Setting("toy", Path("toy"), parent, cands, [], finals)
+    assert setting.seed_count() == 3
+    groups = training_groups(len(cands), 2, 100)
+    res = run_setting(setting, ["nearest-peak"], groups, Progress("test", len(groups)))
+    by_mean = res["seed_mean_truth"]
+    mean = np.array([np.mean(finals[c.run_id]) for c in cands])
+    assert by_mean["finals"]["r3"] == pytest.approx(mean[3])
+    hits, hits0 = [], []
+    for g, row in zip(groups, res["per_group"], strict=True):
+        held = [i for i in range(len(cands)) if i not in g]
+        pred = np.array([row["nearest-peak"]["pred"][cands[i].run_id] for i in held])
+        hits.append(top_k_hit(pred, mean[held], 2))
+        hits0.append(top_k_hit(pred, np.array(seed0)[held], 2))
+    assert by_mean["methods"]["nearest-peak"]["top2_hit_rate"] == pytest.approx(np.mean(hits))
+    assert res["methods"]["nearest-peak"]["top2_hit_rate"] == pytest.approx(np.mean(hits0))
+    assert hits != hits0  # the two truths disagree on some groups
+    assert 0.0 < by_mean["seed_sd_rms_nats"] < 0.05
 
 
 def test_training_groups_all_or_seeded_subset() -> None:

@@ -23,7 +23,11 @@ part of the target is out of any law's reach. The report gives the *noise ceilin
 Top-2 hit rate of an oracle that ranks by each run's expected final loss (taken to be
 the observed one) when each observed final carries independent Gaussian seed noise of
 ``NOISE_SIGMAS`` (Monte Carlo, seeded), and how many groups have their best and
-second-best held-out runs within those gaps.
+second-best held-out runs within those gaps. Where the setting's ``runs.json`` holds each
+candidate's last loss under several training seeds (``last_loss_by_seed``, written by
+``finetune.py``), every method is also scored against the *mean over seeds*: the best
+schedule by its expected final loss rather than by one seed's draw (the laws are still
+fitted on the curves file, one seed per run, as a user would have them).
 
 Methods: ``optlaw+parent``, the Opt-Law fitted on the parent's curve and the 3 training
 runs, each continued run starting from the parent's mode state; ``optlaw+lineage``, the
@@ -89,6 +93,30 @@ class Setting:
     parent: Curve
     candidates: list[Curve]
     excluded: list[str]
+    seed_finals: dict[str, list[float]] | None = None
+    """Candidate run_id -> its last held-out loss under each training seed (nats), when
+    ``runs.json`` beside the curves file records at least two seeds for every candidate."""
+
+    def seed_mean(self) -> FloatArray | None:
+        """Each candidate's last loss averaged over seeds (nats), in candidate order."""
+        if self.seed_finals is None:
+            return None
+        return np.array([float(np.mean(self.seed_finals[c.run_id])) for c in self.candidates])
+
+    def seed_noise(self) -> float | None:
+        """Root mean square over candidates of the seed standard deviation of the last loss (nats)."""
+        if self.seed_finals is None:
+            return None
+        return float(np.sqrt(np.mean([np.var(v, ddof=1) for v in self.seed_finals.values()])))
+
+    def seed_count(self) -> int:
+        """Seeds per candidate in :attr:`seed_finals` (the fewest; 0 without them)."""
+        return min((len(v) for v in self.seed_finals.values()), default=0) if self.seed_finals else 0
+
+    def seed_mean_noise(self) -> float | None:
+        """Standard deviation (nats) left in a mean over :meth:`seed_count` seeds."""
+        noise = self.seed_noise()
+        return None if noise is None else noise / math.sqrt(self.seed_count())
 
 
 def load_setting(name: str, path: str | Path) -> Setting:
@@ -105,7 +133,28 @@ def load_setting(name: str, path: str | Path) -> Setting:
         raise InputError(f"{path}: the continued runs resume from {parent_id!r}, which is not in the file")
     cands = [c for c in curves if c.resume_from == parent_id and np.any(c.finite)]
     excluded = [c.run_id for c in curves if c.run_id != parent_id and c.resume_from is None]
-    return Setting(name, Path(path), by_id[parent_id], cands, excluded)
+    return Setting(name, Path(path), by_id[parent_id], cands, excluded,
+                   read_seed_finals(Path(path).with_name("runs.json"), [c.run_id for c in cands]))
+
+
+def read_seed_finals(path: Path, run_ids: Sequence[str]) -> dict[str, list[float]] | None:
+    """``run_id -> [last loss per seed]`` from ``path`` (a ``runs.json`` with
+    ``last_loss_by_seed`` per run), or ``None`` when the file is absent or any of
+    ``run_ids`` has fewer than two finite seeds; InputError when it is not readable JSON."""
+    if not path.is_file():
+        return None
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc})") from None
+    out: dict[str, list[float]] = {}
+    for rid in run_ids:
+        by_seed = records.get(rid, {}).get("last_loss_by_seed") if isinstance(records, dict) else None
+        vals = [float(v) for v in by_seed.values()] if isinstance(by_seed, dict) else []
+        if len(vals) < 2 or not all(math.isfinite(v) for v in vals):
+            return None
+        out[rid] = vals
+    return out
 
 
 def training_groups(n: int, size: int, limit: int, seed: int = 0) -> list[tuple[int, ...]]:
@@ -197,6 +246,14 @@ class Score:
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)
 
+    def add(self, pred: FloatArray, true: FloatArray) -> None:
+        """Score one group's predictions ``pred`` against the held-out finals ``true`` (nats)."""
+        self.top2.append(top_k_hit(pred, true, 2))
+        self.top1.append(top_k_hit(pred, true, 1))
+        self.regret2.append(top_k_regret(pred, true, 2))
+        self.spearman.append(_spearman(pred, true))
+        self.abs_err.extend(np.abs(pred - true).tolist())
+
     def summary(self) -> dict[str, Any]:
         """Means over groups (hit rates, Spearman) and over held-out predictions (error)."""
         def mean(x: list[float]) -> float | None:
@@ -221,11 +278,16 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
     """Score every method on every training group of ``setting``."""
     cands = setting.candidates
     true_all = np.array([c.final_loss for c in cands])
+    mean_all = setting.seed_mean()
     scores = {m: Score() for m in methods}
+    vs_mean = {m: Score() for m in methods}
     rows = []
     rng = np.random.default_rng(0)
     ceiling: dict[int, dict[str, list[float]]] = {k: {f"{sg:g}": [] for sg in NOISE_SIGMAS} for k in (2, 1)}
     gaps = []
+    mean_noise = setting.seed_mean_noise()
+    rng_mean = np.random.default_rng(1)  # its own stream: the single-seed ceilings stay as they were
+    ceiling_mean: list[float] = []
     for g in groups:
         train = [cands[i] for i in g]
         held = [i for i in range(len(cands)) if i not in g]
@@ -237,6 +299,8 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
                 ceiling[k][f"{sg:g}"].append(noise_ceiling(true, sg, k, rng))
         ordered = np.sort(true)
         gaps.append(float(ordered[1] - ordered[0]))
+        if mean_all is not None and mean_noise is not None:
+            ceiling_mean.append(noise_ceiling(mean_all[held], mean_noise, 2, rng_mean))
         for m in methods:
             began = time.perf_counter()
             try:
@@ -247,11 +311,9 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
                 continue
             s = scores[m]
             s.seconds += time.perf_counter() - began
-            s.top2.append(top_k_hit(pred, true, 2))
-            s.top1.append(top_k_hit(pred, true, 1))
-            s.regret2.append(top_k_regret(pred, true, 2))
-            s.spearman.append(_spearman(pred, true))
-            s.abs_err.extend(np.abs(pred - true).tolist())
+            s.add(pred, true)
+            if mean_all is not None:
+                vs_mean[m].add(pred, mean_all[held])
             row[m] = {
                 "top2": s.top2[-1],
                 "picked": [test[i].run_id for i in np.argsort(pred, kind="stable")[:2]],
@@ -267,6 +329,14 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
         "groups": len(groups),
         "group_size": len(groups[0]) if groups else 0,
         "methods": {m: scores[m].summary() for m in methods},
+        **({} if mean_all is None else {
+            "seed_mean_truth": {
+                "finals": {c.run_id: float(v) for c, v in zip(cands, mean_all, strict=True)},
+                "seeds": setting.seed_count(),
+                "seed_sd_rms_nats": setting.seed_noise(),
+                "noise_ceiling_top2": float(np.mean(ceiling_mean)) if ceiling_mean else None,
+                "methods": {m: vs_mean[m].summary() for m in methods},
+            }}),
         **{f"noise_ceiling_top{k}": {sg: float(np.mean(v)) for sg, v in ceiling[k].items()} for k in (2, 1)},
         "best_second_gaps": gaps,
         "per_group": rows,
@@ -331,6 +401,31 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
             + ", ".join(f"{sg} nats in {int(np.sum(gaps <= float(sg)))}" for sg in ceil)
             + f" of the {gaps.size} groups (median gap {float(np.median(gaps)):.4f} nats).",
         ]
+    by_mean = res.get("seed_mean_truth")
+    if by_mean:
+        lines += [
+            "",
+            f"## Against the mean over {by_mean['seeds']} training seeds",
+            "",
+            f"Each candidate was also trained with {by_mean['seeds'] - 1} more seeds (batch order; "
+            "`runs.json`, `last_loss_by_seed`). Truth here: its last held-out loss averaged over the seeds, "
+            "the schedule's expected final loss up to the noise left in a mean "
+            f"(seed sd {_fmt(by_mean['seed_sd_rms_nats'], 4)} nats, root mean square over candidates). "
+            "The laws are fitted on the curves file as above (one seed per run). "
+            f"Noise ceiling at the noise left in the mean: Top-2 {_fmt(by_mean.get('noise_ceiling_top2'))}.",
+            "",
+            f"| method | Top-2 hit rate (target >= {TOP2_TARGET:.0%}) | Top-1 hit rate | Spearman (mean) "
+            "| Top-2 regret mean / worst (nats) | mean abs error of final loss (nats) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m, sm in by_mean["methods"].items():
+            top2 = sm["top2_hit_rate"]
+            met = "" if top2 is None else (" (met)" if top2 >= TOP2_TARGET else " (not met)")
+            lines.append(
+                f"| {m} | {_fmt(top2)}{met} | {_fmt(sm['top1_hit_rate'])} | {_fmt(sm['spearman_mean'])} "
+                f"| {_fmt(sm.get('top2_regret_mean_nats'), 4)} / {_fmt(sm.get('top2_regret_max_nats'), 4)} "
+                f"| {_fmt(sm['mean_abs_error_nats'], 4)} |"
+            )
     methods = list(res["methods"])
     lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
               "over the groups that held them out (nats):", "",
