@@ -407,3 +407,44 @@ def test_grafted_blowups_on_real_curves_are_caught_between_onset_and_blowup() ->
             blown = ~np.isfinite(z) | (z >= 2.0 * np.fmin.accumulate(np.where(np.isfinite(z), z, np.inf)))
             blown[: onset + 1] = False
             assert s[onset] < sig.step <= s[int(np.argmax(blown))], (c.run_id, kind)
+
+
+# ----------------------------------------------------------------------------- the benchmark's threshold ceiling
+
+
+def test_threshold_ceiling_on_a_hand_made_table() -> None:
+    """Five groups whose best per-group LR thresholds are known: a clean one, a non-monotone one
+    (diverged at 2, stable at 3), one with a repeated LR of mixed labels, an all-stable one and
+    one with two diverged runs below a stable one. P = 9; the best pooled F1 calls every diverged
+    run, at the price of 3 false positives: F1 = 18/21. Per-group least FP + FN ties in groups 11
+    and 12 and, taking the higher threshold there, reaches only 14/17; the F1 iteration moves past it."""
+    import itertools
+
+    from optuna_optlaws.benchmarks.divergence import threshold_ceiling
+    from optuna_optlaws.divergence.criterion import f1_score
+
+    table = {  # group: (peak LRs, diverged)
+        10: ([1e-3, 2e-3, 3e-3, 4e-3], [0, 0, 1, 1]),
+        11: ([1e-3, 2e-3, 3e-3, 4e-3, 5e-3], [0, 1, 0, 1, 1]),
+        12: ([1e-3, 2e-3, 2e-3, 3e-3], [0, 0, 1, 1]),
+        13: ([1e-3, 2e-3], [0, 0]),
+        14: ([1e-3, 2e-3, 3e-3], [1, 1, 0]),
+    }
+    group = np.concatenate([np.full(len(lr), g) for g, (lr, _) in table.items()])
+    lr = np.concatenate([lr for lr, _ in table.values()])
+    y = np.concatenate([lab for _, lab in table.values()]).astype(bool)
+    perm = np.random.default_rng(0).permutation(y.size)  # row order must not matter
+    group, lr, y = group[perm], lr[perm], y[perm]
+
+    decision, n_runs, n_groups = threshold_ceiling(group, lr, y)
+    assert f1_score(y, decision) == pytest.approx(18 / 21)
+    assert decision[y].all() and int(np.sum(decision & ~y)) == 3
+    assert (n_runs, n_groups) == (3, 2)  # the mixed labels at a repeated LR are not counted
+    for g in table:  # each group's calls are a threshold in LR
+        m = group == g
+        assert not decision[m].any() or np.all(decision[m] == (lr[m] >= lr[m][decision[m]].min()))
+    # no other choice of thresholds does better
+    options = [[np.inf, *np.unique(lr[group == g])] for g in table]
+    best = max(f1_score(y, np.isin(group, list(table)) & (lr >= np.select([group == g for g in table], ts)))
+               for ts in itertools.product(*options))
+    assert f1_score(y, decision) == pytest.approx(best)
