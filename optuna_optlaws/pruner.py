@@ -160,23 +160,29 @@ class OptLawsPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` should be pruned now (see the class docstring)."""
+        decision = self._decide(study, trial)
+        return self._ask_fallback(study, trial) if decision is None else decision.prune
+
+    def _decide(self, study: optuna.Study, trial: FrozenTrial) -> Decision | None:
+        """This check of ``trial``, recorded on the trial; ``None`` when the law does not
+        decide (a trial without a readable schedule, a study that does not minimise)."""
         if study.direction != StudyDirection.MINIMIZE:
             self._warn_once("direction", "OptLawsPruner predicts losses: it prunes only minimisation studies")
-            return self._ask_fallback(study, trial)
+            return None
         trials = study.get_trials(deepcopy=False)
         me = _find(trials, trial)
         try:
             schedule = trial_schedule(me)
         except InputError as exc:
             self._record(study, me, Decision(notes=[f"stored schedule is corrupt: {exc}"]))
-            return self._ask_fallback(study, trial)
+            return None
         if schedule is None:
             self._warn_once(
                 "schedule",
                 f"trial {me.number} has no schedule (use suggest_schedule or set_schedule): "
                 "OptLawsPruner leaves such trials to its fallback pruner",
             )
-            return self._ask_fallback(study, trial)
+            return None
         seen = self._seen.setdefault(study._storage, {})
 
         def get_law() -> LawState:
@@ -186,7 +192,7 @@ class OptLawsPruner(BasePruner):
         if now is not None:
             seen[me._trial_id] = now
         self._record(study, me, decision)
-        return decision.prune
+        return decision
 
     # ------------------------------------------------------------------ helpers
     def _ask_fallback(self, study: optuna.Study, trial: FrozenTrial) -> bool:
