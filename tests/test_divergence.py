@@ -171,7 +171,8 @@ def test_criterion_recovers_a_known_boundary(warmup: bool) -> None:
     assert p["eta_c"] == pytest.approx(TRUE_CRIT["eta_c"], rel=0.15)
     for name in ("a_N", "a_B", "a_D") + (("a_W",) if warmup else ()):
         assert p[name] == pytest.approx(TRUE_CRIT[name], abs=0.05), name
-    assert p["s"] < 0.1  # a sharp edge, as generated
+    assert p["sigma"] < 0.1  # a sharp edge, as generated
+    assert p["tau"] == 0.0  # one run per (N, D) cell: no shared cell offset to separate
     new = _as_table(_synthetic_table(800, seed=1, warmup=warmup))
     assert new.diverged is not None
     decision = crit.predict(new)
@@ -221,7 +222,32 @@ def test_criterion_reads_a_version_1_file(tmp_path) -> None:  # type: ignore[no-
     rows = {"run_id": np.array(["a", "b"]), "peak_lr": np.array([0.01, 0.01]), "batch_size": np.array([256.0, 1024.0]),
             "model_size": np.array([3e8, 3e8]), "tokens": np.array([2e10, 2e10])}
     np.testing.assert_allclose(crit.eta_crit(_as_table(rows)), [0.01, 0.01 * 4**0.1])
-    assert crit.to_dict()["format_version"] == 2
+    assert crit.to_dict()["format_version"] == 3
+
+
+def test_criterion_reads_a_version_2_logistic_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A version-2 file (logistic width s) loads with the normal scale 1.702 s: p_diverge within
+    0.01 of the logistic one, every decision unchanged."""
+    import json
+
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion
+
+    params = {"eta_c": 0.01, "a_N": -0.4, "a_B": 0.15, "a_BB": -0.03, "a_D": -0.05, "g_long": 0.8, "S_c": 6.8e7,
+              "w": 0.2, "s": 0.07}
+    v2 = {"kind": "divergence_criterion", "format_version": 2, "uses_warmup": False, "params": params,
+          "reference": {"N0": 3e8, "B0": 256.0, "D0": 2e10}}
+    (tmp_path / "v2.json").write_text(json.dumps(v2))
+    crit = DivergenceCriterion.load(tmp_path / "v2.json")
+    assert crit.params["sigma"] == pytest.approx(1.702 * 0.07) and crit.params["tau"] == 0.0
+    lrs = np.exp(np.linspace(np.log(1e-3), np.log(1e-1), 200))
+    rows = {"run_id": np.array([f"r{i}" for i in range(lrs.size)]), "peak_lr": lrs,
+            "batch_size": np.full(lrs.size, 128.0), "model_size": np.full(lrs.size, 4e8),
+            "tokens": np.full(lrs.size, 1e10)}
+    table = _as_table(rows)
+    logistic = 1.0 / (1.0 + np.exp(-(np.log(lrs) - np.log(crit.eta_crit(table))) / 0.07))
+    p = crit.predict_proba(table)
+    assert np.max(np.abs(p - logistic)) < 0.01
+    np.testing.assert_array_equal(p >= 0.5, logistic >= 0.5)
 
 
 def test_criterion_probability_rises_with_lr() -> None:
@@ -250,6 +276,114 @@ def test_criterion_json_round_trip(tmp_path) -> None:  # type: ignore[no-untyped
     assert "eta_crit" in again.formula() and again.fitted_on["n_runs"] == 400
 
 
+# ----------------------------------------------------------------------------- interval censoring
+
+GRID_TRUE = {"eta_c": 5e-3, "a_N": -0.4, "a_B": 0.2, "a_D": -0.1, "sigma": 0.08, "tau": 0.08}
+
+
+def _grid_runs(seed: int, *, tokens: tuple[float, ...] = (4e9, 1e10, 3e10, 1e11),
+               batches: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)) -> dict[str, np.ndarray]:
+    """A Step-Law-like grid: 5 N x 4 D cells, 8 batch sizes, peak LRs x1.41 apart over a fixed
+    range; each (N, D) cell's ln eta_crit is shifted by N(0, tau^2), each (N, B, D) group's by
+    N(0, sigma^2) more; a run diverges iff its peak LR is at or above its group's eta_crit. The
+    fixed LR range leaves some groups never diverged (small N, large B) and some always
+    diverged (large N, small B)."""
+    rng = np.random.default_rng(seed)
+    t = GRID_TRUE
+    lrs = 1.4e-3 * 2.0 ** (np.arange(8) / 2)  # 1.4e-3 .. 1.6e-2
+    cols: dict[str, list[float]] = {k: [] for k in ("peak_lr", "batch_size", "model_size", "tokens", "diverged")}
+    for n in (5e7, 1.5e8, 4e8, 1e9, 3e9):
+        for d in tokens:
+            cell = t["tau"] * rng.standard_normal()
+            for b in batches:
+                crit = (np.log(t["eta_c"]) + t["a_N"] * np.log(n / 3e8) + t["a_B"] * np.log(b / 256)
+                        + t["a_D"] * np.log(d / 2e10) + cell + t["sigma"] * rng.standard_normal())
+                for lr in lrs:
+                    for k, v in (("peak_lr", lr), ("batch_size", b), ("model_size", n), ("tokens", d),
+                                 ("diverged", float(np.log(lr) >= crit))):
+                        cols[k].append(v)
+    out = {k: np.asarray(v) for k, v in cols.items()}
+    out["run_id"] = np.array([f"g{i}" for i in range(out["peak_lr"].size)])
+    out["diverged"] = out["diverged"].astype(int)
+    return out
+
+
+def test_group_runs_bounds_each_groups_critical_lr() -> None:
+    """Monotone groups give (highest stable, lowest diverged]; never / always diverged groups an
+    open end; a non-monotone group the span of its least-error splits."""
+    from optuna_optlaws.divergence._criterion import group_runs
+
+    lr = np.array([1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8], dtype=float)
+    group = np.repeat([0.0, 1.0, 2.0], 4)
+    diverged = np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1], dtype=bool)
+    lr = np.r_[lr, 4.0, 8.0]
+    group = np.r_[group, 3.0, 3.0]
+    diverged = np.r_[diverged, True, True]
+    g = group_runs(np.log(lr), group[:, None], np.zeros((lr.size, 1)), diverged)
+    np.testing.assert_allclose(np.exp(g.lo), [2.0, 8.0, 1.0, 0.0])
+    np.testing.assert_allclose(np.exp(g.hi), [4.0, np.inf, 8.0, 4.0])
+    np.testing.assert_array_equal(g.of_run, np.repeat([0, 1, 2, 3], [4, 4, 4, 2]))
+    np.testing.assert_array_equal(g.cell, [0, 0, 0, 0])
+
+
+def test_fit_censored_recovers_theta_and_both_scatters() -> None:
+    """On the grid, with right- and left-censored groups among the 160, the censored fit finds
+    the exponents, eta_c and the two scatters (sigma within groups, tau between cells)."""
+    from optuna_optlaws.divergence._criterion import fit_censored, group_runs
+
+    cols = _grid_runs(seed=0)
+    keys = np.column_stack([cols["model_size"], cols["batch_size"], cols["tokens"]])
+    g = group_runs(np.log(cols["peak_lr"]), keys, keys[:, [0, 2]], cols["diverged"].astype(bool))
+    assert g.lo.size == 160 and int(g.cell.max()) + 1 == 20
+    assert np.sum(~np.isfinite(g.hi)) >= 4 and np.sum(~np.isfinite(g.lo)) >= 4  # censored groups on both sides
+    f = g.first
+    feats = np.column_stack([np.log(cols["model_size"][f] / 3e8), np.log(cols["batch_size"][f] / 256),
+                             np.log(cols["tokens"][f] / 2e10)])
+    ln_eta_c, coefs, sigma, tau, value = fit_censored(g.lo, g.hi, feats, g.cell)
+    t = GRID_TRUE
+    assert np.exp(ln_eta_c) == pytest.approx(t["eta_c"], rel=0.1)
+    np.testing.assert_allclose(coefs, [t["a_N"], t["a_B"], t["a_D"]], atol=0.05)
+    assert 0.5 * t["sigma"] < sigma < 1.5 * t["sigma"]
+    assert 0.3 * t["tau"] < tau < 2.0 * t["tau"]
+    # without cells (each group its own) the scatter cannot be split: tau = 0, and the fit is worse
+    _, _, sigma_alone, tau_alone, value_alone = fit_censored(g.lo, g.hi, feats, np.arange(g.lo.size))
+    assert tau_alone == 0.0 and sigma_alone > sigma and value_alone > value
+
+
+def test_censored_likelihood_gradient_matches_finite_differences() -> None:
+    from optuna_optlaws.divergence._criterion import _Problem, group_runs
+
+    cols = _grid_runs(seed=1)
+    keys = np.column_stack([cols["model_size"], cols["batch_size"], cols["tokens"]])
+    g = group_runs(np.log(cols["peak_lr"]), keys, keys[:, [0, 2]], cols["diverged"].astype(bool))
+    feats = np.log(keys[g.first])
+    problem = _Problem(g.lo, g.hi, feats, g.cell, ridge=1e-2)
+    theta = np.r_[problem.newton()[0], 0.4] + 0.05 * np.random.default_rng(2).standard_normal(6)
+    _, grad = problem.mixed(theta)
+    eps = 1e-6
+    numeric = [(problem.mixed(theta + eps * e)[0] - problem.mixed(theta - eps * e)[0]) / (2 * eps)
+               for e in np.eye(theta.size)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+    assert problem.mixed(np.r_[theta[:-1], 0.0])[0] == pytest.approx(problem.fixed(theta[:-1]))
+
+
+def test_criterion_on_a_grid_places_held_out_boundaries() -> None:
+    """Fitted on the grid's runs, the criterion reports its groups and cells, places nearly every
+    group's boundary exactly in-sample, and predicts a second draw of the grid well."""
+    from optuna_optlaws.divergence.criterion import DivergenceCriterion, f1_score
+
+    small = {"tokens": (1e10, 4e10), "batches": (64, 128, 256, 512, 1024)}  # a narrow D/B range: a short profile
+    crit = DivergenceCriterion().fit(_as_table(_grid_runs(seed=3, **small)))
+    assert crit.fitted_on["n_groups"] == 50 and crit.fitted_on["n_cells"] == 10
+    assert crit.diagnostics["train_groups_exact"] > 0.6  # scatter 0.11 in ln LR against a grid step of 0.35
+    p = crit.params
+    assert p["a_N"] == pytest.approx(GRID_TRUE["a_N"], abs=0.06) and p["tau"] > 0
+    assert "between cells" in crit.formula()
+    new = _as_table(_grid_runs(seed=4, **small))
+    assert new.diverged is not None
+    assert f1_score(new.diverged, crit.predict(new)) > 0.85
+
+
 # ----------------------------------------------------------------------------- the command line
 
 
@@ -264,7 +398,8 @@ def test_cli_fit_predict_round_trip(tmp_path, capsys) -> None:  # type: ignore[n
     assert main(["divergence", "fit", str(tmp_path / "train.csv"), "--out", str(tmp_path / "div.json")]) == 0
     assert "eta_crit" in capsys.readouterr().out
     saved = json.loads((tmp_path / "div.json").read_text())
-    assert saved["kind"] == "divergence_criterion" and set(saved["params"]) >= {"eta_c", "a_N", "a_B", "a_D", "s"}
+    assert saved["kind"] == "divergence_criterion"
+    assert set(saved["params"]) >= {"eta_c", "a_N", "a_B", "a_D", "sigma", "tau"}
 
     test = _synthetic_table(200, seed=7)
     del test["diverged"]
@@ -448,3 +583,21 @@ def test_threshold_ceiling_on_a_hand_made_table() -> None:
     best = max(f1_score(y, np.isin(group, list(table)) & (lr >= np.select([group == g for g in table], ts)))
                for ts in itertools.product(*options))
     assert f1_score(y, decision) == pytest.approx(best)
+
+
+def test_boundary_offsets_counts_grid_steps() -> None:
+    """Four groups on a 4-LR grid: one placed exactly, one a step low, one a step high with its
+    boundary above the grid (diverged only at the top LR, called stable everywhere), one two
+    steps high; a call that is not a threshold in LR is refused."""
+    from optuna_optlaws.benchmarks.divergence import boundary_offsets
+
+    lr = np.tile([1e-3, 2e-3, 4e-3, 8e-3], 4)
+    group = np.repeat([0, 1, 2, 3], 4)
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 1, 1], dtype=bool)
+    calls = np.array([0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    out = boundary_offsets(group, lr, y, calls)
+    assert out == {"groups": 4, "exact": 1, "one_step_low": 1, "one_step_high": 1, "further": 1,
+                   "missed_above_grid": 1}
+    calls[0] = True
+    with pytest.raises(ValueError):
+        boundary_offsets(group, lr, y, calls)

@@ -5,8 +5,8 @@ online detection of a diverging run from its own curve.
   prefix; returns a :class:`DivergenceSignal` (step, reason) or None.
 - :class:`DivergenceCriterion` (:mod:`.criterion`): p_diverge of a planned run from its peak
   LR, batch size, N, D (and warmup), fitted on past runs: a critical LR that is a power law
-  in N, B, D, curved in ln B, and lower for short runs (D/B below S_c);
-  ``optlaws divergence fit/predict``.
+  in N, B, D, curved in ln B, and lower for short runs (D/B below S_c), fitted by interval
+  censoring of each (N, B, D) group's critical LR; ``optlaws divergence fit/predict``.
 - :class:`LandscapeLaw` (:mod:`.landscape`): final loss vs (peak LR, batch size, N, D), to
   choose the peak LR and batch size of a new (N, D).
 """

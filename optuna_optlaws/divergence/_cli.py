@@ -26,9 +26,10 @@ def register(subparsers: Any) -> None:
     div = subparsers.add_parser(
         "divergence",
         help="fit / apply a divergence criterion over peak LR, batch size, N, D, warmup",
-        description="A logistic stability law: p_diverge = sigmoid((ln peak_lr - ln eta_crit(N, B, D, warmup)) / s),"
+        description="A stability law: p_diverge = Phi((ln peak_lr - ln eta_crit(N, B, D, warmup)) / scale),"
         " eta_crit a power law in N, B, D (and 1 + warmup) with a curvature in ln B and a lower value for short"
-        " runs (D/B, optimizer steps x sequence length, below a fitted S_c).",
+        " runs (D/B, optimizer steps x sequence length, below a fitted S_c); fitted by interval censoring of each"
+        " (N, B, D[, warmup]) group's critical LR between its highest stable and lowest diverged peak LR.",
     )
     sub = div.add_subparsers(dest="divergence_command", metavar="ACTION")
     sub.required = True
