@@ -12,7 +12,7 @@ from optuna_optlaws import OptLawsPruner, OptLawsSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "tiny_lm"))
 
-import trace_pruner  # noqa: E402
+import trace_pruner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
