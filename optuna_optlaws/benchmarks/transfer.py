@@ -348,6 +348,18 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _score_cells(s: dict[str, Any]) -> str:
+    """A method's summary (:meth:`Score.summary`) as the table cells from Top-2 hit rate
+    (with whether it meets the target) to mean absolute error."""
+    top2 = s["top2_hit_rate"]
+    met = "" if top2 is None else (" (met)" if top2 >= TOP2_TARGET else " (not met)")
+    return (
+        f"{_fmt(top2)}{met} | {_fmt(s['top1_hit_rate'])} | {_fmt(s['spearman_mean'])} "
+        f"| {_fmt(s.get('top2_regret_mean_nats'), 4)} / {_fmt(s.get('top2_regret_max_nats'), 4)} "
+        f"| {_fmt(s['mean_abs_error_nats'], 4)}"
+    )
+
+
 def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: int) -> str:
     """The Markdown report of one setting."""
     n = len(res["candidates"])
@@ -381,13 +393,7 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m, s in res["methods"].items():
-        top2 = s["top2_hit_rate"]
-        met = "" if top2 is None else (" (met)" if top2 >= TOP2_TARGET else " (not met)")
-        lines.append(
-            f"| {m} | {s['groups']} | {_fmt(top2)}{met} | {_fmt(s['top1_hit_rate'])} | {_fmt(s['spearman_mean'])} "
-            f"| {_fmt(s.get('top2_regret_mean_nats'), 4)} / {_fmt(s.get('top2_regret_max_nats'), 4)} "
-            f"| {_fmt(s['mean_abs_error_nats'], 4)} | {s['seconds']} | {len(s['failed_groups'])} |"
-        )
+        lines.append(f"| {m} | {s['groups']} | {_score_cells(s)} | {s['seconds']} | {len(s['failed_groups'])} |")
     gaps = np.asarray(res.get("best_second_gaps", []))
     if gaps.size and res.get("noise_ceiling_top2"):
         ceil, ceil1 = res["noise_ceiling_top2"], res.get("noise_ceiling_top1", {})
@@ -419,13 +425,7 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
             "|---|---|---|---|---|---|",
         ]
         for m, sm in by_mean["methods"].items():
-            top2 = sm["top2_hit_rate"]
-            met = "" if top2 is None else (" (met)" if top2 >= TOP2_TARGET else " (not met)")
-            lines.append(
-                f"| {m} | {_fmt(top2)}{met} | {_fmt(sm['top1_hit_rate'])} | {_fmt(sm['spearman_mean'])} "
-                f"| {_fmt(sm.get('top2_regret_mean_nats'), 4)} / {_fmt(sm.get('top2_regret_max_nats'), 4)} "
-                f"| {_fmt(sm['mean_abs_error_nats'], 4)} |"
-            )
+            lines.append(f"| {m} | {_score_cells(sm)} |")
     methods = list(res["methods"])
     lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
               "over the groups that held them out (nats):", "",
