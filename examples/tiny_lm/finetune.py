@@ -10,8 +10,10 @@ constant, cosine, linear and WSD schedules at peak LRs 1e-4 to 3e-3 and warmups 
 steps (21 runs), plus one run from random weights as the reference. Each fine-tuning
 run is trained again under ``--seeds`` beyond the first (the seed orders the training
 batches; the weights start from the same ``pre``): their last held-out losses, in
-``runs.json`` and the README, give each schedule's expected final loss (the mean over
-seeds) and the seed noise, which the transfer benchmark uses as the truth to rank against.
+``runs.json`` (``last_loss_by_seed``; the whole held-out curves in ``losses_by_seed``, at
+the steps of ``steps``) and the README, give each schedule's expected final loss (the mean
+over seeds) and the seed noise, which the transfer benchmark uses as the truth to rank
+against (and, averaged over seeds, as the curves of a second fit).
 
 Writes ``studies/finetune/curves.csv`` (long curves format with ``resume_from`` and
 ``resume_step``, as in ``continual.py``: steps count from 0 at the start of fine-tuning, the
@@ -116,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         curves.append(curve_of(run_id, sched, res, ft_cfg.batch_size, parent, rstep))
         best = min(res.losses) if res.losses else float("nan")
         by_seed = {seeds[0]: curves[-1].final_loss}
+        losses_by_seed = {seeds[0]: res.losses}
         if from_pre:
             for sd in seeds[1:]:
                 again = train(sched, replace(ft_cfg, seed=sd), init_state=pre_state)
                 assert not isinstance(again, tuple)
                 by_seed[sd] = curve_of(run_id, sched, again, ft_cfg.batch_size, parent, rstep).final_loss
+                losses_by_seed[sd] = again.losses
         records[run_id] = {"last_loss_by_seed": {str(k): v for k, v in by_seed.items()},
+                           "losses_by_seed": {str(k): v for k, v in losses_by_seed.items()},
                            "schedule": sched.to_json(), "config": asdict(ft_cfg), "steps": res.steps,
                            "losses": res.losses, "final_loss": res.final_loss, "best_loss": best,
                            "final_loss_stdlib": loss_of_state(state, base), "seconds": round(res.seconds, 2),
