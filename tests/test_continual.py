@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,10 @@ from optuna_optlaws._progress import Progress
 from optuna_optlaws.benchmarks.transfer import (
     Setting,
     noise_ceiling,
-    read_seed_finals,
+    read_runs_json,
     run_setting,
+    seed_finals,
+    seed_mean_curves,
     top_k_hit,
     top_k_regret,
     training_groups,
@@ -329,16 +332,27 @@ def test_noise_ceiling_of_an_oracle_ranking() -> None:
     assert noise_ceiling(np.array([2.0, 2.005, 3.0]), 0.02, 1, rng) < 0.7
 
 
-def test_seed_finals_are_read_only_when_every_candidate_has_two_seeds(tmp_path: Path) -> None:
+def test_seed_records_are_used_only_when_every_candidate_has_two_seeds(tmp_path: Path) -> None:
     path = tmp_path / "runs.json"
-    assert read_seed_finals(path, ["a"]) is None  # no file
-    path.write_text(json.dumps({"a": {"last_loss_by_seed": {"0": 2.0, "1": 2.2}},
-                                "b": {"last_loss_by_seed": {"0": 2.5}}}))
-    assert read_seed_finals(path, ["a"]) == {"a": [2.0, 2.2]}
-    assert read_seed_finals(path, ["a", "b"]) is None  # b has one seed
+    assert read_runs_json(path) == {}  # no file
+    steps = np.array([10, 20])
+    a = Curve("a", Schedule.constant(1e-3, 30), steps, np.array([3.0, 2.0]))
+    b = Curve("b", Schedule.constant(1e-3, 30), steps, np.array([3.0, 2.5]))
+    path.write_text(json.dumps({
+        "a": {"last_loss_by_seed": {"0": 2.0, "1": 2.2}, "losses_by_seed": {"0": [3.0, 2.0], "1": [3.2, 2.2]}},
+        "b": {"last_loss_by_seed": {"0": 2.5}, "losses_by_seed": {"0": [3.0, 2.5]}},
+    }))
+    records = read_runs_json(path)
+    assert seed_finals(records, ["a"]) == {"a": [2.0, 2.2]}
+    assert seed_finals(records, ["a", "b"]) is None  # b has one seed
+    mean = seed_mean_curves(records, [a])
+    assert mean is not None and mean["a"].losses == pytest.approx([3.1, 2.1])
+    assert seed_mean_curves(records, [a, b]) is None
+    short = Curve("a", a.schedule, steps[:1], a.losses[:1])
+    assert seed_mean_curves(records, [short]) is None  # a seed's curve of another length
     path.write_text("{not json")
     with pytest.raises(InputError, match=r"runs\.json: not readable JSON"):
-        read_seed_finals(path, ["a"])
+        read_runs_json(path)
 
 
 def test_methods_are_scored_against_the_mean_over_seeds_too() -> None:
@@ -354,7 +368,9 @@ def test_methods_are_scored_against_the_mean_over_seeds_too() -> None:
         for i, (pk, last) in enumerate(zip(peaks, seed0, strict=True))
     ]
     finals = {c.run_id: [s0, *o] for c, s0, o in zip(cands, seed0, others, strict=True)}
-    setting = Setting("toy", Path("toy"), parent, cands, [], finals)
+    # the seed-averaged curves end at each run's mean final loss
+    mean_curves = {c.run_id: replace(c, losses=c.losses - c.losses[-1] + np.mean(finals[c.run_id])) for c in cands}
+    setting = Setting("toy", Path("toy"), parent, cands, [], finals, mean_curves)
     assert setting.seed_count() == 3
     groups = training_groups(len(cands), 2, 100)
     res = run_setting(setting, ["nearest-peak"], groups, Progress("test", len(groups)))
@@ -370,6 +386,14 @@ def test_methods_are_scored_against_the_mean_over_seeds_too() -> None:
     assert by_mean["methods"]["nearest-peak"]["top2_hit_rate"] == pytest.approx(np.mean(hits))
     assert res["methods"]["nearest-peak"]["top2_hit_rate"] == pytest.approx(np.mean(hits0))
     assert hits != hits0  # the two truths disagree on some groups
+    fitted_hits = []
+    for g, row in zip(groups, res["per_group"], strict=True):
+        held = [i for i in range(len(cands)) if i not in g]
+        pred = np.array([row["nearest-peak@seed-mean"][cands[i].run_id] for i in held])
+        fitted_hits.append(top_k_hit(pred, mean[held], 2))
+    assert by_mean["fitted_on_seed_mean_curves"]["nearest-peak"]["top2_hit_rate"] == pytest.approx(np.mean(fitted_hits))
+    # nearest-peak predicts the training runs' finals: fitted on the means, it ranks by the truth's own values
+    assert np.mean(fitted_hits) > np.mean(hits)
     assert 0.0 < by_mean["seed_sd_rms_nats"] < 0.05
 
 
