@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         numbers = [int(x) for x in args.trials.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"trace_pruner.py: --trials {args.trials!r} is not a list of trial numbers") from None
-    source = optuna.load_study(study_name=args.study, storage=f"sqlite:///{args.db}")
+    try:
+        source = optuna.load_study(study_name=args.study, storage=f"sqlite:///{args.db}")
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage=f"sqlite:///{args.db}"))
+        raise SystemExit(f"trace_pruner.py: {args.db} has no study {args.study!r} (it has: {names})") from None
     trials = source.get_trials(deepcopy=False)
     for n in numbers:
         if not 0 <= n < len(trials):
