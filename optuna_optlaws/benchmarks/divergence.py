@@ -48,6 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from optuna_optlaws._progress import Progress
+from optuna_optlaws.divergence._criterion import level_counts
 
 DIVERGED_ABOVE = 5.0
 """A run whose smooth loss is above this (nats), or NaN, counts as diverged."""
@@ -139,15 +140,13 @@ def threshold_ceiling(group: NDArray[np.int64], lr: NDArray[np.float64],
     n_nonmonotone_runs = n_nonmonotone_groups = 0
     for g in np.unique(group):
         idx = np.flatnonzero(group == g)
-        levels, rank = np.unique(lr[idx], return_inverse=True)
-        pos = np.bincount(rank[diverged[idx]], minlength=levels.size)
-        neg = np.bincount(rank[~diverged[idx]], minlength=levels.size)
+        _, rank, pos, neg = level_counts(lr[idx], diverged[idx])
         tp = np.append(np.cumsum(pos[::-1])[::-1], 0)  # j = 0..m: runs at levels[j:] called diverged
         fp = np.append(np.cumsum(neg[::-1])[::-1], 0)
         bad = int(np.sum(pos[fp[1:] > 0]))  # diverged at level k with a stable run above k
         n_nonmonotone_runs += bad
         n_nonmonotone_groups += bad > 0
-        groups.append((idx, rank.ravel(), tp, fp))
+        groups.append((idx, rank, tp, fp))
     w_tp, w_fp = 1, 1
     best: tuple[int, int, list[int]] | None = None
     while True:
@@ -232,8 +231,7 @@ def boundary_offsets(group: NDArray[np.int64], lr: NDArray[np.float64], diverged
            "missed_above_grid": 0}
     for g in np.unique(group):
         idx = np.flatnonzero(group == g)
-        levels, rank = np.unique(lr[idx], return_inverse=True)
-        rank = rank.ravel()
+        levels, rank, _, _ = level_counts(lr[idx], diverged[idx])
         true_j = int(rank[diverged[idx]].min()) if diverged[idx].any() else levels.size
         call_j = int(rank[decision[idx]].min()) if decision[idx].any() else levels.size
         if not np.array_equal(decision[idx], rank >= call_j):

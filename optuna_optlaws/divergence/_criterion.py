@@ -139,6 +139,18 @@ class Groups:
     of_run: NDArray[np.int64]
 
 
+def level_counts(
+    lr: NDArray[np.float64], diverged: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """The distinct peak LRs of one group's runs (ascending, any unit), each run's index
+    among them, and the diverged and stable runs at each."""
+    levels, rank = np.unique(lr, return_inverse=True)
+    rank = rank.ravel()
+    pos = np.bincount(rank[diverged], minlength=levels.size)
+    neg = np.bincount(rank[~diverged], minlength=levels.size)
+    return levels, rank, pos, neg
+
+
 def group_runs(log_lr: NDArray[np.float64], group_keys: NDArray[np.float64], cell_keys: NDArray[np.float64],
                diverged: NDArray[np.bool_]) -> Groups:
     """Group runs by the rows of ``group_keys`` and bound each group's ln eta_crit.
@@ -157,9 +169,7 @@ def group_runs(log_lr: NDArray[np.float64], group_keys: NDArray[np.float64], cel
     hi = np.empty(n_groups)
     for g in range(n_groups):
         idx = np.flatnonzero(of_run == g)
-        levels, rank = np.unique(log_lr[idx], return_inverse=True)
-        pos = np.bincount(rank[diverged[idx]], minlength=levels.size)
-        neg = np.bincount(rank[~diverged[idx]], minlength=levels.size)
+        levels, _, pos, neg = level_counts(log_lr[idx], diverged[idx])
         # split j (j = 0..m): levels j.. called diverged; errors = stable at or above j + diverged below j
         errors = np.append(np.cumsum(neg[::-1])[::-1], 0) + np.r_[0, np.cumsum(pos)]
         best = np.flatnonzero(errors == errors.min())
