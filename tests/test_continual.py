@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ from optuna_optlaws.benchmarks.transfer import (
     noise_ceiling,
     read_runs_json,
     run_setting,
-    seed_finals,
-    seed_mean_curves,
+    seed_losses,
     top_k_hit,
     top_k_regret,
     training_groups,
@@ -338,18 +336,16 @@ def test_seed_records_are_used_only_when_every_candidate_has_two_seeds(tmp_path:
     steps = np.array([10, 20])
     a = Curve("a", Schedule.constant(1e-3, 30), steps, np.array([3.0, 2.0]))
     b = Curve("b", Schedule.constant(1e-3, 30), steps, np.array([3.0, 2.5]))
-    path.write_text(json.dumps({
-        "a": {"last_loss_by_seed": {"0": 2.0, "1": 2.2}, "losses_by_seed": {"0": [3.0, 2.0], "1": [3.2, 2.2]}},
-        "b": {"last_loss_by_seed": {"0": 2.5}, "losses_by_seed": {"0": [3.0, 2.5]}},
-    }))
+    path.write_text(json.dumps({"a": {"other_seeds": {"1": [3.2, 2.2]}}, "b": {"other_seeds": {}}}))
     records = read_runs_json(path)
-    assert seed_finals(records, ["a"]) == {"a": [2.0, 2.2]}
-    assert seed_finals(records, ["a", "b"]) is None  # b has one seed
-    mean = seed_mean_curves(records, [a])
+    rows = seed_losses(records, [a])
+    setting = Setting("toy", Path("toy"), a, [a], [], rows)
+    assert setting.seed_finals() == {"a": [2.0, 2.2]}
+    assert seed_losses(records, [a, b]) is None  # b has one seed
+    mean = setting.seed_mean_curves()
     assert mean is not None and mean["a"].losses == pytest.approx([3.1, 2.1])
-    assert seed_mean_curves(records, [a, b]) is None
     short = Curve("a", a.schedule, steps[:1], a.losses[:1])
-    assert seed_mean_curves(records, [short]) is None  # a seed's curve of another length
+    assert seed_losses(records, [short]) is None  # a seed's curve of another length
     path.write_text("{not json")
     with pytest.raises(InputError, match=r"runs\.json: not readable JSON"):
         read_runs_json(path)
@@ -368,9 +364,9 @@ def test_methods_are_scored_against_the_mean_over_seeds_too() -> None:
         for i, (pk, last) in enumerate(zip(peaks, seed0, strict=True))
     ]
     finals = {c.run_id: [s0, *o] for c, s0, o in zip(cands, seed0, others, strict=True)}
-    # the seed-averaged curves end at each run's mean final loss
-    mean_curves = {c.run_id: replace(c, losses=c.losses - c.losses[-1] + np.mean(finals[c.run_id])) for c in cands}
-    setting = Setting("toy", Path("toy"), parent, cands, [], finals, mean_curves)
+    # each seed's curve is the run's shifted to end at that seed's final loss
+    rows = {c.run_id: np.vstack([c.losses - c.losses[-1] + f for f in finals[c.run_id]]) for c in cands}
+    setting = Setting("toy", Path("toy"), parent, cands, [], rows)
     assert setting.seed_count() == 3
     groups = training_groups(len(cands), 2, 100)
     res = run_setting(setting, ["nearest-peak"], groups, Progress("test", len(groups)))

@@ -9,11 +9,11 @@ is seen for several epochs and the held-out loss can rise again), fresh AdamW st
 constant, cosine, linear and WSD schedules at peak LRs 1e-4 to 3e-3 and warmups of 0 to 60
 steps (21 runs), plus one run from random weights as the reference. Each fine-tuning
 run is trained again under ``--seeds`` beyond the first (the seed orders the training
-batches; the weights start from the same ``pre``): their last held-out losses, in
-``runs.json`` (``last_loss_by_seed``; the whole held-out curves in ``losses_by_seed``, at
-the steps of ``steps``) and the README, give each schedule's expected final loss (the mean
-over seeds) and the seed noise, which the transfer benchmark uses as the truth to rank
-against (and, averaged over seeds, as the curves of a second fit).
+batches; the weights start from the same ``pre``): their held-out curves, in ``runs.json``
+(``other_seeds``: seed -> losses at the run's ``steps``; the first seed's are ``losses`` and
+``curves.csv``), give each schedule's expected final loss (the mean over seeds of the last
+held-out loss, in the README) and the seed noise, which the transfer benchmark uses as the
+truth to rank against (and, averaged over seeds, as the curves of a second fit).
 
 Writes ``studies/finetune/curves.csv`` (long curves format with ``resume_from`` and
 ``resume_step``, as in ``continual.py``: steps count from 0 at the start of fine-tuning, the
@@ -77,6 +77,12 @@ def finetune_plan(steps: int) -> list[tuple[str, Schedule, bool]]:
     return plan
 
 
+def _last_by_seed(record: dict[str, Any]) -> list[float]:
+    """A run's last finite held-out loss (nats/byte) under each training seed, the first seed's first."""
+    curves = [record["losses"], *record["other_seeds"].values()]
+    return [next((v for v in reversed(c) if math.isfinite(v)), math.nan) for c in curves]
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(x) for x in text.split(",") if x.strip()]
@@ -117,22 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         parent, rstep = ("pre", args.pre_steps - 1) if from_pre else (None, None)
         curves.append(curve_of(run_id, sched, res, ft_cfg.batch_size, parent, rstep))
         best = min(res.losses) if res.losses else float("nan")
-        by_seed = {seeds[0]: curves[-1].final_loss}
-        losses_by_seed = {seeds[0]: res.losses}
+        other: dict[str, list[float]] = {}
         if from_pre:
             for sd in seeds[1:]:
                 again = train(sched, replace(ft_cfg, seed=sd), init_state=pre_state)
                 assert not isinstance(again, tuple)
-                by_seed[sd] = curve_of(run_id, sched, again, ft_cfg.batch_size, parent, rstep).final_loss
-                losses_by_seed[sd] = again.losses
-        records[run_id] = {"last_loss_by_seed": {str(k): v for k, v in by_seed.items()},
-                           "losses_by_seed": {str(k): v for k, v in losses_by_seed.items()},
-                           "schedule": sched.to_json(), "config": asdict(ft_cfg), "steps": res.steps,
+                other[str(sd)] = again.losses
+        records[run_id] = {"other_seeds": other, "schedule": sched.to_json(), "config": asdict(ft_cfg),
+                           "steps": res.steps,
                            "losses": res.losses, "final_loss": res.final_loss, "best_loss": best,
                            "final_loss_stdlib": loss_of_state(state, base), "seconds": round(res.seconds, 2),
                            "resume_from": parent, "resume_step": rstep, "corpus": "site_docs"}
         print(f"{run_id}: last {res.losses[-1]:.4f} best {best:.4f} final {res.final_loss:.4f} ({res.seconds:.0f} s); "
-              f"last by seed {', '.join(f'{v:.4f}' for v in by_seed.values())}", flush=True)
+              f"last by seed {', '.join(f'{v:.4f}' for v in _last_by_seed(records[run_id]))}", flush=True)
     write_curves_csv(out / "curves.csv", curves)
     (out / "runs.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     epochs = args.steps * ft_cfg.tokens_per_step / args.train_bytes
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if run_id == "pre":
             continue
         s = Schedule.from_json(rec["schedule"])
-        vals = list(rec["last_loss_by_seed"].values())
+        vals = _last_by_seed(rec)
         sd = float(statistics.stdev(vals)) if len(vals) > 1 else float("nan")
         if len(vals) > 1:
             sds.append(sd)

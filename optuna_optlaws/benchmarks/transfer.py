@@ -24,10 +24,11 @@ Top-2 hit rate of an oracle that ranks by each run's expected final loss (taken 
 the observed one) when each observed final carries independent Gaussian seed noise of
 ``NOISE_SIGMAS`` (Monte Carlo, seeded), and how many groups have their best and
 second-best held-out runs within those gaps. Where the setting's ``runs.json`` holds each
-candidate's last loss under several training seeds (``last_loss_by_seed``, written by
-``finetune.py``), every method is also scored against the *mean over seeds*: the best
-schedule by its expected final loss rather than by one seed's draw (the laws are still
-fitted on the curves file, one seed per run, as a user would have them).
+candidate's held-out curve under other training seeds (``other_seeds``, written by
+``finetune.py``), every method is also scored against the *mean over seeds* of the last
+loss: the best schedule by its expected final loss rather than by one seed's draw, fitted
+on the curves file (one seed per run, as a user would have them) and, again, on the
+training runs' curves averaged over the seeds.
 
 Methods: ``optlaw+parent``, the Opt-Law fitted on the parent's curve and the 3 training
 runs, each continued run starting from the parent's mode state; ``optlaw+lineage``, the
@@ -93,33 +94,51 @@ class Setting:
     parent: Curve
     candidates: list[Curve]
     excluded: list[str]
-    seed_finals: dict[str, list[float]] | None = None
-    """Candidate run_id -> its last held-out loss under each training seed (nats), when
-    ``runs.json`` beside the curves file records at least two seeds for every candidate."""
-    seed_curves: dict[str, Curve] | None = None
-    """Candidate run_id -> its curve with the held-out losses averaged over the seeds,
-    when ``runs.json`` records every seed's whole curve (``losses_by_seed``)."""
+    seed_losses: dict[str, FloatArray] | None = None
+    """Candidate run_id -> its held-out losses (nats) at its curve's steps under each
+    training seed, one row per seed (the curves file's own first), when ``runs.json`` beside
+    the curves file holds another seed's curve (``other_seeds``) for every candidate."""
+
+    def seed_finals(self) -> dict[str, list[float]] | None:
+        """Candidate run_id -> its last finite held-out loss under each seed (nats)."""
+        if self.seed_losses is None:
+            return None
+        return {rid: [_last_finite(row) for row in rows] for rid, rows in self.seed_losses.items()}
 
     def seed_mean(self) -> FloatArray | None:
         """Each candidate's last loss averaged over seeds (nats), in candidate order."""
-        if self.seed_finals is None:
+        finals = self.seed_finals()
+        if finals is None:
             return None
-        return np.array([float(np.mean(self.seed_finals[c.run_id])) for c in self.candidates])
+        return np.array([float(np.mean(finals[c.run_id])) for c in self.candidates])
 
     def seed_noise(self) -> float | None:
         """Root mean square over candidates of the seed standard deviation of the last loss (nats)."""
-        if self.seed_finals is None:
+        finals = self.seed_finals()
+        if finals is None:
             return None
-        return float(np.sqrt(np.mean([np.var(v, ddof=1) for v in self.seed_finals.values()])))
+        return float(np.sqrt(np.mean([np.var(v, ddof=1) for v in finals.values()])))
 
     def seed_count(self) -> int:
-        """Seeds per candidate in :attr:`seed_finals` (the fewest; 0 without them)."""
-        return min((len(v) for v in self.seed_finals.values()), default=0) if self.seed_finals else 0
+        """Seeds per candidate in :attr:`seed_losses` (the fewest; 0 without them)."""
+        return min((rows.shape[0] for rows in self.seed_losses.values()), default=0) if self.seed_losses else 0
 
     def seed_mean_noise(self) -> float | None:
         """Standard deviation (nats) left in a mean over :meth:`seed_count` seeds."""
         noise = self.seed_noise()
         return None if noise is None else noise / math.sqrt(self.seed_count())
+
+    def seed_mean_curves(self) -> dict[str, Curve] | None:
+        """Candidate run_id -> its curve with the held-out losses averaged over the seeds."""
+        if self.seed_losses is None:
+            return None
+        return {c.run_id: replace(c, losses=self.seed_losses[c.run_id].mean(axis=0)) for c in self.candidates}
+
+
+def _last_finite(losses: FloatArray) -> float:
+    """The last finite value of ``losses`` (a run's final loss, as :attr:`Curve.final_loss`)."""
+    fin = losses[np.isfinite(losses)]
+    return float(fin[-1]) if fin.size else math.nan
 
 
 def load_setting(name: str, path: str | Path) -> Setting:
@@ -137,8 +156,7 @@ def load_setting(name: str, path: str | Path) -> Setting:
     cands = [c for c in curves if c.resume_from == parent_id and np.any(c.finite)]
     excluded = [c.run_id for c in curves if c.run_id != parent_id and c.resume_from is None]
     records = read_runs_json(Path(path).with_name("runs.json"))
-    return Setting(name, Path(path), by_id[parent_id], cands, excluded,
-                   seed_finals(records, [c.run_id for c in cands]), seed_mean_curves(records, cands))
+    return Setting(name, Path(path), by_id[parent_id], cands, excluded, seed_losses(records, cands))
 
 
 def read_runs_json(path: Path) -> dict[str, Any]:
@@ -153,35 +171,18 @@ def read_runs_json(path: Path) -> dict[str, Any]:
     return records if isinstance(records, dict) else {}
 
 
-def _by_seed(records: dict[str, Any], run_id: str, key: str) -> list[Any]:
-    """The values of ``records[run_id][key]`` (a ``{seed: value}`` mapping), ``[]`` when absent."""
-    rec = records.get(run_id)
-    by_seed = rec.get(key) if isinstance(rec, dict) else None
-    return list(by_seed.values()) if isinstance(by_seed, dict) else []
-
-
-def seed_finals(records: dict[str, Any], run_ids: Sequence[str]) -> dict[str, list[float]] | None:
-    """``run_id -> [last loss per seed]`` from run ``records`` (``last_loss_by_seed`` per
-    run), or ``None`` when any of ``run_ids`` has fewer than two finite seeds."""
-    out: dict[str, list[float]] = {}
-    for rid in run_ids:
-        vals = [float(v) for v in _by_seed(records, rid, "last_loss_by_seed")]
-        if len(vals) < 2 or not all(math.isfinite(v) for v in vals):
-            return None
-        out[rid] = vals
-    return out
-
-
-def seed_mean_curves(records: dict[str, Any], cands: Sequence[Curve]) -> dict[str, Curve] | None:
-    """``run_id -> the run's curve with its losses averaged over seeds`` from run
-    ``records`` (``losses_by_seed``: each seed's held-out losses at the curve's steps), or
-    ``None`` when any candidate has fewer than two seeds or a seed's curve of another length."""
-    out: dict[str, Curve] = {}
+def seed_losses(records: dict[str, Any], cands: Sequence[Curve]) -> dict[str, FloatArray] | None:
+    """``run_id -> (seeds, points)`` held-out losses of each candidate: its own curve's, then
+    those of ``records[run_id]["other_seeds"]`` (``{seed: losses at the curve's steps}``);
+    ``None`` when any candidate has no other seed or one of another length."""
+    out: dict[str, FloatArray] = {}
     for c in cands:
-        curves = _by_seed(records, c.run_id, "losses_by_seed")
-        if len(curves) < 2 or any(not isinstance(x, list) or len(x) != c.losses.size for x in curves):
+        rec = records.get(c.run_id)
+        other = rec.get("other_seeds") if isinstance(rec, dict) else None
+        rows = list(other.values()) if isinstance(other, dict) else []
+        if not rows or any(not isinstance(x, list) or len(x) != c.losses.size for x in rows):
             return None
-        out[c.run_id] = replace(c, losses=np.mean(np.asarray(curves, dtype=np.float64), axis=0))
+        out[c.run_id] = np.vstack([c.losses, np.asarray(rows, dtype=np.float64)])
     return out
 
 
@@ -310,7 +311,7 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
     scores = {m: Score() for m in methods}
     vs_mean = {m: Score() for m in methods}
     fit_mean = {m: Score() for m in methods}
-    mean_curves = setting.seed_curves if mean_all is not None else None
+    mean_curves = setting.seed_mean_curves()
     rows = []
     rng = np.random.default_rng(0)
     ceiling: dict[int, dict[str, list[float]]] = {k: {f"{sg:g}": [] for sg in NOISE_SIGMAS} for k in (2, 1)}
@@ -390,12 +391,14 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-_MEAN_TABLE_HEAD = (
-    f"| method | Top-2 hit rate (target >= {TOP2_TARGET:.0%}) | Top-1 hit rate | Spearman (mean) "
-    "| Top-2 regret mean / worst (nats) | mean abs error of final loss (nats) |",
-    "|---|---|---|---|---|---|",
-)
-"""Head of the tables scored against the mean over seeds."""
+def _mean_table(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """A table scored against the mean over seeds: one row per method's summary."""
+    return [
+        f"| method | Top-2 hit rate (target >= {TOP2_TARGET:.0%}) | Top-1 hit rate | Spearman (mean) "
+        "| Top-2 regret mean / worst (nats) | mean abs error of final loss (nats) |",
+        "|---|---|---|---|---|---|",
+        *(f"| {m} | {_score_cells(sm)} |" for m, sm in methods.items()),
+    ]
 
 
 def _score_cells(s: dict[str, Any]) -> str:
@@ -464,16 +467,14 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
             f"## Against the mean over {by_mean['seeds']} training seeds",
             "",
             f"Each candidate was also trained with {by_mean['seeds'] - 1} more seeds (batch order; "
-            "`runs.json`, `last_loss_by_seed`). Truth here: its last held-out loss averaged over the seeds, "
+            "`runs.json`, `other_seeds`). Truth here: its last held-out loss averaged over the seeds, "
             "the schedule's expected final loss up to the noise left in a mean "
             f"(seed sd {_fmt(by_mean['seed_sd_rms_nats'], 4)} nats, root mean square over candidates). "
             "The laws are fitted on the curves file as above (one seed per run). "
             f"Noise ceiling at the noise left in the mean: Top-2 {_fmt(by_mean.get('noise_ceiling_top2'))}.",
             "",
-            *_MEAN_TABLE_HEAD,
+            *_mean_table(by_mean["methods"]),
         ]
-        for m, sm in by_mean["methods"].items():
-            lines.append(f"| {m} | {_score_cells(sm)} |")
         fitted = by_mean.get("fitted_on_seed_mean_curves")
         if fitted:
             lines += [
@@ -482,9 +483,8 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
                 "(the laws see each schedule's expected curve, not one seed's draw; the held-out runs are "
                 "still predicted from their schedules alone):",
                 "",
-                *_MEAN_TABLE_HEAD,
+                *_mean_table(fitted),
             ]
-            lines += [f"| {m} | {_score_cells(sm)} |" for m, sm in fitted.items()]
     methods = list(res["methods"])
     lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
               "over the groups that held them out (nats):", "",
