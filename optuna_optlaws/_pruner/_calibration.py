@@ -60,7 +60,7 @@ from optuna_optlaws._pruner._frontier import completed_final
 from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals, schedule_descriptors
 from optuna_optlaws._study_state import conditioned_final, readable_schedule, same_group, trial_curve
 from optuna_optlaws.curves import Curve
-from optuna_optlaws.laws import Law
+from optuna_optlaws.laws import Law, Prediction
 from optuna_optlaws.laws._optlaw_fit import transient_end
 from optuna_optlaws.schedules import Schedule
 
@@ -210,15 +210,29 @@ def _residual(
     if prep is None:
         return nan
     curve, final = prep
-    total = curve.schedule.total_steps
-    keep = curve.steps + 1 <= bucket * total + 1e-9
-    if int(keep.sum()) < min_points:
-        return nan
-    p_steps, p_losses = prefix_of(curve.steps[keep], curve.losses[keep])
-    pred = conditioned_final(law, replace(curve, steps=p_steps, losses=p_losses))
+    pred = conditioned_at(law, curve, bucket, min_points, prefix_of)
     if pred is None:
         return nan
     return final - float(pred.mean[0]), float(pred.sd(law.interval_level)[0])
+
+
+def conditioned_at(
+    law: Law,
+    curve: Curve,
+    fraction: float,
+    min_points: int,
+    prefix_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> Prediction | None:
+    """``law``'s prediction (nats) of ``curve``'s final loss conditioned on its finite points
+    up to ``fraction`` of its schedule (steps ``s`` with ``s + 1 <= fraction * total``), as
+    ``prefix_of`` hands them to the law; ``None`` with fewer than ``min_points`` such points
+    or when the law cannot predict it. The one cut both the pruner's time-split residuals
+    and ``benchmarks.pruner_calibration`` make."""
+    keep = np.isfinite(curve.losses) & (curve.steps + 1 <= fraction * curve.schedule.total_steps + 1e-9)
+    if int(keep.sum()) < min_points:
+        return None
+    p_steps, p_losses = prefix_of(curve.steps[keep], curve.losses[keep])
+    return conditioned_final(law, replace(curve, steps=p_steps, losses=p_losses))
 
 
 def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +46,10 @@ def conditioned(law: Any, c: Any, f: float) -> dict | None:
     """The law's prediction of run ``c``'s final loss conditioned on its prefix up to
     fraction ``f`` of its schedule (as the pruner hands it over); ``None`` with fewer
     than two finite points in that prefix, or when the law cannot predict it."""
+    from optuna_optlaws._pruner._calibration import conditioned_at
     from optuna_optlaws._pruner._decision import law_prefix
-    from optuna_optlaws._study_state import conditioned_final
 
-    keep = np.isfinite(c.losses) & (c.steps + 1 <= f * c.schedule.total_steps)
-    if keep.sum() < 2:
-        return None
-    s, v = law_prefix(c.steps[keep], c.losses[keep])
-    pred = conditioned_final(law, replace(c, steps=s, losses=v))
+    pred = conditioned_at(law, c, f, 2, law_prefix)
     if pred is None:
         return None
     return {"run": c.run_id, "f": f, "true": float(c.final_loss), "mean": float(pred.mean[0]),
