@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OptLawsPruner"]
 
+DEFAULT_MARGIN = 0.01
+"""Default ``margin`` of :class:`OptLawsPruner` (nats)."""
+
 
 class OptLawsPruner(BasePruner):
     """A schedule-aware pruner driven by a fitted loss-vs-schedule law.
@@ -108,7 +111,7 @@ class OptLawsPruner(BasePruner):
         law: str = DEFAULT_LAW,
         *,
         prior: str | Path | Law | None = None,
-        margin: float = 0.01,
+        margin: float = DEFAULT_MARGIN,
         tolerance: float = 0.0,
         min_reports: int = 3,
         min_fraction: float = 0.1,
