@@ -236,7 +236,13 @@ def conditioned_at(
 
 
 def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:
-    """Whether ``peak_lr`` is bracketed by the calibration trials' peak LRs: at least
+    """Whether ``peak_lr`` is bracketed by the calibration trials' peak LRs
+    (:func:`bracketed`)."""
+    return bracketed(peak_lr, [s.peak_lr for s in (readable_schedule(t) for t in calib) if s is not None])
+
+
+def bracketed(peak_lr: float, peaks: Sequence[float]) -> bool:
+    """Whether ``peak_lr`` is bracketed by ``peaks`` (the complete runs' peak LRs): at least
     :data:`BRACKET_RUNS` of them at or below it and as many at or above it (each within
     :data:`PEAK_LR_TOLERANCE`). The law then interpolates between runs it was checked on.
 
@@ -250,7 +256,6 @@ def covered(peak_lr: float, calib: Sequence[FrozenTrial]) -> bool:
     the law predicted that LR's cosine and WSD runs 0.20 and 0.11 nats too high (the WSD
     run was the group's best) with calibrated intervals of +-0.10 and +-0.05. Outside
     these bounds the pruner does not prune on the law."""
-    peaks = [s.peak_lr for s in (readable_schedule(t) for t in calib) if s is not None]
     if not peaks or not (math.isfinite(peak_lr) and peak_lr > 0):
         return False
     below = sum(p <= peak_lr * PEAK_LR_TOLERANCE for p in peaks)

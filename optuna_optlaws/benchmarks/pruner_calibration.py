@@ -75,9 +75,9 @@ def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8), dra
     """Early in a study the pruner's law is fitted on the few complete runs there are, not
     on all but one: per ``n``, ``draws`` random sets of ``n`` runs; the law fitted on
     them (and calibrated on their in-sample errors, as the pruner does) predicts each
-    other run whose peak LR lies within theirs (the pruner's extrapolation guard holds
-    back the rest)."""
-    from optuna_optlaws._pruner._calibration import TRUSTED_CALIBRATION, calibrate
+    other run whose peak LR they bracket as the pruner's extrapolation guard asks
+    (:func:`~optuna_optlaws._pruner._calibration.bracketed`; the guard holds back the rest)."""
+    from optuna_optlaws._pruner._calibration import BRACKET_RUNS, TRUSTED_CALIBRATION, bracketed, calibrate
     from optuna_optlaws.laws import make_law
 
     rng = np.random.default_rng(seed)
@@ -85,7 +85,8 @@ def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8), dra
         "## Early in a study: the law fitted on the n complete runs only",
         "",
         f"{draws} random sets of `n` runs per `n`; the law is fitted on them alone, calibrated on their "
-        "in-sample errors and asked about every other run whose peak LR lies within theirs "
+        f"in-sample errors and asked about every other run whose peak LR has {BRACKET_RUNS} of theirs on each side, "
+        "as the pruner's extrapolation guard asks "
         f"(below {TRUSTED_CALIBRATION} runs the calibrated interval is never narrower than the law's own). "
         "Nominal rate below the lower end: 5%.",
         "",
@@ -108,7 +109,7 @@ def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8), dra
                     continue
                 res = residuals_of(rows)
                 for i, c in enumerate(curves):
-                    if i in pick or not min(peaks) * 0.999 <= c.schedule.peak_lr <= max(peaks) * 1.001:
+                    if i in pick or not bracketed(c.schedule.peak_lr, peaks):
                         continue
                     t = conditioned(law, c, f)
                     if t is None:
