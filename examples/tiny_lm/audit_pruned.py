@@ -60,6 +60,9 @@ class Audited:
     frontier: float
     objective: float
     prefix_gap: float
+    steps: list[int]
+    losses: list[float]
+    """The retrained run's whole curve: report steps and held-out losses (nats/byte)."""
 
     @property
     def below_lower_end(self) -> bool:
@@ -99,7 +102,7 @@ def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: i
         pred = tuple(float(attrs.get(k, math.nan)) for k in (PRED_FINAL, PRED_LO, PRED_HI))
         true_final = curve[max(curve)] if curve else math.nan
         out.append(Audited(me.number, max(me.intermediate_values), pred, true_final, frontier,  # type: ignore[arg-type]
-                           res.final_loss, gap))
+                           res.final_loss, gap, sorted(curve), [curve[s] for s in sorted(curve)]))
         print(f"trial {me.number}: pruned at {out[-1].pruned_at}, predicted {pred[0]:.4f} [{pred[1]:.4f}, "
               f"{pred[2]:.4f}], true {true_final:.4f}, frontier {frontier:.4f}, prefix gap {gap:.1e}", flush=True)
     return out
