@@ -31,7 +31,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -42,6 +42,7 @@ from optuna_optlaws import get_schedule
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study import training_config
 from tinylm import TinyLMConfig, default_device, train
 
 PREFIX_TOLERANCE = 1e-4
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accepted", type=float, default=0.0,
                     help="regret (nats) the pruner accepted: its tolerance minus its margin, at least 0 (default 0)")
     ap.add_argument("--train-seed", type=int, default=0, help="the study's training seed (default 0)")
+    ap.add_argument("--tiny", action="store_true", help="the study was run with study.py --tiny")
     ap.add_argument("--limit", type=int, default=None, help="audit at most this many pruned trials")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
@@ -171,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=f"sqlite:///{args.db}")
     steps = {s.total_steps for t in study.trials if (s := get_schedule(t)) is not None}
-    cfg = replace(TinyLMConfig(), seed=args.train_seed)
-    if len(steps) == 1 and (total := steps.pop()) < 4 * cfg.eval_every:  # as study.py sets it
-        cfg = replace(cfg, eval_every=max(1, total // 8))
+    if len(steps) != 1:
+        raise SystemExit(f"audit_pruned.py: the trials of {args.study} do not share one horizon: {sorted(steps)}")
+    cfg = training_config(args.train_seed, steps.pop(), args.tiny)
     t0 = time.perf_counter()
     rows = audit(study, cfg, default_device(), args.limit)
     text = render(args.db, args.study, study, rows, args.accepted, time.perf_counter() - t0)
