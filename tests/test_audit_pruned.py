@@ -65,5 +65,6 @@ def test_pruned_trial_is_retrained_to_the_end_and_the_study_replays(tmp_path: Pa
     live = replay_mod.load(tmp_path, "x")
     assert len(live.group.curves) == 3 and live.group.curves[1].last_step == STEPS - 1
     everything = replay_mod.replay(live, "none")
-    assert everything["share"] == 1.0 and everything["pruned"] == 0 and everything["regret"] == 0.0
+    assert everything["share"] == 1.0 and everything["pruned"] == 0 and everything["broken"] == 0
+    assert everything["regret"] == 0.0
     assert everything["best"] == min(live.objectives)
