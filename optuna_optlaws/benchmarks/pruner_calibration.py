@@ -70,7 +70,7 @@ def residuals_of(rows: Sequence[dict]) -> Any:
 EARLY_FRACTIONS = (0.1, 0.5)
 
 
-def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8), draws: int = 6,
+def early_table(curves: Sequence, law_name: str, ns: Sequence[int] = (5, 8, 12, 16), draws: int = 6,
                 seed: int = 0) -> list[str]:
     """Early in a study the pruner's law is fitted on the few complete runs there are, not
     on all but one: per ``n``, ``draws`` random sets of ``n`` runs; the law fitted on
@@ -199,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--group-index", type=int, default=0)
     p.add_argument("--law", default="optlaw")
     p.add_argument("--out", default=None)
+    p.add_argument("--early-n", default="5,8,12,16",
+                   help="complete-run counts of the early-study table, comma-separated (default 5,8,12,16)")
     args = p.parse_args(argv)
     group = group_curves(read_curves_csv(args.curves), ("horizon", "model_size"))[args.group_index]
     lines = [
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines += ["Per run, mean error over the fractions (most negative first): " + ", ".join(
             f"{run} {per_run[run]:+.3f}" for run in sorted(per_run, key=per_run.__getitem__)), ""]
     lines += calibrated_table(sets[True], sets[False])
-    lines += early_table(group.curves, args.law)
+    lines += early_table(group.curves, args.law, ns=[int(n) for n in args.early_n.split(",")])
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)
