@@ -5,8 +5,9 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
 
 1. prunes a diverging run at once (NaN/inf loss, a spike, a sustained rise: see
    :func:`optuna_optlaws.divergence.online.detect_divergence`), with its reason;
-2. otherwise, once the trial has enough evidence (``min_reports`` reports and
-   ``min_fraction`` of its schedule), predicts its final loss with the study's fitted law
+2. otherwise, once the trial has enough evidence (``min_reports`` reports past the law's
+   initial transient, its warmup and first 10% of steps, and ``min_fraction`` of its
+   schedule), predicts its final loss with the study's fitted law
    conditioned on the observed prefix, calibrates that prediction on the group's COMPLETE
    trials (``calibrate``: the law's error on those runs, cut at the same fraction of their
    schedules, is learnt by a Gaussian process over the schedules' descriptors and removed
@@ -81,7 +82,8 @@ class OptLawsPruner(BasePruner):
             less than ``tolerance - margin`` nats, may be pruned, so the eventual winner
             can be lost when it beats the others by less than that. ``0`` (the default)
             never trades the winner for compute.
-        min_reports: Reports a trial needs before the law may prune it.
+        min_reports: Reports a trial needs past the law's initial transient (its warmup and
+            first 10% of steps, which the law does not describe) before the law may prune it.
         min_fraction: Fraction of its schedule's ``total_steps`` a trial must have reached
             before the law may prune it. The defaults (3 reports, 10%) were chosen on the
             tiny-LM replay: the conditioned prediction's error is as large at 90% of the

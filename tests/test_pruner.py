@@ -124,15 +124,16 @@ def test_never_prunes_with_too_few_completed_trials() -> None:
 
 
 def test_bad_reports_are_recorded_and_never_prune() -> None:
-    study = _study_with_good_trials(_pruner(min_reports=8, calibrate=False))  # BAD's peak LR is outside theirs
+    study = _study_with_good_trials(_pruner(min_reports=5, calibrate=False))  # BAD's peak LR is outside theirs
     steps = report_steps()
     losses = dict(zip(steps.tolist(), synth_loss(BAD, steps).tolist(), strict=True))
     trial = study.ask()
     set_schedule(trial, BAD)
-    for step in (0, 20, 40, 80, 100, 120, 140):  # 7 reports: one short of the gate
+    # 7 reports, 4 of them past the law's initial transient (its first 60 steps): one short of the gate
+    for step in (0, 20, 40, 80, 100, 120, 140):
         trial.report(losses[step], step)
         assert trial.should_prune() is False
-    # the 8th report arrives out of order (step 60 after 140): the gate opens, but not on it
+    # the 5th described report arrives out of order (step 60 after 140): the gate opens, but not on it
     trial.report(losses[60], 60)
     assert trial.should_prune() is False
     # a repeated step (Optuna ignores the second report): no new evidence
@@ -449,3 +450,16 @@ def test_peak_lr_is_covered_only_when_two_complete_runs_bracket_it_on_each_side(
     assert not covered(5e-4, calib)  # below every run
     assert not covered(9e-3, calib)
     assert covered(1.2e-3, calib)  # within the 1.25x tolerance of the two lowest
+
+
+def test_evidence_counts_only_reports_past_the_laws_initial_transient() -> None:
+    from optuna_optlaws._pruner._frontier import has_evidence
+
+    long_warmup = Schedule.cosine(3e-3, 1000, 200, 0.0)  # transient: the 200-step warmup (more than 10%)
+    steps = np.array([50, 100, 150, 200, 250])
+    assert not has_evidence(steps, long_warmup, 3, 0.1)  # 5 reports, 2 past the transient
+    assert has_evidence(np.append(steps, 300), long_warmup, 3, 0.1)
+    assert not has_evidence(np.append(steps, 300), long_warmup, 3, 0.5)  # and half the schedule
+    assert has_evidence(np.array([100, 110, 120]), Schedule.constant(3e-3, 1000, 0), 3, 0.1)  # first 10%
+    assert not has_evidence(np.array([90, 110, 120]), Schedule.constant(3e-3, 1000, 0), 3, 0.1)
+    assert not has_evidence(np.array([], dtype=np.int64), long_warmup, 1, 0.0)

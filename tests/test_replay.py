@@ -126,8 +126,9 @@ def test_oracle_completes_the_first_runs_and_the_records_and_prunes_the_rest_at_
     group = group_curves(_synthetic(late_bloomer=False))[0]  # finals run0 < run1 < run2
     # worst first: every run is a record and completes
     assert oracle_steps(group, [[2, 1, 0]], n_min_trials=1, min_reports=3, min_fraction=0.1) == (3003, 3003)
-    # best first: the others are pruned at their first report with 3 reports and 10% (step 150)
-    assert oracle_steps(group, [[0, 1, 2]], n_min_trials=1, min_reports=3, min_fraction=0.1) == (1001 + 300, 3003)
+    # best first: the others are pruned at their first report with 3 reports past the law's initial
+    # transient (its first 100 steps: reports 100, 150, 200) and 10% of the schedule: step 200
+    assert oracle_steps(group, [[0, 1, 2]], n_min_trials=1, min_reports=3, min_fraction=0.1) == (1001 + 400, 3003)
     # two runs must complete first
     assert oracle_steps(group, [[0, 1, 2]], n_min_trials=2, min_reports=1, min_fraction=0.2) == (2002 + 200, 3003)
 

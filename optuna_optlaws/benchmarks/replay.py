@@ -386,8 +386,9 @@ def oracle_steps(
     """Steps an oracle pruner trains over ``orders`` (and the steps of no pruning): it
     knows every final loss but keeps the optlaws pruner's gates. The first ``n_min_trials``
     runs and every run that beats all earlier ones complete; every other run is pruned at
-    its first report with ``min_reports`` reports and ``min_fraction`` of its schedule. The
-    floor for any pruner with those gates."""
+    its first report with enough evidence (``min_reports`` reports past the law's initial
+    transient and ``min_fraction`` of its schedule, :func:`~optuna_optlaws._pruner._frontier.has_evidence`).
+    The floor for any pruner with those gates."""
     from optuna_optlaws._pruner._frontier import has_evidence
 
     finals = [c.final_loss if math.isfinite(c.final_loss) else math.inf for c in group.curves]
@@ -403,7 +404,8 @@ def oracle_steps(
                 best = min(best, finals[i])
                 continue
             steps, _ = group.reports(i)
-            ok = [s for k, s in enumerate(steps.tolist()) if has_evidence(k + 1, s, total, min_reports, min_fraction)]
+            sched = group.curves[i].schedule
+            ok = [int(s) for k, s in enumerate(steps) if has_evidence(steps[: k + 1], sched, min_reports, min_fraction)]
             trained += ok[0] if ok else total
     return trained, full
 
@@ -598,8 +600,9 @@ def oracle_line(results: dict[str, Any]) -> str:
     gates = ", ".join(f"{k}={v}" for k, v in oracle_gates().items())
     return (
         f"Floor: an oracle that knows every final loss but keeps the optlaws pruner's gates ({gates}: "
-        "the first runs and every run that is best so far complete, every other run is pruned at its first "
-        f"report past the gates) trains {100 * trained / full:.1f}% of the steps in these orders ({per}). "
+        "min_reports counted past the law's initial transient: the first runs and every run that is best so "
+        f"far complete, every other run is pruned at its first report past the gates) trains "
+        f"{100 * trained / full:.1f}% of the steps in these orders ({per}). "
         "No pruner with these gates can go lower; in small groups most runs must complete."
     )
 
