@@ -36,10 +36,10 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from optuna_optlaws import get_schedule
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, completed_final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import training_config
@@ -57,13 +57,17 @@ class Audited:
     number: int
     pruned_at: int
     pred: tuple[float, float, float]
-    true_final: float
     frontier: float
     objective: float
     prefix_gap: float
     steps: list[int]
     losses: list[float]
     """The retrained run's whole curve: report steps and held-out losses (nats/byte)."""
+
+    @property
+    def true_final(self) -> float:
+        """The retrained run's last held-out loss: what the pruner predicted (nats/byte)."""
+        return self.losses[-1] if self.losses else math.nan
 
     @property
     def below_lower_end(self) -> bool:
@@ -73,11 +77,6 @@ class Audited:
     def beats_frontier_by(self) -> float:
         """Nats the run would have ended below the frontier (negative: above it)."""
         return self.frontier - self.true_final
-
-
-def last_report(trial: FrozenTrial) -> float:
-    """A trial's last reported loss (what the pruner calls its final loss)."""
-    return float(trial.intermediate_values[max(trial.intermediate_values)])
 
 
 def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: int | None) -> list[Audited]:
@@ -92,8 +91,8 @@ def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: i
         schedule = get_schedule(me)
         if schedule is None:
             continue
-        before = [last_report(t) for t in trials
-                  if t.number < me.number and t.state == TrialState.COMPLETE and t.intermediate_values]
+        before = [completed_final(study._storage, t)[1] for t in trials
+                  if t.number < me.number and t.state == TrialState.COMPLETE]
         frontier = min((v for v in before if math.isfinite(v)), default=math.nan)
         curve: dict[int, float] = {}
         res = train(schedule, cfg, on_eval=curve.__setitem__, device=device)
@@ -101,11 +100,11 @@ def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: i
         gap = max((abs(curve[s] - v) for s, v in me.intermediate_values.items() if s in curve), default=math.inf)
         attrs = me.user_attrs
         pred = tuple(float(attrs.get(k, math.nan)) for k in (PRED_FINAL, PRED_LO, PRED_HI))
-        true_final = curve[max(curve)] if curve else math.nan
-        out.append(Audited(me.number, max(me.intermediate_values), pred, true_final, frontier,  # type: ignore[arg-type]
-                           res.final_loss, gap, sorted(curve), [curve[s] for s in sorted(curve)]))
-        print(f"trial {me.number}: pruned at {out[-1].pruned_at}, predicted {pred[0]:.4f} [{pred[1]:.4f}, "
-              f"{pred[2]:.4f}], true {true_final:.4f}, frontier {frontier:.4f}, prefix gap {gap:.1e}", flush=True)
+        row = Audited(me.number, max(me.intermediate_values), pred, frontier,  # type: ignore[arg-type]
+                      res.final_loss, gap, sorted(curve), [curve[s] for s in sorted(curve)])
+        out.append(row)
+        print(f"trial {me.number}: pruned at {row.pruned_at}, predicted {pred[0]:.4f} [{pred[1]:.4f}, "
+              f"{pred[2]:.4f}], true {row.true_final:.4f}, frontier {frontier:.4f}, prefix gap {gap:.1e}", flush=True)
     return out
 
 
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
         args.out.with_suffix(".json").write_text(
-            json.dumps([r.__dict__ for r in rows], indent=1), encoding="utf-8")
+            json.dumps([{**r.__dict__, "true_final": r.true_final} for r in rows], indent=1), encoding="utf-8")
     print(text)
     bad = [r.number for r in rows if r.prefix_gap > PREFIX_TOLERANCE]
     if bad:

@@ -35,7 +35,7 @@ from optuna_optlaws.curves import Curve
 from optuna_optlaws.pruner import DEFAULT_MARGIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import target_met
+from study import summarize, target_met
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,9 @@ def load(folder: Path, arm: str) -> LiveStudy:
         curves.append(Curve(f"trial_{t.number}", schedule, steps, losses, model_size=n, tokens_per_step=tps))
         objectives.append(objective if math.isfinite(objective) else math.nan)
     grid = np.unique(np.concatenate([c.steps for c in curves]))
-    tpe = optuna.load_study(study_name="tiny_lm-tpe", storage=storage)
-    tpe_done = [t for t in tpe.trials if t.state == TrialState.COMPLETE and t.value is not None]
-    tpe_best = min(float(t.value) for t in tpe_done)  # type: ignore[arg-type]
-    tpe_steps = sum(int(t.user_attrs.get("steps_trained", 0)) for t in tpe.trials)
+    tpe = summarize(optuna.load_study(study_name="tiny_lm-tpe", storage=storage))
     return LiveStudy(f"{folder}:{arm}", ReplayGroup(f"{folder}:{arm}", tuple(curves), grid), objectives,
-                     tpe_best, tpe_steps)
+                     float(tpe["best_value"]), int(tpe["steps_trained"]))
 
 
 def replay(live: LiveStudy, spec: str) -> dict[str, float]:

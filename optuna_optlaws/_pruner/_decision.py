@@ -122,9 +122,7 @@ def check(
             out.prune = True
             out.reason = far
             return out, seen
-    if ok_steps.size and not has_evidence(ok_steps, schedule, gates.min_reports, gates.min_fraction):
-        law_ok = False
-    if ok_steps.size == 0 or not law_ok:
+    if not (law_ok and has_evidence(ok_steps, schedule, gates.min_reports, gates.min_fraction)):
         return out, seen
     law_state = get_law()
     if law_state.note:

@@ -405,8 +405,9 @@ def oracle_steps(
                 continue
             steps, _ = group.reports(i)
             sched = group.curves[i].schedule
-            ok = [int(s) for k, s in enumerate(steps) if has_evidence(steps[: k + 1], sched, min_reports, min_fraction)]
-            trained += ok[0] if ok else total
+            gated = (int(s) for k, s in enumerate(steps)
+                     if has_evidence(steps[: k + 1], sched, min_reports, min_fraction))
+            trained += next(gated, total)  # the first report past the gates, or the whole run
     return trained, full
 
 
