@@ -16,12 +16,14 @@ from test_optlaw import TRUE, _law_with
 from optuna_optlaws import Schedule
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
+from optuna_optlaws.benchmarks import transfer
 from optuna_optlaws.benchmarks.transfer import (
     Setting,
     noise_ceiling,
     read_runs_json,
     run_setting,
     seed_losses,
+    size_summary,
     top_k_hit,
     top_k_regret,
     training_groups,
@@ -391,6 +393,18 @@ def test_methods_are_scored_against_the_mean_over_seeds_too() -> None:
     # nearest-peak predicts the training runs' finals: fitted on the means, it ranks by the truth's own values
     assert np.mean(fitted_hits) > np.mean(hits)
     assert 0.0 < by_mean["seed_sd_rms_nats"] < 0.05
+    # the headline row of the "With more fitted runs" table carries these same scores
+    head = size_summary(res)["nearest-peak"]
+    assert head["top2"] == pytest.approx(np.mean(hits0))
+    assert head["top2_vs_seed_mean"] == pytest.approx(np.mean(hits))
+    assert head["top2_fitted_on_seed_mean"] == pytest.approx(np.mean(fitted_hits))
+    assert head["groups"] == len(groups)
+
+
+def test_transfer_more_sizes_must_be_integers(capsys: pytest.CaptureFixture[str]) -> None:
+    code = transfer.main(["--more-sizes", "5,x"])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "--more-sizes", "5,x")
 
 
 def test_training_groups_all_or_seeded_subset() -> None:

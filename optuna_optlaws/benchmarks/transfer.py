@@ -6,8 +6,10 @@ runs pick the best of the others?
 ``examples/tiny_lm/continual.py`` and ``finetune.py``). In each setting the candidates
 are the runs that resume from the parent run (``resume_from``); runs trained from random
 weights (``scratch_*``) are neither fitted nor ranked. Grouping: every 3-run subset of the
-candidates is a training set and the other candidates are held out; when there are more
-subsets than ``--groups``, that many distinct subsets are drawn with a seeded generator.
+candidates (``--group-size``) is a training set and the other candidates are held out; when
+there are more subsets than ``--groups``, that many distinct subsets are drawn with a
+seeded generator. The headline scores are repeated with larger training sets
+(``--more-sizes``, default 5 and 8 runs): how much a few more fitted runs buy.
 For each group every method predicts the held-out runs' final losses (the loss at each
 run's last row of the curves file, nats) and is scored on:
 
@@ -413,6 +415,37 @@ def _score_cells(s: dict[str, Any]) -> str:
     )
 
 
+def _size_table(by_size: dict[str, dict[str, dict[str, Any]]], n: int) -> list[str]:
+    """The table "With more fitted runs": each method's headline scores per training-group
+    size (:func:`size_summary`); empty with a single size."""
+    if len(by_size) < 2:
+        return []
+    lines = [
+        "",
+        "## With more fitted runs",
+        "",
+        "The same scoring with training groups of other sizes (same seed and number of groups; each "
+        f"group fits on k of the {n} candidates and ranks the other {n} - k). Top-2 against the curves "
+        "file's finals / against the mean over seeds (fitted on one seed) / the same fitted on the "
+        "seed-mean curves; regret: mean Top-2 regret against the mean over seeds (nats).",
+        "",
+        "| method | runs fitted (k) | groups | Top-2 | Top-2 vs seed mean | Top-2 vs seed mean, fitted on it "
+        "| Top-2 regret vs seed mean (nats) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    methods = next(iter(by_size.values()))
+    for m in methods:
+        for k in sorted(by_size, key=int):
+            r = by_size[k].get(m)
+            if r is None:
+                continue
+            lines.append(
+                f"| {m} | {k} | {r['groups']} | {_fmt(r['top2'])} | {_fmt(r.get('top2_vs_seed_mean'))} "
+                f"| {_fmt(r.get('top2_fitted_on_seed_mean'))} | {_fmt(r.get('regret2_vs_seed_mean'), 4)} |"
+            )
+    return lines
+
+
 def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: int) -> str:
     """The Markdown report of one setting."""
     n = len(res["candidates"])
@@ -485,6 +518,7 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
                 "",
                 *_mean_table(fitted),
             ]
+    lines += _size_table(res.get("by_group_size", {}), n)
     methods = list(res["methods"])
     lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
               "over the groups that held them out (nats):", "",
@@ -499,9 +533,32 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
     return "\n".join(lines)
 
 
+def size_summary(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The headline scores of one :func:`run_setting` result, per method: Top-2 hit rate and
+    mean Top-2 regret (nats) against the curves file's finals and, where the setting has
+    other seeds, against the mean over seeds (fitted on one seed, and on the seed-mean
+    curves)."""
+    by_mean = res.get("seed_mean_truth") or {}
+    fitted = by_mean.get("fitted_on_seed_mean_curves") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for m, s in res["methods"].items():
+        row = {"groups": s["groups"], "top2": s["top2_hit_rate"], "regret2": s["top2_regret_mean_nats"]}
+        if m in by_mean.get("methods", {}):
+            row["top2_vs_seed_mean"] = by_mean["methods"][m]["top2_hit_rate"]
+            row["regret2_vs_seed_mean"] = by_mean["methods"][m]["top2_regret_mean_nats"]
+        if m in fitted:
+            row["top2_fitted_on_seed_mean"] = fitted[m]["top2_hit_rate"]
+        out[m] = row
+    return out
+
+
 def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, group_size: int, seed: int,
-        command: str) -> dict[str, dict[str, Any]]:
-    """Run the benchmark and write ``law_results.md``/``.json`` into each setting's folder."""
+        command: str, more_sizes: Sequence[int] = ()) -> dict[str, dict[str, Any]]:
+    """Run the benchmark and write ``law_results.md``/``.json`` into each setting's folder.
+
+    ``more_sizes``: further training-group sizes scored the same way (same seed, same
+    number of groups); only their headline scores (:func:`size_summary`) are reported, in
+    the table "With more fitted runs"."""
     began = time.perf_counter()
     loaded = []
     for name in settings:
@@ -511,18 +568,26 @@ def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, gro
     for m in methods:
         if m not in METHODS:
             raise InputError(f"--methods: unknown method {m!r}; known: {', '.join(METHODS)}")
+    sizes = [group_size, *(k for k in dict.fromkeys(more_sizes) if k != group_size)]
     plans = []
     for st in loaded:
-        if not 1 <= group_size < len(st.candidates) - 1:
-            raise InputError(f"--group-size {group_size}: {st.name} has {len(st.candidates)} candidates")
-        plans.append((st, training_groups(len(st.candidates), group_size, max_groups, seed)))
-    progress = Progress("transfer", sum(len(g) for _, g in plans))
-    results = {st.name: run_setting(st, methods, groups, progress) for st, groups in plans}
+        for k in sizes:
+            flag = "--group-size" if k == group_size else "--more-sizes"
+            if not 1 <= k < len(st.candidates) - 1:
+                raise InputError(f"{flag} {k}: {st.name} has {len(st.candidates)} candidates")
+            plans.append((st, k, training_groups(len(st.candidates), k, max_groups, seed)))
+    progress = Progress("transfer", sum(len(g) for _, _, g in plans))
+    results: dict[str, dict[str, Any]] = {}
+    for st, k, groups in plans:
+        res = run_setting(st, methods, groups, progress)
+        if k == group_size:
+            results[st.name] = res
+        results[st.name].setdefault("by_group_size", {})[str(k)] = size_summary(res)
     progress.close()
     meta = _machine_info(command, time.perf_counter() - began, "")
     meta["seed"] = seed
     meta.pop("shared_data", None)
-    for st, _ in plans:
+    for st in loaded:
         res = {**results[st.name], "meta": meta}
         out = Path(SETTINGS[st.name])
         (out / "law_results.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -544,14 +609,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=24, help="most training groups per setting (default: 24)")
     parser.add_argument("--group-size", type=int, default=3, help="training runs per group (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn groups (default: 0)")
+    parser.add_argument("--more-sizes", default="5,8",
+                        help="further training-group sizes, comma-separated, scored for the table "
+                             "'With more fitted runs' (default: 5,8; empty: none)")
     args = parser.parse_args(argv)
     command = (f"{prog} --settings {args.settings} --methods {args.methods} --groups {args.groups} "
-               f"--group-size {args.group_size} --seed {args.seed}")
+               f"--group-size {args.group_size} --more-sizes '{args.more_sizes}' --seed {args.seed}")
     try:
         if args.groups < 1:
             raise InputError(f"--groups {args.groups}: must be >= 1")
+        try:
+            more = [int(x) for x in _split(args.more_sizes)]
+        except ValueError:
+            raise InputError(f"--more-sizes {args.more_sizes!r}: expected integers separated by commas") from None
         results = run(_split(args.settings), _split(args.methods), max_groups=args.groups,
-                      group_size=args.group_size, seed=args.seed, command=command)
+                      group_size=args.group_size, seed=args.seed, command=command, more_sizes=more)
     except InputError as exc:
         print(f"transfer: error: {exc}", file=sys.stderr)
         return 2
