@@ -38,6 +38,7 @@ def test_pruned_trial_is_retrained_to_the_end_and_the_study_replays(tmp_path: Pa
 
     torch.set_num_threads(1)
     study_mod, audit_mod, replay_mod = _module("study"), _module("audit_pruned"), _module("live_replay")
+    timing_mod = _module("prune_timing")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = tmp_path / "tiny_lm.db"
     storage = f"sqlite:///{db}"
@@ -68,3 +69,25 @@ def test_pruned_trial_is_retrained_to_the_end_and_the_study_replays(tmp_path: Pa
     assert everything["share"] == 1.0 and everything["pruned"] == 0 and everything["broken"] == 0
     assert everything["regret"] == 0.0
     assert everything["best"] == min(live.objectives)
+
+    # where the steps went: the two complete runs in full, the pruned one before the gate ever held
+    spent = timing_mod.timing(tmp_path, "x")
+    assert (spent.complete, spent.pruned, spent.diverged) == (2, 1, 0)
+    assert spent.steps_complete == sum(max(t.intermediate_values) + 1 for t in study.trials if t.number != 1)
+    assert spent.steps_gate == max(pruned.intermediate_values) + 1 and spent.steps_waiting == 0
+    assert spent.tpe_steps == 2 * STEPS
+
+
+def test_earliest_gated_step_is_where_the_pruners_gate_first_holds() -> None:
+    from optuna_optlaws import Schedule, set_schedule
+
+    timing_mod = _module("prune_timing")
+    schedule = Schedule.cosine(1e-3, 600, warmup_steps=100)  # transient: the warmup (longer than 10%)
+    study = optuna.create_study()
+    trial = study.ask()
+    set_schedule(trial, schedule)
+    for step in range(24, 600, 25):
+        trial.report(3.0 - step / 1000, step)
+    frozen = study.trials[0]
+    # reports at 124, 149, 174 are the first three at or past step 100
+    assert timing_mod.earliest_gated_step(frozen) == 174
