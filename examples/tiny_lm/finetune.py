@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         best = min(res.losses) if res.losses else float("nan")
         other: dict[str, list[float]] = {}
         if from_pre:
-            for sd in seeds[1:]:
-                again = train(sched, replace(ft_cfg, seed=sd), init_state=pre_state)
+            for seed in seeds[1:]:
+                again = train(sched, replace(ft_cfg, seed=seed), init_state=pre_state)
                 assert not isinstance(again, tuple)
-                other[str(sd)] = again.losses
+                other[str(seed)] = again.losses
         records[run_id] = {"other_seeds": other, "schedule": sched.to_json(), "config": asdict(ft_cfg),
                            "steps": res.steps,
                            "losses": res.losses, "final_loss": res.final_loss, "best_loss": best,
