@@ -430,3 +430,11 @@ def test_the_warmup_term_looks_at_runs_trained_from_scratch_only() -> None:
     no_warmup = Curve("cold", Schedule.cosine(3e-4, 2400), steps, loss)
     curves, offsets = resolve_lineage_offsets([*scratch, hot, no_warmup], "test")
     assert terms_for(curves, "test", offsets).warmup
+
+
+def test_more_fitted_runs_table_rows_and_sizes_left_out() -> None:
+    row = {"groups": 4, "top2": 0.5, "regret2": 0.01}
+    text = "\n".join(transfer._size_table({"3": {"m": row}, "5": {"m": {**row, "top2": 0.75}}}, 10, [8]))
+    assert "| m | 3 | 4 | 0.500 |" in text and "| m | 5 | 4 | 0.750 |" in text
+    assert "k = 8" in text  # 8 of 10 would hold out 2 runs: named, not scored
+    assert transfer._size_table({"3": {"m": row}}, 10) == []

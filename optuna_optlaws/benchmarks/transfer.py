@@ -415,11 +415,14 @@ def _score_cells(s: dict[str, Any]) -> str:
     )
 
 
-def _size_table(by_size: dict[str, dict[str, dict[str, Any]]], n: int) -> list[str]:
+def _size_table(by_size: dict[str, dict[str, dict[str, Any]]], n: int, skipped: Sequence[int] = ()) -> list[str]:
     """The table "With more fitted runs": each method's headline scores per training-group
-    size (:func:`size_summary`); empty with a single size."""
+    size (:func:`size_summary`); empty with a single size. ``skipped``: sizes left out
+    because they hold out fewer than :data:`MIN_HELD_OUT` runs."""
+    note = (f" Not scored: k = {', '.join(map(str, skipped))}, which would hold out fewer than "
+            f"{MIN_HELD_OUT} runs (a Top-2 of two is always a hit)." if skipped else "")
     if len(by_size) < 2:
-        return []
+        return ["", "## With more fitted runs", "", note.strip()] if note else []
     lines = [
         "",
         "## With more fitted runs",
@@ -427,7 +430,7 @@ def _size_table(by_size: dict[str, dict[str, dict[str, Any]]], n: int) -> list[s
         "The same scoring with training groups of other sizes (same seed and number of groups; each "
         f"group fits on k of the {n} candidates and ranks the other {n} - k). Top-2 against the curves "
         "file's finals / against the mean over seeds (fitted on one seed) / the same fitted on the "
-        "seed-mean curves; regret: mean Top-2 regret against the mean over seeds (nats).",
+        "seed-mean curves; regret: mean Top-2 regret against the mean over seeds (nats)." + note,
         "",
         "| method | runs fitted (k) | groups | Top-2 | Top-2 vs seed mean | Top-2 vs seed mean, fitted on it "
         "| Top-2 regret vs seed mean (nats) |",
@@ -518,7 +521,7 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
                 "",
                 *_mean_table(fitted),
             ]
-    lines += _size_table(res.get("by_group_size", {}), n)
+    lines += _size_table(res.get("by_group_size", {}), n, res.get("by_group_size_skipped", ()))
     methods = list(res["methods"])
     lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
               "over the groups that held them out (nats):", "",
@@ -531,6 +534,11 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
         lines.append(f"| {rid} | {loss:.4f} | " + " | ".join(errs) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+MIN_HELD_OUT = 3
+"""Held-out runs a larger training group (``--more-sizes``) must leave: with two, every
+method's Top-2 is a hit."""
 
 
 def size_summary(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -570,12 +578,18 @@ def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, gro
             raise InputError(f"--methods: unknown method {m!r}; known: {', '.join(METHODS)}")
     sizes = [group_size, *(k for k in dict.fromkeys(more_sizes) if k != group_size)]
     plans = []
+    too_big: dict[str, list[int]] = {}
     for st in loaded:
         for k in sizes:
-            flag = "--group-size" if k == group_size else "--more-sizes"
-            if not 1 <= k < len(st.candidates) - 1:
-                raise InputError(f"{flag} {k}: {st.name} has {len(st.candidates)} candidates")
-            plans.append((st, k, training_groups(len(st.candidates), k, max_groups, seed)))
+            n = len(st.candidates)
+            if k == group_size and not 1 <= k < n - 1:
+                raise InputError(f"--group-size {k}: {st.name} has {n} candidates")
+            if k != group_size and not 1 <= k <= n - MIN_HELD_OUT:
+                if k < 1:
+                    raise InputError(f"--more-sizes {k}: must be >= 1")
+                too_big.setdefault(st.name, []).append(k)  # Top-2 of 2 held-out runs is always a hit
+                continue
+            plans.append((st, k, training_groups(n, k, max_groups, seed)))
     progress = Progress("transfer", sum(len(g) for _, _, g in plans))
     results: dict[str, dict[str, Any]] = {}
     for st, k, groups in plans:
@@ -583,6 +597,8 @@ def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, gro
         if k == group_size:
             results[st.name] = res
         results[st.name].setdefault("by_group_size", {})[str(k)] = size_summary(res)
+    for name, ks in too_big.items():
+        results[name]["by_group_size_skipped"] = ks
     progress.close()
     meta = _machine_info(command, time.perf_counter() - began, "")
     meta["seed"] = seed
