@@ -436,5 +436,6 @@ def test_more_fitted_runs_table_rows_and_sizes_left_out() -> None:
     row = {"groups": 4, "top2": 0.5, "regret2": 0.01}
     text = "\n".join(transfer._size_table({"3": {"m": row}, "5": {"m": {**row, "top2": 0.75}}}, 10, [8]))
     assert "| m | 3 | 4 | 0.500 |" in text and "| m | 5 | 4 | 0.750 |" in text
+    assert text.count("| 0.400 |") == 1  # a random ranking of the 5 runs held out at k = 5
     assert "k = 8" in text  # 8 of 10 would hold out 2 runs: named, not scored
     assert transfer._size_table({"3": {"m": row}}, 10) == []
