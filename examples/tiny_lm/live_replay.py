@@ -35,7 +35,7 @@ from optuna_optlaws.curves import Curve
 from optuna_optlaws.pruner import DEFAULT_MARGIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import summarize, target_met
+from study import recorded_study, summarize, target_met
 
 
 @dataclass(frozen=True)
@@ -160,16 +160,16 @@ def render(rows: list[tuple[str, str, dict[str, float]]], specs: list[str], seco
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("studies", nargs="+", help="FOLDER:ARM, e.g. studies/tiny_lm/seed1:optlaws-regret")
+    ap.add_argument("studies", nargs="+", type=recorded_study,
+                    help="FOLDER:ARM, e.g. studies/tiny_lm/seed1:optlaws-regret")
     ap.add_argument("--pruner", nargs="+", default=["optlaws"], help="pruner specs as in `optlaws replay`")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     rows = []
-    for item in args.studies:
-        folder, _, arm = item.rpartition(":")
-        live = load(Path(folder), arm)
+    for folder, arm in args.studies:
+        live = load(folder, arm)
         for spec in args.pruner:
             r = replay(live, spec)
             print(f"{live.label} {spec}: steps {r['share']:.2f}, best {r['best']:.4f}, regret {r['regret']:.4f}, "

@@ -34,7 +34,7 @@ from optuna_optlaws._study_state import raw_points, readable_schedule
 from optuna_optlaws.pruner import PRUNE_REASON
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import summarize
+from study import recorded_study, summarize
 
 
 def _default(name: str) -> float:
@@ -144,22 +144,13 @@ def render(rows: list[Timing], command: str, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="prune_timing.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("studies", nargs="+", help="FOLDER:ARM, e.g. studies/tiny_lm/gated/seed0:optlaws-regret")
+    ap.add_argument("studies", nargs="+", type=recorded_study,
+                    help="FOLDER:ARM, e.g. studies/tiny_lm/gated/seed0:optlaws-regret")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     began = time.perf_counter()
-    rows = []
-    for spec in args.studies:
-        folder, sep, arm = spec.rpartition(":")
-        if not sep or not folder or not arm:
-            print(f"prune_timing.py: error: {spec!r}: expected FOLDER:ARM", file=sys.stderr)
-            return 2
-        db = Path(folder) / "tiny_lm.db"
-        if not db.is_file():
-            print(f"prune_timing.py: error: {db}: no such file", file=sys.stderr)
-            return 2
-        rows.append(timing(Path(folder), arm))
+    rows = [timing(folder, arm) for folder, arm in args.studies]
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     text = render(rows, f"python examples/tiny_lm/prune_timing.py {argv_text}", time.perf_counter() - began)
     if args.out:
