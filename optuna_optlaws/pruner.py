@@ -12,8 +12,7 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
    trials (``calibrate``: the law's error on those runs, cut at the same fraction of their
    schedules, is learnt by a Gaussian process over the schedules' descriptors and removed
    from the trial's prediction, so runs like the trial count most; the interval comes from
-   that GP's leave-one-out errors, never narrower than half the law's own; see
-   :mod:`optuna_optlaws._pruner._calibration`),
+   that GP's leave-one-out errors; see :mod:`optuna_optlaws._pruner._calibration`),
    and prunes when the lower end of the 90% interval is above the *frontier* plus
    ``margin`` nats (minus ``tolerance``, the regret the user accepts). The frontier is
    the best final loss of a COMPLETE trial of the same (N, D) group, or the best final

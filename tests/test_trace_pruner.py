@@ -19,7 +19,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def test_the_replay_prunes_every_trial_where_the_study_did() -> None:
     study = optuna.create_study(
-        sampler=OptLawsSampler(TEST_LAW, seed=0), pruner=OptLawsPruner(TEST_LAW, seed=0, tolerance=0.02)
+        sampler=OptLawsSampler(TEST_LAW, seed=0), pruner=OptLawsPruner(TEST_LAW, seed=0, tolerance=0.01)
     )
     # peak LRs below the synthetic runs' instability: the law, not the divergence detector, prunes
     study.optimize(schedule_objective(peak_lr=(3e-4, 3e-3), families=("cosine", "wsd", "constant")), n_trials=16)
@@ -29,7 +29,7 @@ def test_the_replay_prunes_every_trial_where_the_study_did() -> None:
     assert "predicted final loss" in trials[pruned[0]].user_attrs["optlaws_prune_reason"]
     replayed = trace_pruner.replay(
         trials, len(trials) - 1, {pruned[0]},
-        OptLawsPruner(TEST_LAW, seed=0, tolerance=0.02), OptLawsSampler(TEST_LAW, seed=0),
+        OptLawsPruner(TEST_LAW, seed=0, tolerance=0.01), OptLawsSampler(TEST_LAW, seed=0),
     )
     assert [r.agrees for r in replayed] == [True] * len(trials)
     rows = replayed[pruned[0]].rows

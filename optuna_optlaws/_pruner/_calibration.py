@@ -36,8 +36,7 @@ residuals the trial's prediction is
   own interval. The residuals are in sample (the law was fitted on those runs): with many
   runs they match held-out errors closely, with few runs they understate them (a law
   fitted on 6 tiny-LM runs missed a seventh by 0.10 nats while its 6 residuals spread by
-  0.02). With more, never narrower than :data:`LAW_WIDTH_FLOOR` of it: runs alike enough
-  (a converged sampler's) agree with each other in sample far better than with a new run.
+  0.02).
 
 Everything is a pure function of the study's storage (the stored law and the trials'
 reports), so every worker computes the same numbers; residuals are only memoised in
@@ -68,15 +67,6 @@ from optuna_optlaws.schedules import Schedule
 FRACTION_BUCKET = 0.025
 """Complete trials are cut at the trial's fraction of its schedule rounded down to a
 multiple of this (so residuals are reused across nearby checks)."""
-
-LAW_WIDTH_FLOOR = 0.5
-"""With :data:`TRUSTED_CALIBRATION` residuals or more, the calibrated interval still reaches
-at least this share of the law's own interval on each side. The residuals are in sample:
-when the study's complete runs are alike (a sampler that has converged), they agree with
-each other far better than with a new run. Seen live (tiny LM, sampler seed 4, tolerance
-0.02): 12 similar complete runs gave a half-width of 0.007 nats at a fifth of the schedule,
-and 6 of the 18 runs pruned there ended below the lower end, one by 0.016 nats below the
-study's best (studies/tiny_lm/seed4/audit_optlaws-regret.md)."""
 
 MIN_CALIBRATION = 3
 """Residuals needed to calibrate a check; with fewer, the law's own interval is used."""
@@ -310,8 +300,7 @@ def calibrate(
     :data:`MIN_CALIBRATION`), with the interval of the module docstring: ``t * s`` either
     side; with fewer than :data:`TRUSTED_CALIBRATION` residuals never narrower than the
     law's own interval, which reaches ``law_below`` nats below and ``law_above`` above its
-    mean, with more never narrower than :data:`LAW_WIDTH_FLOOR` of it. ``noise``: the
-    trial's own point noise (nats), a floor on ``s``."""
+    mean. ``noise``: the trial's own point noise (nats), a floor on ``s``."""
     n = res.size
     model, inflation = _residual_model(res)
     if model is None:  # every candidate covariance was singular: one bias for the group
@@ -324,8 +313,7 @@ def calibrate(
         sd = math.hypot(float(s[0]), model.noise) * inflation
     sd = max(sd, noise)
     half = _t_quantile(level, n - 1) * sd
-    share = LAW_WIDTH_FLOOR if n >= TRUSTED_CALIBRATION else 1.0
-    below, above = max(half, share * law_below), max(half, share * law_above)
+    below, above = (half, half) if n >= TRUSTED_CALIBRATION else (max(half, law_below), max(half, law_above))
     m = mean + shift
     return Calibrated(m, m - below, m + above, shift, sd, n)
 
