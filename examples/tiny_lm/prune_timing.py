@@ -18,7 +18,6 @@ does not apply to them. Reads the storage only; trains nothing.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from dataclasses import dataclass
@@ -28,21 +27,16 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_optlaws import OptLawsPruner
-from optuna_optlaws._pruner._frontier import has_evidence
+from optuna_optlaws._pruner._frontier import first_evidence_step
 from optuna_optlaws._study_state import raw_points, readable_schedule
+from optuna_optlaws.benchmarks.replay import oracle_gates
 from optuna_optlaws.pruner import PRUNE_REASON
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import recorded_study, summarize
 
-
-def _default(name: str) -> float:
-    return float(inspect.signature(OptLawsPruner).parameters[name].default)
-
-
-MIN_REPORTS = int(_default("min_reports"))
-MIN_FRACTION = _default("min_fraction")
+GATES = oracle_gates()
+"""The pruner's default evidence gates (``min_reports``, ``min_fraction``, ...)."""
 
 
 def earliest_gated_step(trial: FrozenTrial) -> int | None:
@@ -52,12 +46,7 @@ def earliest_gated_step(trial: FrozenTrial) -> int | None:
     if schedule is None:
         return None
     steps, losses = raw_points(trial)
-    ok = np.isfinite(losses)
-    steps = steps[ok]
-    for i in range(steps.size):
-        if has_evidence(steps[: i + 1], schedule, MIN_REPORTS, MIN_FRACTION):
-            return int(steps[i])
-    return None
+    return first_evidence_step(steps[np.isfinite(losses)], schedule, GATES["min_reports"], GATES["min_fraction"])
 
 
 @dataclass
@@ -117,8 +106,8 @@ def render(rows: list[Timing], command: str, seconds: float) -> str:
         "",
         f"Command: `{command}` ({seconds:.0f} s)",
         "",
-        f"Gate: the pruner's defaults, {MIN_REPORTS} reports past the law's initial transient (warmup and "
-        f"first 10% of the schedule) and {MIN_FRACTION:g} of the schedule. Each pruned run's steps are split "
+        f"Gate: the pruner's defaults, {GATES['min_reports']} reports past the law's initial transient (warmup and "
+        f"first 10% of the schedule) and {GATES['min_fraction']:g} of the schedule. Each pruned run's steps are split "
         "at the first report where the gate held: *gate*, the steps up to it (no pruner with these gates "
         "stops the run sooner); *waiting*, the steps after it, until the law's interval cleared the frontier. "
         "Shares are of the same storage's TPE study without pruning (its optimizer steps). "

@@ -121,6 +121,13 @@ def has_evidence(steps: np.ndarray, schedule: Schedule, min_reports: int, min_fr
     return described >= min_reports and (int(steps[-1]) + 1) >= min_fraction * schedule.total_steps
 
 
+def first_evidence_step(steps: np.ndarray, schedule: Schedule, min_reports: int, min_fraction: float) -> int | None:
+    """The step of the first report (``steps``: usable reports, ascending) at which
+    :func:`has_evidence` holds: the earliest the law may act on the run; ``None``: never."""
+    return next((int(steps[k]) for k in range(steps.size)
+                 if has_evidence(steps[: k + 1], schedule, min_reports, min_fraction)), None)
+
+
 def frontier(
     storage: Any,
     trials: Sequence[FrozenTrial],

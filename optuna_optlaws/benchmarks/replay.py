@@ -389,7 +389,7 @@ def oracle_steps(
     its first report with enough evidence (``min_reports`` reports past the law's initial
     transient and ``min_fraction`` of its schedule, :func:`~optuna_optlaws._pruner._frontier.has_evidence`).
     The floor for any pruner with those gates."""
-    from optuna_optlaws._pruner._frontier import has_evidence
+    from optuna_optlaws._pruner._frontier import first_evidence_step
 
     finals = [c.final_loss if math.isfinite(c.final_loss) else math.inf for c in group.curves]
     trained = full = 0
@@ -403,11 +403,8 @@ def oracle_steps(
                 n_done += 1
                 best = min(best, finals[i])
                 continue
-            steps, _ = group.reports(i)
-            sched = group.curves[i].schedule
-            gated = (int(s) for k, s in enumerate(steps)
-                     if has_evidence(steps[: k + 1], sched, min_reports, min_fraction))
-            trained += next(gated, total)  # the first report past the gates, or the whole run
+            first = first_evidence_step(group.reports(i)[0], group.curves[i].schedule, min_reports, min_fraction)
+            trained += total if first is None else first  # the first report past the gates, or the whole run
     return trained, full
 
 

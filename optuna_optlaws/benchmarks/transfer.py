@@ -582,8 +582,8 @@ def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, gro
     plans = []
     too_big: dict[str, list[int]] = {}
     for st in loaded:
+        n = len(st.candidates)
         for k in sizes:
-            n = len(st.candidates)
             if k == group_size and not 1 <= k < n - 1:
                 raise InputError(f"--group-size {k}: {st.name} has {n} candidates")
             if k != group_size and not 1 <= k <= n - MIN_HELD_OUT:
