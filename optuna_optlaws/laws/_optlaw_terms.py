@@ -124,7 +124,7 @@ class Terms:
             ps = [Param("L0", 1e-3, 50.0, log=True, init=(0.5, 4.0))]
         ps += [
             Param("A", 1e-6, 1e3, log=True, init=(0.1, 3.0)),
-            Param("B", 1e-6, 1e3, log=True, init=(0.02, 0.5)),
+            Param("B", 1e-6, 10.0, log=True, init=(0.02, 0.5)),
         ]
         if self.multi_size:
             ps += [
@@ -146,24 +146,24 @@ class Terms:
         ]
         if self.escape:
             ps += [
-                Param("k_esc", 0.0, 1e3, init=(0.0, 0.1)),
+                Param("k_esc", 0.0, 10.0, init=(0.0, 0.1)),
                 Param("kappa_esc", 1e-3, 1e3, log=True, init=(0.01, 10.0)),
             ]
         if self.fast:
             ps += [
-                Param("k_fast", 0.0, 1e3, init=(0.0, 0.1)),
+                Param("k_fast", 0.0, 10.0, init=(0.0, 0.1)),
                 Param("kappa_fast", 10.0, 1e4, log=True, init=(30.0, 3000.0)),
                 Param("p_fast", 0.1, 3.0, init=(0.3, 1.5)),
             ]
         if self.warmup:
             ps += [
-                Param("k_warm", 0.0, 1e3, init=(0.0, 0.1)),
+                Param("k_warm", 0.0, 10.0, init=(0.0, 0.1)),
                 Param("s_edge", 1e-4, 1e2, log=True, init=(0.003, 0.3)),
                 Param("kappa_warm", 1e-3, 1e3, log=True, init=(0.01, 10.0)),
             ]
         if self.shift:
             ps += [
-                Param("D", 1e-6, 1e3, log=True, init=(0.02, 0.5)),
+                Param("D", 1e-6, 10.0, log=True, init=(0.02, 0.5)),
                 Param("s_d", 1e-4, 1e2, log=True, init=(0.003, 0.3)),
                 Param("gamma_d", 0.05, 4.0, init=(0.3, 1.5)),
             ]
