@@ -120,9 +120,35 @@ def _run_fit(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped (no loss rows): {', '.join(skipped)}")
     print(f"fit loss: {loss_text}")
+    bounded = bound_note(info.get("at_bounds"))
+    if bounded:
+        print(bounded)
     print(f"seconds: {seconds:.2f}")
     print(f"wrote: {args.out}")
     return 0
+
+
+def bound_note(at_bounds: Any) -> str:
+    """One line on the fitted parameters that sit on a bound (a fit's ``at_bounds``),
+    empty when none does. An amplitude on its zero floor only switches its term off; on
+    any other bound the fit would have gone past it: harmless at a natural limit (an
+    offset at ~0, a cut-off at ~infinity), a warning for an amplitude at its cap (the
+    law's form is stretched on these runs)."""
+    if not isinstance(at_bounds, dict) or not at_bounds:
+        return ""
+    bounded, off = [], []
+    for name, where in at_bounds.items():
+        side, bound = (where.get("side"), where.get("bound")) if isinstance(where, dict) else (None, None)
+        if side == "lower" and bound == 0:
+            off.append(str(name))
+        else:
+            bounded.append(f"{name} ({side} bound {bound:g})" if isinstance(bound, (int, float)) else str(name))
+    parts = []
+    if bounded:
+        parts.append("on a bound of their range (the fit would have gone past it): " + ", ".join(bounded))
+    if off:
+        parts.append("terms switched off (amplitude 0): " + ", ".join(off))
+    return "; ".join(parts)
 
 
 def _write_law(law: Law, out: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from optuna_optlaws import Schedule, read_curves_csv
+from optuna_optlaws._cli_laws import bound_note
 from optuna_optlaws.cli import main
 
 WriteText = Callable[[str, str], Path]
@@ -81,6 +82,22 @@ def test_fit_writes_law_file_and_summary(capsys: pytest.CaptureFixture[str], mpl
     data = json.loads(out.read_text())
     assert data["law"] == "momentum" and data["format_version"] >= 1
     assert sorted(r["run_id"] for r in data["fitted_on"]) == sorted(TRAIN_25M.split(","))
+
+
+def test_fit_summary_names_parameters_on_a_bound() -> None:
+    """``optlaws fit`` prints one line on parameters at a bound, telling a term switched
+    off (an amplitude on its zero floor) from a bound the fit wanted past."""
+    assert bound_note({}) == "" and bound_note(None) == ""
+    line = bound_note({
+        "B": {"side": "upper", "bound": 10.0},
+        "L0": {"side": "lower", "bound": 0.001},
+        "k_esc": {"side": "lower", "bound": 0.0},
+    })
+    assert "\n" not in line
+    bounded, off = line.split("; ")
+    assert bounded.startswith("on a bound of their range")
+    assert "B (upper bound 10)" in bounded and "L0 (lower bound 0.001)" in bounded and "k_esc" not in bounded
+    assert off == "terms switched off (amplitude 0): k_esc"
 
 
 def test_predict_one_row_per_input_row(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,6 +110,20 @@ def test_publish_writes_four_figures_and_notes(runs: list[Curve]) -> None:
     assert REASON in note and "Predicted final loss" in note
 
 
+def test_params_table_marks_a_parameter_on_its_bound(runs: list[Curve]) -> None:
+    """A parameter the fit pressed against a bound (``fit_info["at_bounds"]``) says so in
+    the dashboard's fit table; the others do not."""
+    from optuna_optlaws._dashboard._figures import params_figure
+
+    law = make_law("momentum").fit(runs)
+    name, other = list(law.fit_info["params"])[:2]
+    law.fit_info = {**law.fit_info, "at_bounds": {name: {"side": "upper", "bound": 10.0}}}
+    cells = params_figure([], law).to_plotly_json()["data"][0]["cells"]["values"]
+    table = dict(zip(cells[0], cells[1], strict=True))
+    assert table[f"parameter {name}"].endswith("(on its upper bound 10)")
+    assert "bound" not in table[f"parameter {other}"]
+
+
 def test_publish_again_overwrites_in_place(runs: list[Curve]) -> None:
     study = _make_study(runs[:3])
     law = make_law("momentum").fit(runs[:3])

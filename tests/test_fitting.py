@@ -16,6 +16,7 @@ from optuna_optlaws.laws._fitting import (
     Posterior,
     condition_on_prefix,
     fit_least_squares,
+    on_bounds,
     predictive,
 )
 from optuna_optlaws.schedules import Schedule
@@ -120,6 +121,38 @@ def test_fit_recovers_parameters_deterministically() -> None:
     sd = fits[0].posterior.std_natural()
     assert np.all(np.abs(fits[0].theta - true) < 5 * sd + 1e-9)
     assert fits[0].info()["n_obs"] == _X.size
+
+
+def test_fit_reports_parameters_pressed_against_a_bound() -> None:
+    """An optimum beyond a bound is reported (side and bound value, natural units); one
+    inside the bounds is not."""
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 0.01, _X.size)
+
+    def fit_to(true: np.ndarray) -> dict[str, dict[str, object]]:
+        y = _exp_model(true) + noise
+
+        def res(th: np.ndarray) -> np.ndarray:
+            return y - _exp_model(th)
+
+        return fit_least_squares(_EXP_SPACE, res, n_random=3, seed=1, huber_delta=0.05).info()["at_bounds"]
+
+    assert fit_to(np.array([1.0, 3.0, 0.25])) == {}
+    # an amplitude of 300 is past a's upper bound (100): the fit stops on it
+    assert fit_to(np.array([1.0, 300.0, 0.25])) == {"a": {"side": "upper", "bound": 100.0}}
+
+
+def test_on_bounds_within_a_fraction_of_the_range() -> None:
+    space = ParamSpace([Param("a", 0.0, 10.0), Param("b", 1e-3, 1e3, log=True), Param("c", -2.0, 2.0)])
+    z = space.to_internal(np.array([9.95, 1.0, -1.9999]))
+    assert on_bounds(space, z) == {
+        "a": {"side": "upper", "bound": 10.0},
+        "c": {"side": "lower", "bound": -2.0},
+    }
+    # b at 1.001e-3: within 1% of its log range of its lower bound; 0.5 is not near either
+    assert on_bounds(space, space.to_internal(np.array([5.0, 1.001e-3, 0.5]))) == {
+        "b": {"side": "lower", "bound": 1e-3}
+    }
 
 
 def test_fit_with_analytic_jacobian_matches_finite_differences() -> None:

@@ -245,7 +245,8 @@ def fit_figure(trials: Sequence[TrialCurve], law: Law | None, note: str = "") ->
 
 def params_figure(trials: Sequence[TrialCurve], law: Law | None, note: str = "") -> go.Figure:
     """A table of the fit: law, data, RMSE, share of reported losses inside the 90% band,
-    fit time, and each parameter with its standard error."""
+    fit time, and each parameter with its standard error (and the bound it sits on, if
+    any: the fit wanted past it)."""
     import plotly.graph_objects as go
 
     rows: list[tuple[str, str]] = []
@@ -269,9 +270,13 @@ def params_figure(trials: Sequence[TrialCurve], law: Law | None, note: str = "")
             rows.append(("fit time", f"{float(info['seconds']):.2f} s"))
         stds = info.get("param_std", {}) or {}
         params = info.get("params", {}) or {}
+        at_bounds = info.get("at_bounds", {}) or {}
         for k, v in params.items():
             sd = stds.get(k)
             text = f"{float(v):.4g}" + (f" ± {float(sd):.2g}" if isinstance(sd, (int, float)) else "")
+            where = at_bounds.get(k)
+            if isinstance(where, dict) and isinstance(where.get("bound"), (int, float)):
+                text += f" (on its {where.get('side')} bound {float(where['bound']):g})"
             rows.append((f"parameter {k}", text))
     else:
         rows.append(("law", "none fitted"))

@@ -274,6 +274,13 @@ class FitResult:
     autocorr: float
     """Lag-1 autocorrelation of residuals along curves (used to inflate the covariance)."""
     start_costs: list[float] = field(default_factory=list)
+    at_bounds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Parameters whose optimum sits on a bound of their :class:`Param`, by name:
+    ``{"side": "lower" | "upper", "bound": value}`` (natural units; :func:`on_bounds`):
+    the fit would have gone past it. An amplitude on its zero floor just switches its
+    term off; other bounds are harmless at a natural limit (an offset at ~0, a cut-off at
+    ~infinity) and a warning for an amplitude at its cap: the law's form is stretched on
+    these curves."""
 
     @property
     def theta(self) -> FloatArray:
@@ -292,6 +299,7 @@ class FitResult:
             "residual_autocorr": self.autocorr,
             "model_sd_log_loss": self.posterior.model_sd,
             "param_std": self.posterior.space.as_dict(self.posterior.std_natural()),
+            "at_bounds": {k: dict(v) for k, v in self.at_bounds.items()},
         }
 
 
@@ -484,7 +492,28 @@ def fit_least_squares(
         success=bool(best.success),
         autocorr=rho,
         start_costs=costs,
+        at_bounds=on_bounds(space, best.x),
     )
+
+
+AT_BOUND = 0.01
+"""A parameter counts as on a bound within this fraction of its (finite) range, in the
+coordinates it is optimised in (the log for ``log`` parameters): ``trf`` keeps its
+iterates strictly inside the bounds, so an optimum pressed against one stops just short."""
+
+
+def on_bounds(space: ParamSpace, z: FloatArray) -> dict[str, dict[str, Any]]:
+    """The parameters of internal point ``z`` on a bound (within :data:`AT_BOUND` of it),
+    as :attr:`FitResult.at_bounds` holds them."""
+    lo, hi = space.bounds_internal()
+    out: dict[str, dict[str, Any]] = {}
+    for p, zi, a, b in zip(space.params, np.asarray(z, dtype=np.float64), lo, hi, strict=True):
+        tol = AT_BOUND * (b - a) if math.isfinite(b - a) else 0.0
+        if math.isfinite(a) and zi - a <= tol:
+            out[p.name] = {"side": "lower", "bound": p.lower}
+        elif math.isfinite(b) and b - zi <= tol:
+            out[p.name] = {"side": "upper", "bound": p.upper}
+    return out
 
 
 def _masked_folds(
