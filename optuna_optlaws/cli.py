@@ -1,4 +1,4 @@
-"""The ``optlaws`` command line: fit, predict, rank, divergence, replay, bench.
+"""The ``optlaws`` command line: fit, predict, rank, divergence, replay, bench, export.
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``; this
 module only wires them and turns :class:`~optuna_optlaws.InputError` into one line on
@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "optuna_optlaws.divergence._cli",  # divergence fit / predict
     "optuna_optlaws.benchmarks._law_cli",  # bench laws
     "optuna_optlaws.benchmarks._replay_cli",  # replay
+    "optuna_optlaws._cli_export",  # export
 )
 """Modules that each add their subcommands with ``register(subparsers)``."""
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from _study_helpers import (
@@ -221,3 +222,27 @@ def test_two_workers_on_postgresql_share_the_law_and_agree(postgres_url: str) ->
         [(t.state.name, t.value) for t in trials],
     )
     assert fresh["prune"] is False or "frontier" in fresh["attrs"]["optlaws_prune_reason"]
+
+
+def test_export_reads_a_postgresql_study(postgres_url: str, tmp_path: Path) -> None:
+    """``optlaws export`` on a PostgreSQL URL writes every finished trial with a schedule,
+    its reports as they are stored."""
+    from optuna_optlaws import read_curves_csv
+    from optuna_optlaws.cli import main
+
+    study = optuna.create_study(storage=postgres_url, study_name="pg-export")
+    for k in range(3):
+        trial = study.ask()
+        set_schedule(trial, Schedule.cosine(1e-3 * (k + 1), 300, warmup_steps=10), model_size=1e5)
+        for step in range(0, 300, 20):
+            trial.report(3.0 - 0.001 * step + 0.01 * k, step)
+        study.tell(trial, 3.0)
+    out = tmp_path / "pg.csv"
+    assert main(["export", postgres_url, "--study", "pg-export", "--out", str(out)]) == 0
+    curves = {c.run_id: c for c in read_curves_csv(out)}
+    assert sorted(curves) == ["trial_0", "trial_1", "trial_2"]
+    for t in study.get_trials():
+        c = curves[f"trial_{t.number}"]
+        assert c.steps.tolist() == sorted(t.intermediate_values)
+        np.testing.assert_array_equal(c.losses, [t.intermediate_values[s] for s in sorted(t.intermediate_values)])
+        assert c.schedule.peak_lr == pytest.approx(1e-3 * (t.number + 1))

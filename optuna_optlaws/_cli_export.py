@@ -1,0 +1,192 @@
+"""``optlaws export``: a study's trials as a curves file.
+
+Each trial that carries a schedule (:func:`~optuna_optlaws.suggest_schedule` or
+:func:`~optuna_optlaws.set_schedule`) becomes one run ``trial_<number>`` of the long
+curves format (``interface.md``, section 1): its schedule as ``lr`` knots, its reports
+(``trial.report(loss, step)``) as ``loss`` rows, its model size and tokens per step. The
+file then goes to ``optlaws fit``, ``rank`` or ``replay`` like any logged runs: fit the
+law a study's pruner would fit, or replay a finished sweep under other pruners.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optuna_optlaws._errors import InputError
+from optuna_optlaws.curves import Curve, write_curves_csv
+from optuna_optlaws.schedules import Schedule
+
+STATES = ("complete", "pruned", "fail", "running")
+"""Trial states ``--states`` accepts (Optuna's, lower case)."""
+
+MAX_KNOTS = 2000
+"""Evenly spaced ``lr`` knots per run (besides the schedule's own breakpoints) that the
+export starts from: a 600-step schedule is written step by step."""
+
+KNOT_TOLERANCE = 1e-5
+"""The curves reader interpolates the LR linearly between rows; knots are added where
+that would miss the schedule's LR by more than this fraction of its peak (a ``1-sqrt``
+cooldown's start, which no even grid follows)."""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``export`` to the ``optlaws`` parser."""
+    p = subparsers.add_parser(
+        "export",
+        help="write a study's trials (schedules and reports) as a curves file",
+        description="Write the trials of an Optuna study that carry a schedule as a curves file "
+        "(run_id trial_<number>; lr knots of the schedule; one loss row per report).",
+    )
+    p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL (sqlite:///x.db, postgresql://...) "
+                   "or the path of a SQLite file")
+    p.add_argument("--study", default=None, help="study name (default: the storage's only study)")
+    p.add_argument("--states", default="complete", metavar="STATE,...",
+                   help=f"trial states to export, comma-separated from {', '.join(STATES)} (default: complete)")
+    p.add_argument("--out", metavar="CURVES.csv", required=True, help="where to write the curves file")
+    p.set_defaults(handler=_run_export)
+
+
+@dataclass
+class Exported:
+    """What :func:`study_curves` took and left: the runs, and the trials of the chosen
+    states left out or cut, by number."""
+
+    curves: list[Curve] = field(default_factory=list)
+    no_schedule: list[int] = field(default_factory=list)
+    no_report: list[int] = field(default_factory=list)
+    past_end: dict[int, int] = field(default_factory=dict)
+    """Trial number -> reports at or past its schedule's last step, left out."""
+
+
+def parse_states(text: str) -> list[str]:
+    """The ``--states`` list, checked against :data:`STATES`."""
+    states = [s.strip().lower() for s in text.split(",") if s.strip()]
+    bad = [s for s in states if s not in STATES]
+    if bad or not states:
+        raise InputError(f"--states {text!r}: expected a comma-separated list of {', '.join(STATES)}")
+    return states
+
+
+def storage_url(text: str) -> str:
+    """An Optuna storage URL for ``text``: a URL as given (a ``sqlite:///`` one must name an
+    existing file, which Optuna would otherwise create empty), a path to an existing file
+    as ``sqlite:///path``."""
+    if "://" in text:
+        if text.startswith("sqlite:///"):
+            path = Path(text[len("sqlite:///"):])
+            if not path.is_file():
+                raise InputError(f"storage {text!r}: no SQLite file at {str(path)!r}")
+        return text
+    if not Path(text).is_file():
+        raise InputError(f"storage {text!r}: not a storage URL and no such file")
+    return f"sqlite:///{text}"
+
+
+def study_curves(storage: str, study_name: str | None, states: Sequence[str]) -> tuple[str, Exported]:
+    """The chosen study's name and its trials of ``states`` as curves (see the module
+    docstring); :class:`InputError` naming the storage when the study cannot be found."""
+    import optuna
+
+    from optuna_optlaws._study_state import raw_points, readable_schedule, trial_sizes
+
+    url = storage_url(storage)
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception as exc:  # any storage error: a bad URL, an unreachable server
+        raise InputError(f"storage {storage!r}: cannot be read ({' '.join(str(exc).split())[:160]})") from None
+    if study_name is None:
+        if len(names) != 1:
+            listed = ", ".join(repr(n) for n in names) or "none"
+            raise InputError(f"storage {storage!r} holds {len(names)} studies ({listed}): name one with --study")
+        study_name = names[0]
+    elif study_name not in names:
+        listed = ", ".join(repr(n) for n in names) or "none"
+        raise InputError(f"storage {storage!r}: no study {study_name!r} (it holds {listed})")
+    study = optuna.load_study(study_name=study_name, storage=url)
+    wanted = {getattr(optuna.trial.TrialState, s.upper()) for s in states}
+    out = Exported()
+    for trial in study.get_trials(deepcopy=False, states=tuple(wanted)):
+        schedule = readable_schedule(trial)
+        if schedule is None:
+            out.no_schedule.append(trial.number)
+            continue
+        steps, losses = raw_points(trial)
+        inside = steps < schedule.total_steps
+        if not np.all(inside):
+            out.past_end[trial.number] = int(np.sum(~inside))
+            steps, losses = steps[inside], losses[inside]
+        if steps.size == 0:
+            out.no_report.append(trial.number)
+            continue
+        n, tps = trial_sizes(trial)
+        out.curves.append(
+            Curve(f"trial_{trial.number}", knotted(schedule), steps, losses, model_size=n, tokens_per_step=tps)
+        )
+    return study_name, out
+
+
+def knotted(schedule: Schedule) -> Schedule:
+    """``schedule`` as LR knots the curves file can hold: its breakpoints (the integer
+    steps either side of each), :data:`MAX_KNOTS` evenly spaced steps, the last step (a
+    curves file's run ends at its last row), and wherever linear interpolation between
+    those would miss its LR at some step by more than :data:`KNOT_TOLERANCE` of its peak,
+    the worst such step of each gap, until none does."""
+    total = schedule.total_steps
+    last = total - 1
+    brk = np.asarray(schedule.breakpoints(), dtype=np.float64)
+    steps = np.concatenate([
+        np.floor(brk), np.ceil(brk), np.round(np.linspace(0.0, last, min(total, MAX_KNOTS))),
+    ])
+    knots = np.unique(np.clip(steps, 0, last)).astype(np.int64)
+    exact = schedule.lrs()
+    tol = KNOT_TOLERANCE * max(float(np.max(exact)), 1e-300)
+    every = np.arange(total)
+    while True:
+        miss = np.abs(np.interp(every, knots, exact[knots]) - exact)
+        bad = np.flatnonzero(miss > tol)
+        if bad.size == 0:
+            break
+        gap = np.searchsorted(knots, bad)  # each bad step lies strictly inside one gap
+        worst: dict[int, int] = {}
+        for g, step in zip(gap.tolist(), bad.tolist(), strict=True):
+            if g not in worst or miss[step] > miss[worst[g]]:
+                worst[g] = step
+        knots = np.union1d(knots, np.fromiter(worst.values(), dtype=np.int64))
+    return Schedule.from_knots(knots, exact[knots])
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    states = parse_states(args.states)
+    name, got = study_curves(args.storage, args.study, states)
+    if not got.curves:
+        raise InputError(
+            f"storage {args.storage!r}, study {name!r}: no {'/'.join(states)} trial with a schedule and a report "
+            "to export (schedules come from suggest_schedule or set_schedule)"
+        )
+    write_curves_csv(args.out, got.curves)
+    reports = sum(int(c.steps.size) for c in got.curves)
+    diverged = sum(int(np.sum(~np.isfinite(c.losses))) for c in got.curves)
+    print(f"study: {name}")
+    print(f"exported: {len(got.curves)} trials ({', '.join(states)}), {reports} reports"
+          + (f", {diverged} of them NaN or inf" if diverged else ""))
+    if got.no_schedule:
+        print(f"skipped (no schedule): trials {_numbers(got.no_schedule)}")
+    if got.no_report:
+        print(f"skipped (no report within the schedule): trials {_numbers(got.no_report)}")
+    if got.past_end:
+        print("left out (reports past the schedule's end): "
+              + ", ".join(f"{k} reports of trial {t}" for t, k in sorted(got.past_end.items())))
+    print(f"wrote: {args.out}")
+    return 0
+
+
+def _numbers(numbers: Sequence[int], most: int = 20) -> str:
+    text = ", ".join(str(n) for n in numbers[:most])
+    return text + (f" and {len(numbers) - most} more" if len(numbers) > most else "")
+
