@@ -121,3 +121,16 @@ def test_export_bad_input_is_one_line(study_db: Path, tmp_path: Path, capsys: py
     code, _, err = run_main(capsys, "export", str(study_db), "--study", "empty", "--out", out)
     assert_one_line_error(code, err, "study 'empty'", "no complete trial with a schedule")
     assert not Path(out).exists()
+
+
+def test_replay_reads_a_study_directly(study_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``optlaws replay STORAGE --study NAME`` replays the study's complete trials with a
+    schedule, as the exported file would be replayed, and records that command."""
+    out = tmp_path / "replay"
+    code, stdout, err = run_main(capsys, "replay", str(study_db), "--study", "sweep", "--pruner", "median", "none",
+                                 "--orders", "2", "--out", str(out))
+    assert code == 0, err
+    assert "3 runs, 2 orders" in stdout
+    assert f"optlaws replay {study_db} --study sweep --pruner median none" in (out / "README.md").read_text()
+    code, _, err = run_main(capsys, "replay", str(study_db), "--study", "empty", "--pruner", "none", "--orders", "1")
+    assert_one_line_error(code, err, "study 'empty'", "no complete trial")

@@ -21,7 +21,11 @@ def register(subparsers: Any) -> None:
         "group of comparable runs and trial order) and measure, per pruner, the share of optimizer steps "
         "trained, how often the best run survived, and the regret of the best kept run (nats).",
     )
-    p.add_argument("curves", help="curves file (long CSV: run_id, step, lr, loss, ...)")
+    p.add_argument("curves", help="curves file (long CSV: run_id, step, lr, loss, ...); with --study, an "
+                   "Optuna storage URL or SQLite file")
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="replay this study's COMPLETE trials that carry a schedule (as 'optlaws export' "
+                   "writes them) instead of a curves file: a finished sweep under other pruners")
     p.add_argument(
         "--pruner",
         nargs="+",
@@ -71,7 +75,14 @@ def _run(args: argparse.Namespace) -> int:
     group_by = [] if args.group_by.strip() == "none" else [k.strip() for k in args.group_by.split(",") if k.strip()]
     if args.report_every is not None and args.report_every < 1:
         raise InputError(f"--report-every must be >= 1, got {args.report_every}")
-    curves = read_curves_csv(args.curves)
+    if args.study is not None:
+        from optuna_optlaws._cli_export import study_curves
+
+        curves = study_curves(args.curves, args.study, ["complete"])[1].curves
+        if not curves:
+            raise InputError(f"storage {args.curves!r}, study {args.study!r}: no complete trial with a schedule")
+    else:
+        curves = read_curves_csv(args.curves)
     pruners = _pruner_names(args.pruner)
     results = run_replay(
         curves,
@@ -97,8 +108,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _command(args: argparse.Namespace, pruners: list[str]) -> str:
     """The command that reruns this replay, rebuilt from the parsed options."""
-    parts = ["optlaws", "replay", args.curves, "--pruner", *pruners, "--orders", str(args.orders),
-             "--seed", str(args.seed), "--group-by", args.group_by]
+    parts = ["optlaws", "replay", args.curves]
+    if args.study is not None:
+        parts += ["--study", args.study]
+    parts += ["--pruner", *pruners, "--orders", str(args.orders), "--seed", str(args.seed), "--group-by", args.group_by]
     if args.report_every is not None:
         parts += ["--report-every", str(args.report_every)]
     if args.storage:
