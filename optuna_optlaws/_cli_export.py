@@ -176,7 +176,7 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"exported: {len(got.curves)} trials ({', '.join(states)}), {reports} reports"
           + (f", {diverged} of them NaN or inf" if diverged else ""))
     if got.no_schedule:
-        print(f"skipped (no schedule): trials {_numbers(got.no_schedule)}")
+        print(f"skipped (no readable schedule): trials {_numbers(got.no_schedule)}")
     if got.no_report:
         print(f"skipped (no report within the schedule): trials {_numbers(got.no_report)}")
     if got.past_end:

@@ -63,7 +63,7 @@ def test_export_round_trips_schedules_and_reports(
     code, stdout, err = run_main(capsys, "export", str(study_db), "--study", "sweep", "--out", str(out))
     assert code == 0, err
     assert "exported: 3 trials (complete), 75 reports, 1 of them NaN or inf" in stdout
-    assert "skipped (no schedule): trials 4" in stdout
+    assert "skipped (no readable schedule): trials 4" in stdout
     assert "left out (reports past the schedule's end): 2 reports of trial 2" in stdout
     curves = {c.run_id: c for c in read_curves_csv(out)}
     assert sorted(curves) == ["trial_0", "trial_1", "trial_2"]
