@@ -164,6 +164,37 @@ def test_cli_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "optlaws replay" in readme and "| median |" in readme
 
 
+def test_replay_combine_sums_the_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``optlaws replay-combine`` puts the groups of several replays side by side and
+    summarises each pruner they share over all their group-orders."""
+    path = tmp_path / "curves.csv"
+    write_curves_csv(path, _synthetic())
+    plain = tmp_path / "plain.csv"
+    write_curves_csv(plain, _synthetic(late_bloomer=False))
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "both"
+    assert main(["replay", str(path), "--pruner", "median", "none", "--orders", "3", "--out", str(a)]) == 0
+    assert main(["replay", str(plain), "--pruner", "median", "--orders", "2", "--out", str(b)]) == 0
+    assert main(["replay-combine", str(a), str(b), "--out", str(out)]) == 0
+    parts = [json.loads((d / "results.json").read_text()) for d in (a, b)]
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["pruners"]) == {"median"}  # "none" is not in both
+    assert [g["group"].split(":")[0] for g in data["groups"]] == [str(a), str(b)]
+    med = [p["pruners"]["median"]["per_group"][0] for p in parts]
+    trained = sum(g["steps_trained"] for g in med)
+    full = sum(g["steps_full"] for g in med)
+    assert data["pruners"]["median"]["steps_share"] == pytest.approx(trained / full)
+    assert data["pruners"]["median"]["group_orders"] == 5
+    survived = sum(g["best_survived"] for g in med)
+    assert data["pruners"]["median"]["best_survival"] == pytest.approx(survived / 5)
+    readme = (out / "README.md").read_text()
+    assert "optlaws replay-combine" in readme and f"optlaws replay {path}" in readme
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    assert main(["replay-combine", str(a), str(tmp_path / "empty"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.json" in err and "optlaws replay --out" in err
+
+
 def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "curves.csv"
     write_curves_csv(path, _synthetic())

@@ -49,6 +49,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="write README.md and results.json into DIR")
     p.set_defaults(handler=_run)
 
+    c = subparsers.add_parser(
+        "replay-combine",
+        help="summarise several replays' results as one",
+        description="Read the results.json of several 'optlaws replay --out DIR' folders and write one "
+        "README.md and results.json: their groups side by side, each pruner summarised over all of them.",
+    )
+    c.add_argument("folders", nargs="+", metavar="DIR", help="folders written by 'optlaws replay --out'")
+    c.add_argument("--out", required=True, metavar="DIR", help="write README.md and results.json into DIR")
+    c.set_defaults(handler=_run_combine)
+
 
 def _pruner_names(requested: list[str] | None) -> list[str]:
     from optuna_optlaws.benchmarks.replay import PRUNERS, parse_pruner
@@ -103,6 +113,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.out:
         write_results(args.out, results, _command(args, pruners))
         print(f"wrote {args.out}/README.md and results.json")
+    return 0
+
+
+def _run_combine(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from optuna_optlaws.benchmarks.replay import combine_results, format_table, target_line, write_results
+
+    parts = []
+    for folder in args.folders:
+        path = Path(folder) / "results.json"
+        try:
+            results = json.loads(path.read_text())
+            if not isinstance(results, dict) or not isinstance(results.get("pruners"), dict):
+                raise ValueError("no 'pruners' table")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: not the results of 'optlaws replay --out' ({exc})") from None
+        parts.append((folder, results))
+    combined = combine_results(parts)
+    print(format_table(combined))
+    print(target_line(combined))
+    command = " ".join(shlex.quote(p) for p in ["optlaws", "replay-combine", *args.folders, "--out", args.out])
+    write_results(args.out, combined, command)
+    print(f"wrote {args.out}/README.md and results.json")
     return 0
 
 

@@ -535,6 +535,49 @@ def run_replay(
     return results
 
 
+def combine_results(parts: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Several replays' results (``(label, results)``, as :func:`run_replay` returns them
+    or ``results.json`` holds them) as one: their groups side by side, each labelled
+    ``"<label>: <group>"``, and every pruner replayed in all of them summarised over all
+    their group-orders. :class:`InputError` when no pruner is common to all."""
+    if not parts:
+        raise InputError("replay-combine: no results to combine")
+    names = [n for n in parts[0][1]["pruners"] if all(n in r["pruners"] for _, r in parts[1:])]
+    if not names:
+        raise InputError("replay-combine: the results have no pruner in common")
+    groups: list[dict[str, Any]] = []
+    per_group: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    wall = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0.0)
+    for label, res in parts:
+        for gi, g in enumerate(res["groups"]):
+            groups.append({**g, "group": f"{label}: {g['group']}"})
+            for n in names:
+                pg = res["pruners"][n]["per_group"][gi]
+                regrets = [math.inf if r is None else float(r) for r in pg["regrets"]]  # JSON: inf -> None
+                per_group[n].append({**pg, "group": f"{label}: {pg['group']}", "regrets": regrets})
+        for n in names:
+            wall[n] += float(res["pruners"][n].get("wall_s") or 0.0)
+            cpu[n] += float(res["pruners"][n].get("cpu_s") or 0.0)
+    first = parts[0][1]
+    return {
+        "machine": first.get("machine", {}),
+        "group_by": first.get("group_by", []),
+        "curves": ", ".join(label for label, _ in parts),
+        "combined_from": [{"label": label, "command": r.get("command", "")} for label, r in parts],
+        "groups": groups,
+        "pruners": {
+            n: {
+                "settings": first["pruners"][n]["settings"],
+                **_combine(per_group[n], wall[n]),
+                "cpu_s": cpu[n],
+                "per_group": per_group[n],
+            }
+            for n in names
+        },
+    }
+
+
 def _machine() -> dict[str, Any]:
     """Where the replay ran: wall times depend on the machine and its load."""
     import os
@@ -633,6 +676,11 @@ def write_results(out_dir: str | Path, results: dict[str, Any], command: str) ->
     )
     machine = results.get("machine", {})
     settings = "\n".join(f"- `{name}`: {r['settings']}" for name, r in results["pruners"].items())
+    sources = "".join(
+        f"- {part['label']}: `{part['command']}`\n" for part in results.get("combined_from", [])
+    )
+    if sources:
+        sources = "\nCombined from these replays' `results.json`, each written by its command:\n\n" + sources
     text = f"""# Pruner replay: {results.get('curves', '')}
 
 Written by the command below; do not edit by hand.
@@ -640,7 +688,7 @@ Written by the command below; do not edit by hand.
 ```
 {command}
 ```
-
+{sources}
 Each logged run is replayed as a trial of a real Optuna study (`trial.report(loss, step)` then
 `trial.should_prune()` on each report); a study holds only one group of comparable runs, and each
 group is replayed in several trial orders (all orders when a group has few enough runs).
