@@ -131,6 +131,7 @@ def test_replay_reads_a_study_directly(study_db: Path, tmp_path: Path, capsys: p
                                  "--orders", "2", "--out", str(out))
     assert code == 0, err
     assert "3 runs, 2 orders" in stdout
+    assert "left out (no readable schedule or no report): complete trials 4" in stdout
     assert f"optlaws replay {study_db} --study sweep --pruner median none" in (out / "README.md").read_text()
     code, _, err = run_main(capsys, "replay", str(study_db), "--study", "empty", "--pruner", "none", "--orders", "1")
     assert_one_line_error(code, err, "study 'empty'", "no complete trial")

@@ -88,9 +88,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.study is not None:
         from optuna_optlaws._cli_export import study_curves
 
-        curves = study_curves(args.curves, args.study, ["complete"])[1].curves
+        got = study_curves(args.curves, args.study, ["complete"])[1]
+        curves = got.curves
         if not curves:
             raise InputError(f"storage {args.curves!r}, study {args.study!r}: no complete trial with a schedule")
+        left = sorted(got.no_schedule + got.no_report)
+        if left:
+            print(f"left out (no readable schedule or no report): complete trials {', '.join(map(str, left))}")
     else:
         curves = read_curves_csv(args.curves)
     pruners = _pruner_names(args.pruner)
