@@ -100,6 +100,11 @@ class OptLawsPruner(BasePruner):
             more than this many nats since they were last written (each write is a storage
             transaction); on pruning they are always written. ``0`` writes every change.
         seed: Seed of the law's fit (the same on every worker).
+        final_noise: Run-to-run noise of a final loss (nats, a standard deviation: what
+            training one schedule again with another seed moves it by; on the tiny LM
+            0.01-0.02, studies/tiny_lm/noise.md). The calibrated interval is never
+            narrower than this noise allows: its residuals come from runs the law was
+            fitted on, which it partly absorbed. ``0`` (the default): not used.
         calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
             :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's
             fraction of its schedule, measured on finished runs cut at that fraction and
@@ -124,12 +129,15 @@ class OptLawsPruner(BasePruner):
         record_tol: float = 5e-3,
         seed: int = 0,
         calibrate: bool = True,
+        final_noise: float = 0.0,
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
         if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
             raise InputError(f"OptLawsPruner: margin={margin!r} must be a finite number of nats >= 0")
         if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
             raise InputError(f"OptLawsPruner: tolerance={tolerance!r} must be a finite number of nats >= 0")
+        if not (isinstance(final_noise, (int, float)) and math.isfinite(final_noise) and final_noise >= 0):
+            raise InputError(f"OptLawsPruner: final_noise={final_noise!r} must be a finite number of nats >= 0")
         if not (isinstance(min_reports, int) and min_reports >= 1):
             raise InputError(f"OptLawsPruner: min_reports={min_reports!r} must be an int >= 1")
         if not (isinstance(min_fraction, (int, float)) and 0.0 <= min_fraction <= 1.0):
@@ -143,7 +151,8 @@ class OptLawsPruner(BasePruner):
         if fallback is not None and not isinstance(fallback, BasePruner):
             raise InputError(f"OptLawsPruner: fallback={fallback!r} is not an Optuna pruner")
         self._gates = Gates(
-            float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate), tolerance=float(tolerance)
+            float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate), tolerance=float(tolerance),
+            final_noise=float(final_noise),
         )
         self._store = LawStore(
             law,

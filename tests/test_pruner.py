@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -371,6 +372,43 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
         _calibration._PREPARED.clear()
         _calibration._MODELS.clear()
     assert decisions[0] == decisions[1] and decisions[0][2] is not None
+
+
+def test_final_noise_is_a_floor_on_the_calibrated_interval() -> None:
+    """``final_noise`` (run-to-run noise of a final loss) keeps the calibrated interval at
+    least that wide; a floor above the calibrated spread widens it and can stop a prune."""
+    from dataclasses import replace
+
+    from optuna_optlaws._pruner._decision import check
+    from optuna_optlaws._study_state import trial_schedule
+
+    pruner = _pruner()
+    study = _study_with_good_trials(pruner)
+    for _ in range(3):
+        _run(study, BAD)  # as above: the third BAD run is pruned on a calibrated interval
+    trial = study.ask()
+    set_schedule(trial, BAD)
+    steps = report_steps()
+    for s, loss in zip(steps[:15].tolist(), synth_loss(BAD, steps[:15]).tolist(), strict=True):
+        trial.report(loss, s)
+    trials = study.get_trials(deepcopy=False)
+    me = trials[-1]
+
+    def decide(final_noise: float) -> Any:
+        gates = replace(pruner._gates, final_noise=final_noise)
+        return check(study._storage, trials, me, trial_schedule(me), gates,
+                     lambda: pruner.law_store.get(study, trials), None)[0]
+
+    free = decide(0.0)
+    assert free.prune and free.calibrated is not None
+    floor = (free.calibrated.mean - free.calibrated.lo) + 0.05  # wider than the interval itself
+    held = decide(floor)
+    assert held.calibrated is not None and held.calibrated.spread == pytest.approx(floor)
+    assert held.calibrated.mean == pytest.approx(free.calibrated.mean)
+    assert held.calibrated.lo < free.calibrated.lo
+    assert not held.prune
+    with pytest.raises(InputError, match="final_noise"):
+        OptLawsPruner(TEST_LAW, final_noise=-0.01)
 
 
 def test_never_prunes_on_the_last_step_of_the_schedule() -> None:

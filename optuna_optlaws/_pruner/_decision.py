@@ -45,6 +45,7 @@ class Gates:
     calibrate: bool = True
     level: float = 0.9
     tolerance: float = 0.0
+    final_noise: float = 0.0
 
     @property
     def threshold(self) -> float:
@@ -160,7 +161,7 @@ def check(
             )
             if res.size >= MIN_CALIBRATION:
                 law_half = 0.5 * (hi - lo)
-                noise = point_noise(schedule, ok_steps, ok_losses)
+                noise = max(point_noise(schedule, ok_steps, ok_losses), gates.final_noise)
                 cal = calibrate(mean, law_sd, schedule, res, gates.level, noise, mean - lo, hi - mean)
                 out.calibrated = cal
                 mean, lo, hi = cal.mean, cal.lo, cal.hi

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 PRUNERS = ("optlaws", "median", "hyperband", "wilcoxon", "patient", "none")
 """Pruner names the replay knows, in the order results are listed."""
 
-OPTLAWS_OPTIONS = ("tolerance", "margin")
+OPTLAWS_OPTIONS = ("tolerance", "margin", "final_noise")
 """Arguments of :class:`~optuna_optlaws.OptLawsPruner` a replay may set, as in
 ``optlaws:tolerance=0.01`` (nats)."""
 
