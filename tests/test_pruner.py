@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, synth_loss
+from optuna.trial import FrozenTrial
 
 from optuna_optlaws import InputError, OptLawsPruner, Schedule, set_schedule
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, frontier
@@ -340,6 +341,18 @@ def test_calibrated_interval_covers_held_out_runs_at_its_level() -> None:
     assert below / draws <= 0.1
 
 
+def _running_bad_trial(study: optuna.Study) -> tuple[list[FrozenTrial], FrozenTrial]:
+    """A new RUNNING trial with the BAD schedule and its first 15 reports; the study's
+    trials and that trial."""
+    trial = study.ask()
+    set_schedule(trial, BAD)
+    steps = report_steps()
+    for s, loss in zip(steps[:15].tolist(), synth_loss(BAD, steps[:15]).tolist(), strict=True):
+        trial.report(loss, s)
+    trials = study.get_trials(deepcopy=False)
+    return trials, trials[-1]
+
+
 def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residuals() -> None:
     from optuna_optlaws._pruner import _calibration
     from optuna_optlaws._pruner._decision import check
@@ -356,13 +369,7 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
     assert state == "PRUNED"
     assert "calibrated on 5 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
     # a running trial, checked by a warm and by a fresh worker (no memoised residuals)
-    trial = study.ask()
-    set_schedule(trial, BAD)
-    steps = report_steps()
-    for s, loss in zip(steps[:15].tolist(), synth_loss(BAD, steps[:15]).tolist(), strict=True):
-        trial.report(loss, s)
-    trials = study.get_trials(deepcopy=False)
-    me = trials[-1]
+    trials, me = _running_bad_trial(study)
     decisions = []
     for _ in range(2):
         d, _seen = check(study._storage, trials, me, trial_schedule(me), pruner._gates,
@@ -386,13 +393,7 @@ def test_final_noise_is_a_floor_on_the_calibrated_interval() -> None:
     study = _study_with_good_trials(pruner)
     for _ in range(3):
         _run(study, BAD)  # as above: the third BAD run is pruned on a calibrated interval
-    trial = study.ask()
-    set_schedule(trial, BAD)
-    steps = report_steps()
-    for s, loss in zip(steps[:15].tolist(), synth_loss(BAD, steps[:15]).tolist(), strict=True):
-        trial.report(loss, s)
-    trials = study.get_trials(deepcopy=False)
-    me = trials[-1]
+    trials, me = _running_bad_trial(study)
 
     def decide(final_noise: float) -> Any:
         gates = replace(pruner._gates, final_noise=final_noise)
