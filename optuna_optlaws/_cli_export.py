@@ -95,9 +95,11 @@ def study_curves(storage: str, study_name: str | None, states: Sequence[str]) ->
 
     from optuna_optlaws._study_state import raw_points, readable_schedule, trial_sizes
 
-    url = storage_url(storage)
     try:
-        names = optuna.get_all_study_names(storage=url)
+        rdb = optuna.storages.get_storage(storage_url(storage))  # opened once for both reads below
+        names = [s.study_name for s in rdb.get_all_studies()]
+    except InputError:
+        raise
     except Exception as exc:  # any storage error: a bad URL, an unreachable server
         raise InputError(f"storage {storage!r}: cannot be read ({' '.join(str(exc).split())[:160]})") from None
     if study_name is None:
@@ -108,7 +110,7 @@ def study_curves(storage: str, study_name: str | None, states: Sequence[str]) ->
     elif study_name not in names:
         listed = ", ".join(repr(n) for n in names) or "none"
         raise InputError(f"storage {storage!r}: no study {study_name!r} (it holds {listed})")
-    study = optuna.load_study(study_name=study_name, storage=url)
+    study = optuna.load_study(study_name=study_name, storage=rdb)
     wanted = {getattr(optuna.trial.TrialState, s.upper()) for s in states}
     out = Exported()
     for trial in study.get_trials(deepcopy=False, states=tuple(wanted)):

@@ -132,12 +132,9 @@ class OptLawsPruner(BasePruner):
         final_noise: float = 0.0,
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-            raise InputError(f"OptLawsPruner: margin={margin!r} must be a finite number of nats >= 0")
-        if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-            raise InputError(f"OptLawsPruner: tolerance={tolerance!r} must be a finite number of nats >= 0")
-        if not (isinstance(final_noise, (int, float)) and math.isfinite(final_noise) and final_noise >= 0):
-            raise InputError(f"OptLawsPruner: final_noise={final_noise!r} must be a finite number of nats >= 0")
+        for name, value in (("margin", margin), ("tolerance", tolerance), ("final_noise", final_noise)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise InputError(f"OptLawsPruner: {name}={value!r} must be a finite number of nats >= 0")
         if not (isinstance(min_reports, int) and min_reports >= 1):
             raise InputError(f"OptLawsPruner: min_reports={min_reports!r} must be an int >= 1")
         if not (isinstance(min_fraction, (int, float)) and 0.0 <= min_fraction <= 1.0):
