@@ -44,7 +44,7 @@ import math
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 from optuna.pruners import BasePruner
@@ -104,7 +104,12 @@ class OptLawsPruner(BasePruner):
             training one schedule again with another seed moves it by; on the tiny LM
             0.01-0.02, studies/tiny_lm/noise.md). The calibrated interval is never
             narrower than this noise allows: its residuals come from runs the law was
-            fitted on, which it partly absorbed. ``0`` (the default): not used.
+            fitted on, which it partly absorbed. ``"auto"`` (the default): measured on
+            the trial's (N, D) group, on COMPLETE trials that repeat a schedule exactly
+            (enqueue a trial's params again and train it with another seed:
+            ``study.enqueue_trial(study.best_trial.params)``), as the pooled standard
+            deviation of their final losses; not used (0) until some do. ``optlaws
+            noise`` measures it on logged runs. ``0``: never used.
         calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
             :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's
             fraction of its schedule, measured on finished runs cut at that fraction and
@@ -129,9 +134,16 @@ class OptLawsPruner(BasePruner):
         record_tol: float = 5e-3,
         seed: int = 0,
         calibrate: bool = True,
-        final_noise: float = 0.0,
+        final_noise: float | Literal["auto"] = "auto",
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
+        auto_noise = isinstance(final_noise, str)
+        if auto_noise and final_noise != "auto":
+            raise InputError(
+                f"OptLawsPruner: final_noise={final_noise!r} must be 'auto' or a finite number of nats >= 0"
+            )
+        if auto_noise:
+            final_noise = 0.0
         for name, value in (("margin", margin), ("tolerance", tolerance), ("final_noise", final_noise)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise InputError(f"OptLawsPruner: {name}={value!r} must be a finite number of nats >= 0")
@@ -150,6 +162,7 @@ class OptLawsPruner(BasePruner):
         self._gates = Gates(
             float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate), tolerance=float(tolerance),
             final_noise=float(final_noise),
+            noise_from_repeats=auto_noise,
         )
         self._store = LawStore(
             law,

@@ -396,7 +396,7 @@ def test_final_noise_is_a_floor_on_the_calibrated_interval() -> None:
     trials, me = _running_bad_trial(study)
 
     def decide(final_noise: float) -> Any:
-        gates = replace(pruner._gates, final_noise=final_noise)
+        gates = replace(pruner._gates, final_noise=final_noise, noise_from_repeats=False)
         return check(study._storage, trials, me, trial_schedule(me), gates,
                      lambda: pruner.law_store.get(study, trials), None)[0]
 
@@ -408,8 +408,60 @@ def test_final_noise_is_a_floor_on_the_calibrated_interval() -> None:
     assert held.calibrated.mean == pytest.approx(free.calibrated.mean)
     assert held.calibrated.lo < free.calibrated.lo
     assert not held.prune
-    with pytest.raises(InputError, match="final_noise"):
-        OptLawsPruner(TEST_LAW, final_noise=-0.01)
+    for bad in (-0.01, "none", math.nan):
+        with pytest.raises(InputError, match="final_noise"):
+            OptLawsPruner(TEST_LAW, final_noise=bad)  # type: ignore[arg-type]
+
+
+def _complete(study: optuna.Study, schedule: Schedule, losses: np.ndarray) -> None:
+    """A COMPLETE trial with ``schedule`` and ``losses`` at the report steps, never asked
+    whether to prune."""
+    trial = study.ask()
+    set_schedule(trial, schedule)
+    for step, loss in zip(report_steps(TOTAL_STEPS).tolist(), losses.tolist(), strict=True):
+        trial.report(loss, step)
+    study.tell(trial, float(losses[-1]))
+
+
+@pytest.mark.parametrize("shift", [0.02, 0.3])
+def test_auto_final_noise_is_measured_on_complete_trials_that_repeat_a_schedule(shift: float) -> None:
+    """``final_noise="auto"`` (the default): the pooled standard deviation of the final
+    losses of COMPLETE trials that repeat a schedule; repeats with equal finals (not
+    independent runs) and trials of other schedules measure nothing."""
+    from dataclasses import replace
+
+    from optuna_optlaws._pruner._calibration import group_repeat_noise
+    from optuna_optlaws._pruner._decision import check
+    from optuna_optlaws._study_state import group_key, trial_schedule
+
+    pruner = _pruner()
+    assert pruner._gates.noise_from_repeats
+    assert OptLawsPruner(TEST_LAW, final_noise=0)._gates.noise_from_repeats is False
+    study = _study_with_good_trials(pruner)
+    for _ in range(2):
+        _run(study, BAD)  # the same synthetic curve twice: equal finals
+    group = group_key(BAD, None, None)
+    before = group_repeat_noise(study._storage, study.get_trials(deepcopy=False), group)
+    assert before.df == 0 and before.identical == (("trial 3", "trial 4"),)
+    _complete(study, BAD, synth_loss(BAD, report_steps()) + shift)  # the schedule again, another "seed"
+    trials, me = _running_bad_trial(study)
+    measured = group_repeat_noise(study._storage, trials, group)
+    expected = shift * math.sqrt(1 / 3)  # finals a, a, a + shift: (2 (shift/3)^2 + (2 shift/3)^2) / df 2
+    assert measured.df == 2 and measured.sd == pytest.approx(expected) and measured.runs == 3
+
+    def decide(gates: Any) -> Any:
+        return check(study._storage, trials, me, trial_schedule(me), gates,
+                     lambda: pruner.law_store.get(study, trials), None)[0]
+
+    auto = decide(pruner._gates)
+    fixed = decide(replace(pruner._gates, final_noise=measured.sd, noise_from_repeats=False))
+    free = decide(replace(pruner._gates, final_noise=0.0, noise_from_repeats=False))
+    assert auto.calibrated is not None and free.calibrated is not None
+    assert (auto.prune, auto.pred, auto.calibrated) == (fixed.prune, fixed.pred, fixed.calibrated)
+    assert auto.calibrated.spread == pytest.approx(max(expected, free.calibrated.spread))
+    if shift == 0.3:  # the floor binds: a wider interval than without it
+        assert auto.calibrated.spread > free.calibrated.spread and auto.calibrated.lo < free.calibrated.lo
+    assert auto.prune and f"run-to-run noise {expected:.4f} from 3 runs repeating a schedule" in str(auto.reason)
 
 
 def test_never_prunes_on_the_last_step_of_the_schedule() -> None:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,8 +57,15 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 from optuna_optlaws._pruner._frontier import completed_final
+from optuna_optlaws._repeats import RepeatNoise, repeat_key, repeat_noise
 from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals, schedule_descriptors
-from optuna_optlaws._study_state import conditioned_final, readable_schedule, same_group, trial_curve
+from optuna_optlaws._study_state import (
+    conditioned_final,
+    readable_schedule,
+    same_group,
+    trial_curve,
+    trial_sizes,
+)
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import Law, Prediction
 from optuna_optlaws.laws._optlaw_fit import transient_end
@@ -269,6 +276,33 @@ BRACKET_RUNS = 2
 
 MIN_NOISE_POINTS = 6
 """Reports past the initial transient a trial needs before its own point noise is measured."""
+
+
+_REPEAT_KEYS: weakref.WeakKeyDictionary[Any, dict[int, Hashable]] = weakref.WeakKeyDictionary()
+"""storage -> {trial id: :func:`~optuna_optlaws._repeats.repeat_key` of a COMPLETE trial}."""
+
+
+def group_repeat_noise(storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...]) -> RepeatNoise:
+    """Run-to-run noise of a final loss (nats) measured on the COMPLETE trials of ``group``
+    that repeat a schedule (:mod:`optuna_optlaws._repeats`; ``df`` 0 when none does):
+    a schedule the user trained again, say with another seed
+    (``study.enqueue_trial(trial.params)``)."""
+    keys = _REPEAT_KEYS.setdefault(storage, {})
+    runs: list[tuple[str, Hashable, float]] = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        trial_group, final = completed_final(storage, t)
+        if not same_group(trial_group, group):
+            continue
+        key = keys.get(t._trial_id)
+        if key is None:
+            schedule = readable_schedule(t)
+            if schedule is None:
+                continue
+            key = keys[t._trial_id] = repeat_key(schedule, *trial_sizes(t))
+        runs.append((f"trial {t.number}", key, final))
+    return repeat_noise(runs)
 
 
 def point_noise(schedule: Schedule, steps: np.ndarray, losses: np.ndarray, recent: int = 8) -> float:

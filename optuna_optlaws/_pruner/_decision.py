@@ -24,6 +24,7 @@ from optuna_optlaws._pruner._calibration import (
     calibration_trials,
     covered,
     fraction_bucket,
+    group_repeat_noise,
     point_noise,
     residuals,
 )
@@ -46,6 +47,9 @@ class Gates:
     level: float = 0.9
     tolerance: float = 0.0
     final_noise: float = 0.0
+    noise_from_repeats: bool = False
+    """Measure ``final_noise`` on the group's COMPLETE trials that repeat a schedule
+    (``final_noise`` itself is then not used)."""
 
     @property
     def threshold(self) -> float:
@@ -161,13 +165,19 @@ def check(
             )
             if res.size >= MIN_CALIBRATION:
                 law_half = 0.5 * (hi - lo)
-                noise = max(point_noise(schedule, ok_steps, ok_losses), gates.final_noise)
+                final_noise, measured = gates.final_noise, ""
+                if gates.noise_from_repeats:
+                    repeats = group_repeat_noise(storage, trials, group)
+                    final_noise = repeats.sd if repeats.df else 0.0
+                    if repeats.df:
+                        measured = f", run-to-run noise {repeats.sd:.4f} from {repeats.runs} runs repeating a schedule"
+                noise = max(point_noise(schedule, ok_steps, ok_losses), final_noise)
                 cal = calibrate(mean, law_sd, schedule, res, gates.level, noise, mean - lo, hi - mean)
                 out.calibrated = cal
                 mean, lo, hi = cal.mean, cal.lo, cal.hi
                 what = (
                     f"calibrated on {cal.n} complete trials (law error here {cal.bias:+.4f}, "
-                    f"sd {cal.spread:.4f}, law half-width {law_half:.4f})"
+                    f"sd {cal.spread:.4f}, law half-width {law_half:.4f}{measured})"
                 )
     out.pred = (mean, lo, hi)
 

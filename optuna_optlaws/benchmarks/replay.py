@@ -47,7 +47,7 @@ PRUNERS = ("optlaws", "median", "hyperband", "wilcoxon", "patient", "none")
 
 OPTLAWS_OPTIONS = ("tolerance", "margin", "final_noise")
 """Arguments of :class:`~optuna_optlaws.OptLawsPruner` a replay may set, as in
-``optlaws:tolerance=0.01`` (nats)."""
+``optlaws:tolerance=0.01`` (nats; ``final_noise`` also takes ``auto``)."""
 
 
 def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
@@ -67,6 +67,9 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if key not in OPTLAWS_OPTIONS or not eq:
             raise InputError(f"replay: pruner {spec!r}: {item!r} is not key=value with key in {OPTLAWS_OPTIONS}")
+        if key == "final_noise" and value == "auto":
+            kwargs[key] = value
+            continue
         try:
             number = float(value)
         except ValueError:

@@ -64,6 +64,7 @@ from numpy.typing import NDArray
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
+from optuna_optlaws._repeats import repeat_noise
 from optuna_optlaws.benchmarks.law_accuracy import _machine_info, _spearman
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import Law, make_law
@@ -115,11 +116,14 @@ class Setting:
         return np.array([float(np.mean(finals[c.run_id])) for c in self.candidates])
 
     def seed_noise(self) -> float | None:
-        """Root mean square over candidates of the seed standard deviation of the last loss (nats)."""
+        """The seed standard deviation of the last loss (nats), pooled over candidates
+        (:func:`~optuna_optlaws._repeats.repeat_noise`: with as many seeds per candidate,
+        the root mean square of each candidate's)."""
         finals = self.seed_finals()
         if finals is None:
             return None
-        return float(np.sqrt(np.mean([np.var(v, ddof=1) for v in finals.values()])))
+        noise = repeat_noise((f"{rid}@{i}", rid, v) for rid, values in finals.items() for i, v in enumerate(values))
+        return noise.sd if noise.df else None
 
     def seed_count(self) -> int:
         """Seeds per candidate in :attr:`seed_losses` (the fewest; 0 without them)."""
