@@ -22,8 +22,9 @@ def register(subparsers: Any) -> None:
         "noise",
         help="measure the run-to-run noise of a final loss on runs that repeat a schedule",
         description="Find the runs that repeat a schedule exactly (the same LR at every step, model size, "
-        "tokens per step and parent) and print the pooled standard deviation of their final losses (nats), "
-        "with a confidence interval: the value of OptLawsPruner(final_noise=...).",
+        "tokens per step and parent) and print the pooled standard deviation of their final losses (nats; a "
+        "run's last observed loss, a trial's last report), with a confidence interval: the value of "
+        "OptLawsPruner(final_noise=...).",
     )
     p.add_argument("source", metavar="CURVES.csv|STORAGE",
                    help="curves file; with --study, an Optuna storage URL or SQLite file")

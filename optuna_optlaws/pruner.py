@@ -108,7 +108,8 @@ class OptLawsPruner(BasePruner):
             the trial's (N, D) group, on COMPLETE trials that repeat a schedule exactly
             (enqueue a trial's params again and train it with another seed:
             ``study.enqueue_trial(study.best_trial.params)``), as the pooled standard
-            deviation of their final losses; not used (0) until some do. ``optlaws
+            deviation of their final losses (their last reports, the loss the law
+            predicts); not used (0) until some do. ``optlaws
             noise`` measures it on logged runs. ``0``: never used.
         calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
             :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's

@@ -93,3 +93,28 @@ def test_noise_command_on_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "left out: trial_2, trial_3 repeat a schedule with exactly equal final losses" in out
     code, _out, err = run_main(capsys, "noise", str(db), "--study", "nope")
     assert_one_line_error(code, err, "no study 'nope'")
+
+
+def test_an_enqueued_trial_repeats_the_schedule_the_pruner_measures() -> None:
+    """``study.enqueue_trial(trial.params)`` gives the same schedule again, with either
+    sampler, so the default ``final_noise="auto"`` finds the repeat."""
+    from optuna_optlaws import OptLawsSampler, suggest_schedule
+    from optuna_optlaws._pruner._calibration import group_repeat_noise
+    from optuna_optlaws._study_state import group_key, readable_schedule
+
+    for sampler in (optuna.samplers.TPESampler(seed=0), OptLawsSampler(seed=0)):
+        study = optuna.create_study(sampler=sampler)
+
+        def objective(trial: optuna.Trial) -> float:
+            schedule = suggest_schedule(trial, total_steps=200, peak_lr=(1e-3, 1e-2), warmup_steps=(0, 20))
+            final = 2.0 + 0.01 * trial.number  # another "seed", another final loss
+            trial.report(final, schedule.total_steps - 1)
+            return final
+
+        study.optimize(objective, n_trials=1)
+        study.enqueue_trial(study.trials[0].params)
+        study.optimize(objective, n_trials=1)
+        first, again = (readable_schedule(t) for t in study.trials)
+        assert first is not None and first == again
+        noise = group_repeat_noise(study._storage, study.get_trials(deepcopy=False), group_key(first, None, None))
+        assert noise.sets == (("trial 0", "trial 1"),) and noise.sd == pytest.approx(0.01 / math.sqrt(2))
