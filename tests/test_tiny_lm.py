@@ -106,6 +106,11 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
     ei = study_mod.make_study("optlaws-ei", storage, 0, 24, False, law, 0.03)
     assert ei.pruner._gates.tolerance == 0.03
     assert ei.sampler._acquisition == "ei" and ei.sampler._min_improvement == 0.03
+    # the ei-regret arm: the regret arm's pruner (margin + tolerance), the ei arm's sampler
+    both = study_mod.make_study("optlaws-ei-regret", storage, 0, 24, False, law, 0.03)
+    assert both.pruner._gates.tolerance == pytest.approx(0.04)
+    assert both.sampler._acquisition == "ei" and both.sampler._min_improvement == 0.03
+    assert study_mod.make_study("optlaws-regret", storage, 0, 24, False, law, 0.03).sampler._acquisition != "ei"
 
 
 def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_trial() -> None:

@@ -24,7 +24,11 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
   schedule predicted to tie with the best;
 * ``optlaws-regret`` (only when asked): as ``optlaws``, with the pruner's tolerance set to
   its margin plus ``--tolerance``, so a pruned run can beat the best by at most
-  ``--tolerance`` nats (95%): 0.01 nats is the 0.5% of the live target.
+  ``--tolerance`` nats (95%): 0.01 nats is the 0.5% of the live target;
+* ``optlaws-ei-regret`` (only when asked): the ``optlaws-regret`` pruner with the
+  ``optlaws-ei`` sampler (expected improvement beyond ``--tolerance`` nats): a schedule
+  predicted to beat the best by less than the regret the pruner accepts is neither
+  proposed nor, once running, protected.
 
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
@@ -62,11 +66,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tinylm import TinyLMConfig, count_parameters, default_device, train
 
 ROOT = Path(__file__).resolve().parents[2]
-ARMS = ("optlaws", "tpe-median", "tpe", "tpe-optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret")
+ARMS = (
+    "optlaws", "tpe-median", "tpe", "tpe-optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret",
+    "optlaws-ei-regret",
+)
 """``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner, ``optlaws-tolerant``
 trades a bounded regret for steps, ``optlaws-ei`` also tells the sampler about that
-regret, and ``optlaws-regret`` accepts the regret itself (see :func:`make_study`); they run
-only when asked."""
+regret, ``optlaws-regret`` accepts the regret itself and ``optlaws-ei-regret`` does both
+(see :func:`make_study`); they run only when asked."""
 DEFAULT_ARMS = ("optlaws", "tpe-median", "tpe")
 TOLERANCE = 0.01
 """Default regret tolerance of the ``optlaws-tolerant`` arm (nats): 0.5% of the tiny LM's
@@ -134,13 +141,15 @@ def make_study(
     frontier by at most ``tolerance - margin`` nats (95%), nothing at the default margin of
     0.01; the ``optlaws-regret`` arm sets the pruner's tolerance to ``margin + tolerance``,
     so a run it prunes can beat the frontier by at most ``tolerance`` nats: the regret the
-    live target allows (0.5% of the final loss)."""
+    live target allows (0.5% of the final loss); ``optlaws-ei-regret`` has that pruner and
+    a sampler that asks for an improvement of ``tolerance`` nats."""
     name = f"tiny_lm-{arm}"
-    if arm in ("optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret"):
-        tol = {"optlaws": 0.0, "optlaws-regret": DEFAULT_MARGIN + tolerance}.get(arm, tolerance)
+    if arm in ("optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret", "optlaws-ei-regret"):
+        regret = arm in ("optlaws-regret", "optlaws-ei-regret")
+        tol = 0.0 if arm == "optlaws" else DEFAULT_MARGIN + tolerance if regret else tolerance
         sampler: optuna.samplers.BaseSampler = (
-            OptLawsSampler(law, seed=seed, acquisition="ei", min_improvement=tol)
-            if arm == "optlaws-ei"
+            OptLawsSampler(law, seed=seed, acquisition="ei", min_improvement=tolerance)
+            if arm in ("optlaws-ei", "optlaws-ei-regret")
             else OptLawsSampler(law, seed=seed)
         )
         pruner: optuna.pruners.BasePruner = OptLawsPruner(law, seed=seed, tolerance=tol)
@@ -344,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--law", default="optlaw", help="law of the optlaws arm (default optlaw)")
     ap.add_argument("--seed", type=int, default=0, help="sampler/pruner seed (default 0)")
     ap.add_argument("--tolerance", type=float, default=TOLERANCE,
-                    help=f"regret tolerance (nats) of the optlaws-tolerant and optlaws-ei arms (default {TOLERANCE})")
+                    help=f"regret tolerance (nats) of the optlaws-tolerant, -ei, -regret and -ei-regret arms "
+                    f"(default {TOLERANCE})")
     ap.add_argument("--train-seed", type=int, default=0, help="training seed of every trial (default 0)")
     ap.add_argument("--noise-seeds", type=int, default=0, help="retrain the best tpe schedule with N other seeds")
     ap.add_argument("--resume", action="store_true", help="continue the arms' studies instead of starting over")
