@@ -622,7 +622,9 @@ def target_line(results: dict[str, Any]) -> str:
     """Whether the optlaws pruner met the targets of issue 3 in this replay (one line)."""
     r = results["pruners"].get("optlaws")
     if r is None:
-        return "Targets (issue 3): not checked, the optlaws pruner was not replayed."
+        variants = [name for name in results["pruners"] if name.startswith("optlaws:")]
+        only = f" (only {', '.join(variants)})" if variants else ""
+        return f"Targets (issue 3): not checked, the optlaws pruner with its defaults was not replayed{only}."
     survival_ok = r["best_survival"] >= TARGET_SURVIVAL
     steps_ok = r["steps_share"] <= TARGET_STEPS_SHARE
     verdict = "met" if survival_ok and steps_ok else "NOT met"
