@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import TextIO
 
@@ -15,6 +16,38 @@ def open_input_csv(path: str | Path, what: str) -> TextIO:
     cannot be opened, e.g. ``"curves file"``."""
     path = Path(path)
     try:
+        _check_text(path, what)
         return path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+"""The first bytes of every SQLite database file."""
+
+
+def _check_text(path: Path, what: str) -> None:
+    """:class:`InputError` unless ``path`` is UTF-8 text: a SQLite database (an Optuna
+    storage handed where a CSV file belongs) is named as such, other bytes by line."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_MAGIC))
+        if head == SQLITE_MAGIC:
+            raise InputError(
+                f"{path}: a SQLite database, not a {what} (an Optuna storage? "
+                "the commands that read a study take it with --study NAME)"
+            )
+        chunk = head
+        while True:
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                line += exc.object[: exc.start].count(b"\n")
+                raise InputError(
+                    f"{path} line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}), not a {what}"
+                ) from None
+            if not chunk:
+                return
+            line += chunk.count(b"\n")
+            chunk = handle.read(1 << 20)

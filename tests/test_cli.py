@@ -230,6 +230,20 @@ def test_fit_bad_curves_file(
     assert not out.exists()
 
 
+def test_fit_a_file_that_is_not_csv_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A SQLite database (an Optuna storage) or bytes that are not UTF-8: one line, no traceback."""
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    capsys.readouterr()  # Optuna's log line
+    code, _, err = run_main(capsys, "fit", str(tmp_path / "s.db"), "--out", str(tmp_path / "l.json"))
+    assert_one_line_error(code, err, "s.db", "a SQLite database, not a curves file", "--study")
+    binary = tmp_path / "latin1.csv"
+    binary.write_bytes("run_id,step,lr,loss\na,0,1e-3,3\nb\xe9,0,1e-3,3\n".encode("latin-1"))
+    code, _, err = run_main(capsys, "fit", str(binary), "--out", str(tmp_path / "l.json"))
+    assert_one_line_error(code, err, "latin1.csv line 3", "not UTF-8 text (byte 0xe9)")
+
+
 def test_fit_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_main(capsys, "fit", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "l.json"))
     assert_one_line_error(code, err, "nope.csv", "cannot open")
