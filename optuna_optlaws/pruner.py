@@ -109,8 +109,8 @@ class OptLawsPruner(BasePruner):
             (enqueue a trial's params again and train it with another seed:
             ``study.enqueue_trial(study.best_trial.params)``), as the pooled standard
             deviation of their final losses (their last reports, the loss the law
-            predicts); not used (0) until some do. ``optlaws
-            noise`` measures it on logged runs. ``0``: never used.
+            predicts); not used (0) until some do. ``optlaws noise`` measures it on
+            logged runs. ``0``: never used.
         calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
             :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's
             fraction of its schedule, measured on finished runs cut at that fraction and
