@@ -7,6 +7,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -113,7 +114,43 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
     assert study_mod.make_study("optlaws-regret", storage, 0, 24, False, law, 0.03).sampler._acquisition != "ei"
 
 
-def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_trial() -> None:
+def test_repeats_arm_retrains_its_best_trial_under_other_seeds(tmp_path: Path) -> None:
+    """``optlaws-regret-repeats``: after REPEAT_AFTER complete trials the best is enqueued
+    REPEATS times with other training seeds, which train differently, so the pruner's
+    default ``final_noise="auto"`` finds the repeats (trained end to end, toy model)."""
+    from optuna_optlaws._pruner._calibration import group_repeat_noise
+    from optuna_optlaws._study_state import group_key, readable_schedule, trial_sizes
+
+    study_mod = _study_module()
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    rc = study_mod.main(
+        ["--arm", "optlaws-regret-repeats", "--trials", "4", "--steps", "24", "--storage", storage,
+         "--out-dir", str(tmp_path / "st"), "--tiny"]
+    )
+    assert rc == 0
+    study = optuna.load_study(study_name="tiny_lm-optlaws-regret-repeats", storage=storage)
+    assert study.user_attrs.get("repeats_of") is None  # fewer than REPEAT_AFTER = 5 complete trials
+    study_mod.enqueue_repeats(study, train_seed=0, count=2, after=1)
+    assert not study_mod.enqueue_repeats(study, train_seed=0, count=2, after=1)  # once per study
+    rc = study_mod.main(
+        ["--arm", "optlaws-regret-repeats", "--trials", "6", "--steps", "24", "--storage", storage,
+         "--out-dir", str(tmp_path / "st"), "--tiny", "--resume"]
+    )
+    assert rc == 0
+    trials = study.get_trials(deepcopy=False)
+    best = study.user_attrs["repeats_of"]
+    repeats = [t for t in trials if t.user_attrs.get("repeat_of") == best]
+    assert [t.user_attrs[study_mod.SEED_ATTR] for t in repeats] == [1, 2]
+    assert all(t.params == trials[best].params for t in repeats)
+    finals = {t.intermediate_values[max(t.intermediate_values)] for t in [trials[best], *repeats]}
+    assert len(finals) == 3  # other seeds, other losses
+    schedule = readable_schedule(trials[best])
+    assert schedule is not None
+    noise = group_repeat_noise(study._storage, trials, group_key(schedule, *trial_sizes(trials[best])))
+    assert noise.df == 2 and noise.sets == ((f"trial {best}", *(f"trial {t.number}" for t in repeats)),)
+
+
+def _study_module() -> Any:
     study_mod = sys.modules.get("tiny_lm_study")
     if study_mod is None:
         spec = importlib.util.spec_from_file_location("tiny_lm_study", EXAMPLE / "study.py")
@@ -121,6 +158,11 @@ def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_t
         study_mod = importlib.util.module_from_spec(spec)
         sys.modules["tiny_lm_study"] = study_mod
         spec.loader.exec_module(study_mod)
+    return study_mod
+
+
+def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_trial() -> None:
+    study_mod = _study_module()
     trace = [[600, 2.10], [75, None], [600, 2.01], [600, 1.99]]
     # a pruned trial's steps count, its (missing) value never reaches the target
     assert study_mod.steps_until(trace, 2.02) == 1275

@@ -28,7 +28,11 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
 * ``optlaws-ei-regret`` (only when asked): the ``optlaws-regret`` pruner with the
   ``optlaws-ei`` sampler (expected improvement beyond ``--tolerance`` nats): a schedule
   predicted to beat the best by less than the regret the pruner accepts is neither
-  proposed nor, once running, protected.
+  proposed nor, once running, protected;
+* ``optlaws-regret-repeats`` (only when asked): the ``optlaws-regret`` arm, where once
+  :data:`REPEAT_AFTER` trials are complete the best of them is trained again under
+  :data:`REPEATS` other training seeds (enqueued trials, part of the ``--trials``): the
+  pruner's default ``final_noise="auto"`` measures the run-to-run noise on them.
 
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
@@ -68,12 +72,20 @@ from tinylm import TinyLMConfig, count_parameters, default_device, train
 ROOT = Path(__file__).resolve().parents[2]
 ARMS = (
     "optlaws", "tpe-median", "tpe", "tpe-optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret",
-    "optlaws-ei-regret",
+    "optlaws-ei-regret", "optlaws-regret-repeats",
 )
 """``tpe-optlaws`` (TPE sampler + OptLawsPruner) isolates the pruner, ``optlaws-tolerant``
 trades a bounded regret for steps, ``optlaws-ei`` also tells the sampler about that
-regret, ``optlaws-regret`` accepts the regret itself and ``optlaws-ei-regret`` does both
-(see :func:`make_study`); they run only when asked."""
+regret, ``optlaws-regret`` accepts the regret itself, ``optlaws-ei-regret`` does both and
+``optlaws-regret-repeats`` retrains its best schedule under other seeds (see
+:func:`make_study`); they run only when asked."""
+REPEAT_AFTER = 5
+"""COMPLETE trials after which the ``optlaws-regret-repeats`` arm enqueues its repeats."""
+REPEATS = 2
+"""Repeats of the best complete trial in the ``optlaws-regret-repeats`` arm (training
+seeds ``--train-seed + 1``, ``+ 2``, ...)."""
+SEED_ATTR = "train_seed"
+"""User attribute of an enqueued repeat: the training seed it runs with."""
 DEFAULT_ARMS = ("optlaws", "tpe-median", "tpe")
 TOLERANCE = 0.01
 """Default regret tolerance of the ``optlaws-tolerant`` arm (nats): 0.5% of the tiny LM's
@@ -118,8 +130,9 @@ def make_objective(steps: int, cfg: TinyLMConfig, space: SearchSpace, device: to
             trained = step + 1
             reporter.step(loss, step)
 
+        seed = trial.user_attrs.get(SEED_ATTR)  # an enqueued repeat trains under another seed
         try:
-            res = train(schedule, cfg, on_eval=on_eval, device=device)
+            res = train(schedule, cfg if seed is None else replace(cfg, seed=int(seed)), on_eval=on_eval, device=device)
         finally:
             trial.set_user_attr(STEPS_ATTR, trained)
         assert not isinstance(res, tuple)
@@ -144,8 +157,9 @@ def make_study(
     live target allows (0.5% of the final loss); ``optlaws-ei-regret`` has that pruner and
     a sampler that asks for an improvement of ``tolerance`` nats."""
     name = f"tiny_lm-{arm}"
-    if arm in ("optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret", "optlaws-ei-regret"):
-        regret = arm in ("optlaws-regret", "optlaws-ei-regret")
+    if arm in ("optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret", "optlaws-ei-regret",
+               "optlaws-regret-repeats"):
+        regret = arm in ("optlaws-regret", "optlaws-ei-regret", "optlaws-regret-repeats")
         tol = 0.0 if arm == "optlaws" else DEFAULT_MARGIN + tolerance if regret else tolerance
         sampler: optuna.samplers.BaseSampler = (
             OptLawsSampler(law, seed=seed, acquisition="ei", min_improvement=tolerance)
@@ -311,6 +325,23 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
     return path
 
 
+def enqueue_repeats(study: optuna.Study, train_seed: int, count: int = REPEATS, after: int = REPEAT_AFTER) -> bool:
+    """Once ``study`` has ``after`` COMPLETE trials, enqueue its best one's parameters
+    ``count`` times, with training seeds ``train_seed + 1`` onwards (user attribute
+    :data:`SEED_ATTR`); once per study (recorded in its user attributes, so a resumed
+    study does not repeat again). Returns whether it enqueued them now."""
+    if study.user_attrs.get("repeats_of") is not None:
+        return False
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < after:
+        return False
+    best = min(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
+    for i in range(count):
+        study.enqueue_trial(best.params, user_attrs={SEED_ATTR: train_seed + 1 + i, "repeat_of": best.number})
+    study.set_user_attr("repeats_of", best.number)
+    return True
+
+
 def target_met(gap_percent: float, steps_share: float) -> bool:
     """The live target (issue 3): a best final loss within 0.5% of the no-pruning arm's
     (``gap_percent``, positive when worse) with at most half its optimizer steps."""
@@ -385,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         study.set_user_attr("command", command)
         study.set_user_attr("seed", args.seed)
         t0 = time.perf_counter()
-        todo = args.trials - len(study.trials) if args.resume else args.trials
+        waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        todo = args.trials - (len(study.trials) - waiting) if args.resume else args.trials  # enqueued: to do
 
         def log(study: optuna.Study, trial: optuna.trial.FrozenTrial, arm: str = arm, t0: float = t0) -> None:
             value = f"{trial.value:.4f}" if trial.value is not None else "-"
@@ -395,8 +427,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
+        callbacks: list[Any] = [log]
+        if arm == "optlaws-regret-repeats":
+            callbacks.append(lambda study, _trial: enqueue_repeats(study, args.train_seed))
         if todo > 0:
-            study.optimize(objective, n_trials=todo, callbacks=[log], catch=())
+            study.optimize(objective, n_trials=todo, callbacks=callbacks, catch=())
         results[arm] = summarize(study)
     # keep the summaries of arms stored earlier in the same storage (e.g. run one arm at a time)
     for arm in ARMS:
