@@ -3,8 +3,8 @@ what pruning it cost.
 
 A pruner is only as good as the runs it should not have killed. Every PRUNED trial of the
 study is retrained from scratch with its recorded schedule and the study's training
-settings (same seed: the retrained prefix must reproduce the recorded reports, which the
-report checks), to the end of its schedule. For each it reports
+settings (same seed, or the trial's own for an enqueued repeat: the retrained prefix must
+reproduce the recorded reports, which the report checks), to the end of its schedule. For each it reports
 
 * where it was pruned and the pruner's predicted final loss there (its interval, from the
   trial's ``optlaws_pred_*`` attributes),
@@ -42,7 +42,7 @@ from optuna_optlaws import get_schedule
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, completed_final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import training_config
+from study import training_config, trial_config
 from tinylm import TinyLMConfig, default_device, train
 
 PREFIX_TOLERANCE = 1e-4
@@ -95,7 +95,7 @@ def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: i
                   if t.number < me.number and t.state == TrialState.COMPLETE]
         frontier = min((v for v in before if math.isfinite(v)), default=math.nan)
         curve: dict[int, float] = {}
-        res = train(schedule, cfg, on_eval=curve.__setitem__, device=device)
+        res = train(schedule, trial_config(cfg, me), on_eval=curve.__setitem__, device=device)
         assert not isinstance(res, tuple)
         gap = max((abs(curve[s] - v) for s, v in me.intermediate_values.items() if s in curve), default=math.inf)
         attrs = me.user_attrs

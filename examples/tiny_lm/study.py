@@ -130,9 +130,8 @@ def make_objective(steps: int, cfg: TinyLMConfig, space: SearchSpace, device: to
             trained = step + 1
             reporter.step(loss, step)
 
-        seed = trial.user_attrs.get(SEED_ATTR)  # an enqueued repeat trains under another seed
         try:
-            res = train(schedule, cfg if seed is None else replace(cfg, seed=int(seed)), on_eval=on_eval, device=device)
+            res = train(schedule, trial_config(cfg, trial), on_eval=on_eval, device=device)
         finally:
             trial.set_user_attr(STEPS_ATTR, trained)
         assert not isinstance(res, tuple)
@@ -323,6 +322,13 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
     path = out_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def trial_config(cfg: TinyLMConfig, trial: optuna.Trial | optuna.trial.FrozenTrial) -> TinyLMConfig:
+    """The training settings of ``trial``: ``cfg``, under the training seed of its user
+    attribute :data:`SEED_ATTR` when it has one (an enqueued repeat)."""
+    seed = trial.user_attrs.get(SEED_ATTR)
+    return cfg if seed is None else replace(cfg, seed=int(seed))
 
 
 def enqueue_repeats(study: optuna.Study, train_seed: int, count: int = REPEATS, after: int = REPEAT_AFTER) -> bool:
