@@ -60,9 +60,10 @@ def _run_noise(args: argparse.Namespace) -> int:
             "again with another seed (in a study: study.enqueue_trial(trial.params)) to measure its noise"
         )
     lo, hi = noise.interval(args.level)
+    schedules = f"{len(noise.sets)} schedule{'s' if len(noise.sets) > 1 else ''}"
+    freedom = f"{noise.df} degree{'s' if noise.df > 1 else ''} of freedom"
     print(f"run-to-run noise of the final loss: {noise.sd:.4f} nats (pooled standard deviation: {noise.runs} runs "
-          f"repeating {len(noise.sets)} schedules, {noise.df} degrees of freedom; {args.level:.0%} interval "
-          f"{lo:.4f}-{hi:.4f})")
+          f"repeating {schedules}, {freedom}; {args.level:.0%} interval {lo:.4f}-{hi:.4f})")
     print(f"OptLawsPruner(final_noise={noise.sd:.4f}) uses it; the default final_noise='auto' measures it the "
           "same way on a study's COMPLETE trials that repeat a schedule")
     return 0
