@@ -255,7 +255,8 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
         "",
         f"Storage: `{meta['storage']}` (one study per arm, `tiny_lm-<arm>`; open it with `optuna-dashboard`).",
         f"Each trial: {meta['steps']} optimizer steps of the tiny LM (N = {meta['model_size']} parameters,",
-        f"{meta['tokens_per_step']} bytes per step, seed {meta['train_seed']} in every trial); held-out loss",
+        f"{meta['tokens_per_step']} bytes per step, training seed {meta['train_seed']} in every trial but the "
+        f"enqueued repeats of `optlaws-regret-repeats`, whose seeds follow it); held-out loss",
         f"reported every {meta['eval_every']} steps; objective = final validation loss (nats/byte) on a",
         "larger fixed held-out set. Search space: "
         + ", ".join(f"{k}={v}" for k, v in meta["space"].items())
