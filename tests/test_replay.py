@@ -210,6 +210,8 @@ def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("optlaws:tolerance", "'tolerance' is not key=value"),
         ("optlaws:tolerance=-0.1", "tolerance='-0.1' must be a number of nats >= 0"),
         ("optlaws:margin=abc", "margin='abc' must be a number"),
+        ("optlaws:tolerance=auto", "tolerance='auto' must be a number"),  # only final_noise takes auto
+        ("optlaws:final_noise=often", "final_noise='often' must be a number"),
     ],
 )
 def test_cli_rejects_bad_pruner_arguments(
@@ -227,6 +229,10 @@ def test_optlaws_arguments_reach_the_pruner_and_the_results() -> None:
     group = group_curves(_synthetic())[0]
     pruner = make_pruner("optlaws:tolerance=0.02,margin=0", group)
     assert pruner._gates.tolerance == 0.02 and pruner._gates.margin == 0.0  # type: ignore[attr-defined]
+    assert pruner._gates.noise_from_repeats  # type: ignore[attr-defined]  # the default: final_noise="auto"
+    fixed = make_pruner("optlaws:final_noise=0.01", group)
+    assert not fixed._gates.noise_from_repeats and fixed._gates.final_noise == 0.01  # type: ignore[attr-defined]
+    assert make_pruner("optlaws:final_noise=auto", group)._gates.noise_from_repeats  # type: ignore[attr-defined]
     res = run_replay(_synthetic(), ["none", "optlaws:tolerance=0.02"], orders=1, progress=False)
     row = res["pruners"]["optlaws:tolerance=0.02"]
     assert row["settings"].startswith("OptLawsPruner(tolerance=0.02)")
