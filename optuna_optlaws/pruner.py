@@ -138,14 +138,13 @@ class OptLawsPruner(BasePruner):
         final_noise: float | Literal["auto"] = "auto",
     ) -> None:
         law_class(law, where="OptLawsPruner(law=...)")
-        auto_noise = isinstance(final_noise, str)
-        if auto_noise and final_noise != "auto":
+        auto_noise = final_noise == "auto"
+        if isinstance(final_noise, str) and not auto_noise:
             raise InputError(
                 f"OptLawsPruner: final_noise={final_noise!r} must be 'auto' or a finite number of nats >= 0"
             )
-        if auto_noise:
-            final_noise = 0.0
-        for name, value in (("margin", margin), ("tolerance", tolerance), ("final_noise", final_noise)):
+        noise_floor = 0.0 if auto_noise else final_noise
+        for name, value in (("margin", margin), ("tolerance", tolerance), ("final_noise", noise_floor)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise InputError(f"OptLawsPruner: {name}={value!r} must be a finite number of nats >= 0")
         if not (isinstance(min_reports, int) and min_reports >= 1):
@@ -162,7 +161,7 @@ class OptLawsPruner(BasePruner):
             raise InputError(f"OptLawsPruner: fallback={fallback!r} is not an Optuna pruner")
         self._gates = Gates(
             float(margin), min_reports, float(min_fraction), n_min_trials, bool(calibrate), tolerance=float(tolerance),
-            final_noise=float(final_noise),
+            final_noise=float(noise_floor),
             noise_from_repeats=auto_noise,
         )
         self._store = LawStore(

@@ -79,6 +79,14 @@ trades a bounded regret for steps, ``optlaws-ei`` also tells the sampler about t
 regret, ``optlaws-regret`` accepts the regret itself, ``optlaws-ei-regret`` does both and
 ``optlaws-regret-repeats`` retrains its best schedule under other seeds (see
 :func:`make_study`); they run only when asked."""
+OPTLAWS_ARMS = (
+    "optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret", "optlaws-ei-regret", "optlaws-regret-repeats",
+)
+"""The arms with OptLawsSampler and OptLawsPruner."""
+REGRET_ARMS = ("optlaws-regret", "optlaws-ei-regret", "optlaws-regret-repeats")
+"""Arms whose pruner accepts ``--tolerance`` nats of regret (tolerance = margin + it)."""
+EI_ARMS = ("optlaws-ei", "optlaws-ei-regret")
+"""Arms whose sampler asks for an improvement of ``--tolerance`` nats (expected improvement)."""
 REPEAT_AFTER = 5
 """COMPLETE trials after which the ``optlaws-regret-repeats`` arm enqueues its repeats."""
 REPEATS = 2
@@ -156,13 +164,16 @@ def make_study(
     live target allows (0.5% of the final loss); ``optlaws-ei-regret`` has that pruner and
     a sampler that asks for an improvement of ``tolerance`` nats."""
     name = f"tiny_lm-{arm}"
-    if arm in ("optlaws", "optlaws-tolerant", "optlaws-ei", "optlaws-regret", "optlaws-ei-regret",
-               "optlaws-regret-repeats"):
-        regret = arm in ("optlaws-regret", "optlaws-ei-regret", "optlaws-regret-repeats")
-        tol = 0.0 if arm == "optlaws" else DEFAULT_MARGIN + tolerance if regret else tolerance
+    if arm in OPTLAWS_ARMS:
+        if arm == "optlaws":
+            tol = 0.0
+        elif arm in REGRET_ARMS:
+            tol = DEFAULT_MARGIN + tolerance
+        else:
+            tol = tolerance
         sampler: optuna.samplers.BaseSampler = (
             OptLawsSampler(law, seed=seed, acquisition="ei", min_improvement=tolerance)
-            if arm in ("optlaws-ei", "optlaws-ei-regret")
+            if arm in EI_ARMS
             else OptLawsSampler(law, seed=seed)
         )
         pruner: optuna.pruners.BasePruner = OptLawsPruner(law, seed=seed, tolerance=tol)

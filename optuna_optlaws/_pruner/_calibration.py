@@ -46,9 +46,10 @@ process memory, keyed by the law's identity, the complete trial and the fraction
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,13 +57,12 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from optuna_optlaws._pruner._frontier import completed_final
+from optuna_optlaws._pruner._frontier import complete_in_group, completed_final
 from optuna_optlaws._repeats import RepeatNoise, repeat_key, repeat_noise
 from optuna_optlaws._residual_gp import FloatArray, ResidualModel, fit_residuals, schedule_descriptors
 from optuna_optlaws._study_state import (
     conditioned_final,
     readable_schedule,
-    same_group,
     trial_curve,
     trial_sizes,
 )
@@ -138,16 +138,8 @@ def calibration_trials(
     storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int
 ) -> list[FrozenTrial]:
     """The COMPLETE trials of ``group`` that calibrate a check (lowest numbers first)."""
-    out: list[FrozenTrial] = []
-    for t in trials:
-        if t.state != TrialState.COMPLETE or t.number == exclude_number:
-            continue
-        if not same_group(completed_final(storage, t)[0], group):
-            continue
-        out.append(t)
-        if len(out) >= MAX_CALIBRATION_TRIALS:
-            break
-    return out
+    return [t for t, _ in itertools.islice(complete_in_group(storage, trials, group, exclude_number),
+                                            MAX_CALIBRATION_TRIALS)]
 
 
 @dataclass(frozen=True)
@@ -278,8 +270,9 @@ MIN_NOISE_POINTS = 6
 """Reports past the initial transient a trial needs before its own point noise is measured."""
 
 
-_REPEAT_KEYS: weakref.WeakKeyDictionary[Any, dict[int, Hashable]] = weakref.WeakKeyDictionary()
-"""storage -> {trial id: :func:`~optuna_optlaws._repeats.repeat_key` of a COMPLETE trial}."""
+_REPEATS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], RepeatNoise]] = weakref.WeakKeyDictionary()
+"""storage -> {(group, ids of the study's COMPLETE trials): the group's run-to-run noise}:
+finished trials never change, so a check recomputes it only when a trial has completed."""
 
 
 def group_repeat_noise(storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...]) -> RepeatNoise:
@@ -287,22 +280,17 @@ def group_repeat_noise(storage: Any, trials: Sequence[FrozenTrial], group: tuple
     that repeat a schedule (:mod:`optuna_optlaws._repeats`; ``df`` 0 when none does):
     a schedule the user trained again, say with another seed
     (``study.enqueue_trial(trial.params)``)."""
-    keys = _REPEAT_KEYS.setdefault(storage, {})
-    runs: list[tuple[str, Hashable, float]] = []
-    for t in trials:
-        if t.state != TrialState.COMPLETE:
-            continue
-        trial_group, final = completed_final(storage, t)
-        if not same_group(trial_group, group):
-            continue
-        key = keys.get(t._trial_id)
-        if key is None:
-            schedule = readable_schedule(t)
-            if schedule is None:
-                continue
-            key = keys[t._trial_id] = repeat_key(schedule, *trial_sizes(t))
-        runs.append((f"trial {t.number}", key, final))
-    return repeat_noise(runs)
+    cache = _REPEATS.setdefault(storage, {})
+    key = (group, tuple(t._trial_id for t in trials if t.state == TrialState.COMPLETE))
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) > _MAX_CACHED:
+            cache.clear()
+        runs = [(f"trial {t.number}", repeat_key(schedule, *trial_sizes(t)), final)
+                for t, final in complete_in_group(storage, trials, group)
+                if (schedule := readable_schedule(t)) is not None]
+        hit = cache[key] = repeat_noise(runs)
+    return hit
 
 
 def point_noise(schedule: Schedule, steps: np.ndarray, losses: np.ndarray, recent: int = 8) -> float:

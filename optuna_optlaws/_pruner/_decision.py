@@ -165,12 +165,7 @@ def check(
             )
             if res.size >= MIN_CALIBRATION:
                 law_half = 0.5 * (hi - lo)
-                final_noise, measured = gates.final_noise, ""
-                if gates.noise_from_repeats:
-                    repeats = group_repeat_noise(storage, trials, group)
-                    final_noise = repeats.sd if repeats.df else 0.0
-                    if repeats.df:
-                        measured = f", run-to-run noise {repeats.sd:.4f} from {repeats.runs} runs repeating a schedule"
+                final_noise, measured = _final_noise(storage, trials, group, gates)
                 noise = max(point_noise(schedule, ok_steps, ok_losses), final_noise)
                 cal = calibrate(mean, law_sd, schedule, res, gates.level, noise, mean - lo, hi - mean)
                 out.calibrated = cal
@@ -197,6 +192,19 @@ def check(
             f"lower end above the frontier {front.value:.4f} ({front.source}) + margin {gates.margin:g}{tolerated}"
         )
     return out, seen
+
+
+def _final_noise(
+    storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], gates: Gates
+) -> tuple[float, str]:
+    """The run-to-run noise of a final loss (nats) that floors the calibrated spread, and
+    where it was measured (text for the prune reason; empty when set by hand or 0)."""
+    if not gates.noise_from_repeats:
+        return gates.final_noise, ""
+    repeats = group_repeat_noise(storage, trials, group)
+    if not repeats.df:
+        return 0.0, ""
+    return repeats.sd, f", run-to-run noise {repeats.sd:.4f} from {repeats.runs} runs repeating a schedule"
 
 
 def _far_above_group(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,19 @@ _RUNNING_MIN: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any]]] = weakr
 """storage -> {trial id: (report steps, running minimum of the finite losses)} of COMPLETE trials."""
 
 
+def complete_in_group(
+    storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int | None = None
+) -> Iterator[tuple[FrozenTrial, float]]:
+    """The COMPLETE trials of ``group`` among ``trials`` (in their order, leaving out trial
+    ``exclude_number``), each with its final loss (nats; NaN when not finite)."""
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.number == exclude_number:
+            continue
+        g, final = completed_final(storage, t)
+        if same_group(g, group):
+            yield t, final
+
+
 def group_floor(
     storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int, step: int
 ) -> tuple[float, int]:
@@ -83,12 +96,7 @@ def group_floor(
     reported by then (``inf, 0`` when none)."""
     cache = _RUNNING_MIN.setdefault(storage, {})
     best, n = math.inf, 0
-    for t in trials:
-        if t.state != TrialState.COMPLETE or t.number == exclude_number:
-            continue
-        g, _ = completed_final(storage, t)
-        if not same_group(g, group):
-            continue
+    for t, _ in complete_in_group(storage, trials, group, exclude_number):
         hit = cache.get(t._trial_id)
         if hit is None:
             steps, losses = raw_points(t)
