@@ -118,7 +118,7 @@ def test_law_is_refitted_only_when_the_data_changed(db_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------- processes
-def _in_process(url: str, n_trials: int) -> optuna.Study:
+def _in_process(url: str | optuna.storages.BaseStorage, n_trials: int) -> optuna.Study:
     sampler, pruner = make_components(TEST_LAW, 0)
     study = optuna.load_study(study_name="s", storage=url, sampler=sampler, pruner=pruner)
     run_study(study, n_trials)
@@ -147,6 +147,24 @@ def test_restarted_worker_makes_the_same_decisions(db_dir: Path) -> None:
     # (whether the law prunes this trial depends on the sampled runs: the pruner does not prune a
     # peak LR outside the complete runs' range; what is checked is that both workers agree)
     assert json.loads(_wait(out_fresh)) == json.loads(json.dumps(here)) and "optlaws_pred_lo" in here["attrs"]
+
+
+def test_journal_file_storage_gives_the_decisions_sqlite_gives(db_dir: Path) -> None:
+    """Optuna's journal file storage (its choice for many processes on a shared file
+    system): the same study, trial for trial, as on SQLite, the law stored in it too."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = JournalStorage(JournalFileBackend(str(db_dir / "journal.log")))
+    records = []
+    for storage in (f"sqlite:///{db_dir / 'sqlite.db'}", journal):
+        optuna.create_study(storage=storage, study_name="s")
+        study = _in_process(storage, 8)
+        records.append(study_record(study))
+    assert records[0] == records[1]
+    assert sum("optlaws_pred_final" in r["attrs"] for r in records[1]) >= 4  # the law was at work
+    stored = journal.get_study_system_attrs(journal.get_study_id_from_name("s"))
+    assert any(k.startswith(LAW_KEY_PREFIX) for k in stored)
 
 
 # ---------------------------------------------------------------------- PostgreSQL
