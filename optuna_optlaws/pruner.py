@@ -109,10 +109,7 @@ class OptLawsPruner(BasePruner):
             (enqueue a trial's params again and train it with another seed:
             ``study.enqueue_trial(study.best_trial.params)``), as the pooled standard
             deviation of their final losses (their last reports, the loss the law
-            predicts); not used (0) until some do. In this mode the law never prunes a
-            trial that repeats the schedule of a COMPLETE trial of its group (a divergence
-            still does): it is there to measure the noise, and pruning the repeats that
-            drift up would bias the measurement low. ``optlaws noise`` measures it on
+            predicts); not used (0) until some do. ``optlaws noise`` measures it on
             logged runs. ``0``: never used.
         calibrate: Calibrate the law's prediction on the group's COMPLETE trials (see
             :mod:`optuna_optlaws._pruner._calibration`): the law's error at the trial's

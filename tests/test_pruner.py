@@ -26,8 +26,6 @@ GOOD2 = Schedule.wsd(3e-3, TOTAL_STEPS, 30, 0.0, 0.3)
 GOOD3 = Schedule.linear(2.5e-3, TOTAL_STEPS, 30, 0.0)
 BAD = Schedule.constant(3e-4, TOTAL_STEPS, 30)
 """BAD ends about 0.45 nats above GOOD on the synthetic loss."""
-BAD_NEAR = Schedule.constant(3.1e-4, TOTAL_STEPS, 30)
-"""A schedule next to BAD, not a repeat of it."""
 
 
 def _pruner(**kw: object) -> OptLawsPruner:
@@ -343,13 +341,13 @@ def test_calibrated_interval_covers_held_out_runs_at_its_level() -> None:
     assert below / draws <= 0.1
 
 
-def _running_bad_trial(study: optuna.Study, schedule: Schedule = BAD) -> tuple[list[FrozenTrial], FrozenTrial]:
-    """A new RUNNING trial with the BAD schedule (or ``schedule``) and its first 15
-    reports; the study's trials and that trial."""
+def _running_bad_trial(study: optuna.Study) -> tuple[list[FrozenTrial], FrozenTrial]:
+    """A new RUNNING trial with the BAD schedule and its first 15 reports; the study's
+    trials and that trial."""
     trial = study.ask()
-    set_schedule(trial, schedule)
+    set_schedule(trial, BAD)
     steps = report_steps()
-    for s, loss in zip(steps[:15].tolist(), synth_loss(schedule, steps[:15]).tolist(), strict=True):
+    for s, loss in zip(steps[:15].tolist(), synth_loss(BAD, steps[:15]).tolist(), strict=True):
         trial.report(loss, s)
     trials = study.get_trials(deepcopy=False)
     return trials, trials[-1]
@@ -366,13 +364,12 @@ def test_calibrated_prune_reason_and_the_same_decision_without_memoised_residual
     # one complete run at that LR is not enough either (its own residual is in sample)
     assert _run(study, BAD)[0] == "COMPLETE"
     assert _run(study, BAD)[0] == "COMPLETE"
-    # now two complete runs bracket its peak LR from below: a third run there is pruned
-    # (a schedule next to BAD: an exact repeat of a complete trial's schedule is spared)
-    state, _step = _run(study, BAD_NEAR)
+    # now two complete runs bracket its peak LR from below: a third BAD run is pruned
+    state, _step = _run(study, BAD)
     assert state == "PRUNED"
     assert "calibrated on 5 complete trials" in study.trials[-1].user_attrs[PRUNE_REASON]
     # a running trial, checked by a warm and by a fresh worker (no memoised residuals)
-    trials, me = _running_bad_trial(study, BAD_NEAR)
+    trials, me = _running_bad_trial(study)
     decisions = []
     for _ in range(2):
         d, _seen = check(study._storage, trials, me, trial_schedule(me), pruner._gates,
@@ -394,9 +391,9 @@ def test_final_noise_is_a_floor_on_the_calibrated_interval() -> None:
 
     pruner = _pruner()
     study = _study_with_good_trials(pruner)
-    for schedule in (BAD, BAD, BAD_NEAR):
-        _run(study, schedule)  # as above: the third run is pruned on a calibrated interval
-    trials, me = _running_bad_trial(study, BAD_NEAR)
+    for _ in range(3):
+        _run(study, BAD)  # as above: the third BAD run is pruned on a calibrated interval
+    trials, me = _running_bad_trial(study)
 
     def decide(final_noise: float) -> Any:
         gates = replace(pruner._gates, final_noise=final_noise, noise_from_repeats=False)
@@ -433,7 +430,7 @@ def test_auto_final_noise_is_measured_on_complete_trials_that_repeat_a_schedule(
     independent runs) and trials of other schedules measure nothing."""
     from dataclasses import replace
 
-    from optuna_optlaws._pruner._calibration import group_repeats
+    from optuna_optlaws._pruner._calibration import group_repeat_noise
     from optuna_optlaws._pruner._decision import check
     from optuna_optlaws._study_state import group_key, trial_schedule
 
@@ -444,11 +441,11 @@ def test_auto_final_noise_is_measured_on_complete_trials_that_repeat_a_schedule(
     for _ in range(2):
         _run(study, BAD)  # the same synthetic curve twice: equal finals
     group = group_key(BAD, None, None)
-    before = group_repeats(study._storage, study.get_trials(deepcopy=False), group).noise
+    before = group_repeat_noise(study._storage, study.get_trials(deepcopy=False), group)
     assert before.df == 0 and before.identical == (("trial 3", "trial 4"),)
     _complete(study, BAD, synth_loss(BAD, report_steps()) + shift)  # the schedule again, another "seed"
-    trials, me = _running_bad_trial(study, BAD_NEAR)  # not a repeat: exact repeats are spared (below)
-    measured = group_repeats(study._storage, trials, group).noise
+    trials, me = _running_bad_trial(study)
+    measured = group_repeat_noise(study._storage, trials, group)
     expected = shift * math.sqrt(1 / 3)  # finals a, a, a + shift: (2 (shift/3)^2 + (2 shift/3)^2) / df 2
     assert measured.df == 2 and measured.sd == pytest.approx(expected) and measured.runs == 3
 
@@ -465,43 +462,6 @@ def test_auto_final_noise_is_measured_on_complete_trials_that_repeat_a_schedule(
     if shift == 0.3:  # the floor binds: a wider interval than without it
         assert auto.calibrated.spread > free.calibrated.spread and auto.calibrated.lo < free.calibrated.lo
     assert auto.prune and f"run-to-run noise {expected:.4f} from 3 runs repeating a schedule" in str(auto.reason)
-
-
-def test_auto_final_noise_spares_a_trial_that_repeats_a_complete_trials_schedule() -> None:
-    """With ``final_noise="auto"`` a trial whose schedule a COMPLETE trial of its group
-    already ran is a repeat that measures the noise: the law never prunes it (pruning the
-    repeats that drift up would bias the measurement low), though the same check prunes
-    a trial of a schedule next to it, and a fixed ``final_noise`` prunes the repeat too.
-    Its prediction is still recorded, and a diverging repeat is still pruned."""
-    from dataclasses import replace
-
-    from optuna_optlaws._pruner._decision import check
-    from optuna_optlaws._study_state import trial_schedule
-
-    pruner = _pruner()
-    study = _study_with_good_trials(pruner)
-    _complete(study, BAD, synth_loss(BAD, report_steps()))
-    _complete(study, BAD, synth_loss(BAD, report_steps()) + 0.02)  # another "seed"
-
-    def decide(schedule: Schedule, gates: Any) -> Any:
-        trials, me = _running_bad_trial(study, schedule)
-        out = check(study._storage, trials, me, trial_schedule(me), gates,
-                    lambda: pruner.law_store.get(study, trials), None)[0]
-        study.tell(me.number, state=optuna.trial.TrialState.PRUNED)
-        return out
-
-    near = decide(BAD_NEAR, pruner._gates)
-    repeat = decide(BAD, pruner._gates)
-    fixed = decide(BAD, replace(pruner._gates, final_noise=0.01, noise_from_repeats=False))
-    assert near.prune and fixed.prune
-    assert not repeat.prune and repeat.pred is not None and repeat.calibrated is not None
-    assert repeat.pred[1] > repeat.frontier.value + pruner._gates.threshold  # it would have been pruned
-    assert _run(study, BAD)[0] == "COMPLETE"  # end to end, through should_prune
-    assert PRED_FINAL in study.trials[-1].user_attrs
-    losses = synth_loss(BAD, report_steps()).copy()
-    losses[20] = math.nan
-    assert _run(study, BAD, losses)[0] == "PRUNED"
-    assert study.trials[-1].user_attrs[PRUNE_REASON].startswith("diverged")
 
 
 def test_never_prunes_on_the_last_step_of_the_schedule() -> None:
@@ -527,15 +487,13 @@ def test_a_run_that_never_trains_is_pruned_as_diverged_even_outside_the_checked_
 
 
 def test_tolerance_prunes_a_run_that_could_only_tie_the_best() -> None:
-    # a run next to a COMPLETE one (its peak LR 1% higher; an exact repeat would be spared
-    # to measure the noise): its interval straddles the frontier, so the default pruner
+    # a copy of a COMPLETE run: its interval straddles the frontier, so the default pruner
     # keeps it, while a pruner told that 0.2 nats of regret are acceptable prunes it early
     steps = report_steps()
-    near = Schedule.wsd(3.03e-3, TOTAL_STEPS, 30, 0.0, 0.3)
     strict = _study_with_good_trials(_pruner())
-    assert _run(strict, near, synth_loss(near, steps))[0] == "COMPLETE"
+    assert _run(strict, GOOD2, synth_loss(GOOD2, steps))[0] == "COMPLETE"
     tolerant = _study_with_good_trials(_pruner(tolerance=0.2))
-    state, step = _run(tolerant, near, synth_loss(near, steps))
+    state, step = _run(tolerant, GOOD2, synth_loss(GOOD2, steps))
     assert state == "PRUNED" and step < TOTAL_STEPS // 2
     pruned = tolerant.trials[-1]
     best = min(t.value for t in tolerant.trials if t.value is not None)

@@ -99,7 +99,7 @@ def test_an_enqueued_trial_repeats_the_schedule_the_pruner_measures() -> None:
     """``study.enqueue_trial(trial.params)`` gives the same schedule again, with either
     sampler, so the default ``final_noise="auto"`` finds the repeat."""
     from optuna_optlaws import OptLawsSampler, suggest_schedule
-    from optuna_optlaws._pruner._calibration import group_repeats
+    from optuna_optlaws._pruner._calibration import group_repeat_noise
     from optuna_optlaws._study_state import group_key, readable_schedule
 
     for sampler in (optuna.samplers.TPESampler(seed=0), OptLawsSampler(seed=0)):
@@ -116,5 +116,5 @@ def test_an_enqueued_trial_repeats_the_schedule_the_pruner_measures() -> None:
         study.optimize(objective, n_trials=1)
         first, again = (readable_schedule(t) for t in study.trials)
         assert first is not None and first == again
-        noise = group_repeats(study._storage, study.get_trials(deepcopy=False), group_key(first, None, None)).noise
+        noise = group_repeat_noise(study._storage, study.get_trials(deepcopy=False), group_key(first, None, None))
         assert noise.sets == (("trial 0", "trial 1"),) and noise.sd == pytest.approx(0.01 / math.sqrt(2))

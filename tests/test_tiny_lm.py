@@ -118,7 +118,7 @@ def test_repeats_arm_retrains_its_best_trial_under_other_seeds(tmp_path: Path) -
     """``optlaws-regret-repeats``: after REPEAT_AFTER complete trials the best is enqueued
     REPEATS times with other training seeds, which train differently, so the pruner's
     default ``final_noise="auto"`` finds the repeats (trained end to end, toy model)."""
-    from optuna_optlaws._pruner._calibration import group_repeats
+    from optuna_optlaws._pruner._calibration import group_repeat_noise
     from optuna_optlaws._study_state import group_key, readable_schedule, trial_sizes
 
     study_mod = _study_module()
@@ -146,7 +146,7 @@ def test_repeats_arm_retrains_its_best_trial_under_other_seeds(tmp_path: Path) -
     assert len(finals) == 3  # other seeds, other losses
     schedule = readable_schedule(trials[best])
     assert schedule is not None
-    noise = group_repeats(study._storage, trials, group_key(schedule, *trial_sizes(trials[best]))).noise
+    noise = group_repeat_noise(study._storage, trials, group_key(schedule, *trial_sizes(trials[best])))
     assert noise.df == 2 and noise.sets == ((f"trial {best}", *(f"trial {t.number}" for t in repeats)),)
 
 

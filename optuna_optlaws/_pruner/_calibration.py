@@ -49,7 +49,7 @@ import functools
 import itertools
 import math
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -270,26 +270,16 @@ MIN_NOISE_POINTS = 6
 """Reports past the initial transient a trial needs before its own point noise is measured."""
 
 
-@dataclass(frozen=True)
-class GroupRepeats:
-    """What the COMPLETE trials of a group say about repeated schedules: their run-to-run
-    noise and the repeat keys (:func:`~optuna_optlaws._repeats.repeat_key`) of all of them,
-    to tell a trial that repeats one of their schedules."""
-
-    noise: RepeatNoise
-    keys: frozenset[Hashable]
+_REPEATS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], RepeatNoise]] = weakref.WeakKeyDictionary()
+"""storage -> {(group, ids of the study's COMPLETE trials): the group's run-to-run noise}:
+finished trials never change, so a check recomputes it only when a trial has completed."""
 
 
-_REPEATS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], GroupRepeats]] = weakref.WeakKeyDictionary()
-"""storage -> {(group, ids of the study's COMPLETE trials): the group's repeats}: finished
-trials never change, so a check recomputes them only when a trial has completed."""
-
-
-def group_repeats(storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...]) -> GroupRepeats:
+def group_repeat_noise(storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...]) -> RepeatNoise:
     """Run-to-run noise of a final loss (nats) measured on the COMPLETE trials of ``group``
     that repeat a schedule (:mod:`optuna_optlaws._repeats`; ``df`` 0 when none does):
     a schedule the user trained again, say with another seed
-    (``study.enqueue_trial(trial.params)``); and the keys of all their schedules."""
+    (``study.enqueue_trial(trial.params)``)."""
     cache = _REPEATS.setdefault(storage, {})
     key = (group, tuple(t._trial_id for t in trials if t.state == TrialState.COMPLETE))
     hit = cache.get(key)
@@ -299,7 +289,7 @@ def group_repeats(storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any,
         runs = [(f"trial {t.number}", repeat_key(schedule, *trial_sizes(t)), final)
                 for t, final in complete_in_group(storage, trials, group)
                 if (schedule := readable_schedule(t)) is not None]
-        hit = cache[key] = GroupRepeats(repeat_noise(runs), frozenset(k for _, k, _ in runs))
+        hit = cache[key] = repeat_noise(runs)
     return hit
 
 

@@ -24,12 +24,11 @@ from optuna_optlaws._pruner._calibration import (
     calibration_trials,
     covered,
     fraction_bucket,
-    group_repeats,
+    group_repeat_noise,
     point_noise,
     residuals,
 )
 from optuna_optlaws._pruner._frontier import FAR_ABOVE, Frontier, frontier, group_floor, has_evidence
-from optuna_optlaws._repeats import repeat_key
 from optuna_optlaws._study_state import LawState, group_key, raw_points, trial_sizes, usable_points
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import detect_divergence
@@ -185,10 +184,6 @@ def check(
         return out, seen
     if extrapolated:  # a peak LR outside the complete runs' range: the law's error there is unknown
         return out, seen
-    if gates.noise_from_repeats and repeat_key(schedule, model_size, tokens_per_step) in (
-        group_repeats(storage, trials, group).keys
-    ):  # a repeat measures the run-to-run noise: pruning those that drift up would bias it low
-        return out, seen
     if lo > front.value + gates.threshold and seen.last_step < total - 1:  # a finished run saves nothing
         out.prune = True
         tolerated = f" - tolerance {gates.tolerance:g}" if gates.tolerance else ""
@@ -206,7 +201,7 @@ def _final_noise(
     where it was measured (text for the prune reason; empty when set by hand or 0)."""
     if not gates.noise_from_repeats:
         return gates.final_noise, ""
-    repeats = group_repeats(storage, trials, group).noise
+    repeats = group_repeat_noise(storage, trials, group)
     if not repeats.df:
         return 0.0, ""
     return repeats.sd, f", run-to-run noise {repeats.sd:.4f} from {repeats.runs} runs repeating a schedule"
