@@ -168,6 +168,25 @@ def test_diverged_points_are_ignored_in_fitting(klass: type[ParametricLaw]) -> N
     assert a.fitted_on[0]["points"] == keep[0].steps.size
 
 
+@pytest.mark.parametrize("klass", [MultiPowerLaw, MomentumLaw])
+def test_curves_logged_from_step_0_of_a_warmup_from_lr_0(klass: type[ParametricLaw]) -> None:
+    """Logs often start at step 0, where a warmup from LR 0 has trained on no LR area:
+    the fit takes them (the multi-power law's initial guesses once took the log of that
+    zero area and failed in least squares)."""
+    gen = _with_params(klass(), MPL_TRUE if klass is MultiPowerLaw else MOM_TRUE)
+    curves = []
+    for rid, sched in TRAIN.items():
+        steps = np.arange(0, sched.total_steps, 100)
+        assert sched.lr_at(np.array([0.0]))[0] == 0.0
+        mean = gen._predict_loss(gen.posterior.theta, schedule_features(sched), steps)  # type: ignore[union-attr]
+        curves.append(Curve(rid, sched, steps, mean, model_size=1e8))
+    law = klass()
+    law.loco = False  # type: ignore[attr-defined]  # not under test here; saves time
+    law.fit(curves)
+    pred = law.predict(HELD["wsd"], [0, 3000, 5999], model_size=1e8)
+    assert np.all(np.isfinite(pred.mean)) and np.all(np.isfinite(pred.lo)) and np.all(np.isfinite(pred.hi))
+
+
 @pytest.mark.parametrize("name", ["multipower", "momentum"])
 def test_one_model_size_only(name: str) -> None:
     gen = _with_params(make_law(name), MPL_TRUE if name == "multipower" else MOM_TRUE)  # type: ignore[arg-type]

@@ -222,7 +222,7 @@ class MultiPowerLaw(ParametricLaw):
     def _initial_guesses(self, obs: Observations, feats: Sequence[ScheduleFeatures]) -> list[list[float]]:
         peak = max(f.peak_lr for f in feats)
         peak = peak if peak > 0 else _REF_PEAK
-        s1 = np.concatenate([f.s1[obs.of(i)[0]] for i, f in enumerate(feats)])
+        s1 = np.concatenate([_area(f, obs.of(i)[0]) for i, f in enumerate(feats)])  # floored: a report at step 0
         gap = np.concatenate([peak - f.eta[obs.of(i)[0]] for i, f in enumerate(feats)])
         y_min = float(obs.losses.min())
         log_y = np.log(obs.losses)
