@@ -27,9 +27,11 @@ from _study_helpers import (
     make_components,
     report_steps,
     run_study,
+    schedule_objective,
     study_record,
     synth_loss,
 )
+from optuna.trial import TrialState
 
 from optuna_optlaws import Schedule, set_schedule
 from optuna_optlaws._study_state import _MEMORY, LAW_KEY_PREFIX, LawStore
@@ -165,6 +167,25 @@ def test_journal_file_storage_gives_the_decisions_sqlite_gives(db_dir: Path) -> 
     assert sum("optlaws_pred_final" in r["attrs"] for r in records[1]) >= 4  # the law was at work
     stored = journal.get_study_system_attrs(journal.get_study_id_from_name("s"))
     assert any(k.startswith(LAW_KEY_PREFIX) for k in stored)
+
+
+def test_threads_of_one_process_share_a_sqlite_study(db_dir: Path) -> None:
+    """``study.optimize(n_jobs=3)``: the sampler and pruner (and their in-process caches)
+    serve three threads at once: no trial fails, each pruned one says why, and the
+    fitted law is in the storage."""
+    from optuna_optlaws._pruner._frontier import PRUNE_REASON
+
+    url = f"sqlite:///{db_dir / 'threads.db'}"
+    sampler, pruner = make_components(TEST_LAW, 0)
+    study = optuna.create_study(storage=url, study_name="t", sampler=sampler, pruner=pruner)
+    study.optimize(schedule_objective(every=25), n_trials=12, n_jobs=3, catch=())
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert len(trials) == 12 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
+    assert all(PRUNE_REASON in t.user_attrs for t in trials if t.state == TrialState.PRUNED)
+    assert any("optlaws_pred_final" in t.user_attrs for t in trials)  # the law was at work
+    stored = study._storage.get_study_system_attrs(study._study_id)[LAW_KEY_PREFIX + TEST_LAW]
+    assert stored["law"] is not None
 
 
 # ---------------------------------------------------------------------- PostgreSQL
