@@ -192,6 +192,31 @@ def test_a_law_that_cannot_score_falls_back_to_sobol(monkeypatch: pytest.MonkeyP
     assert study.trials[-1].system_attrs[PROPOSAL_KEY]["source"] == "startup"
 
 
+def test_candidates_the_law_cannot_score_are_left_out_not_the_law(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A law may predict nothing finite for part of the space (a fit whose annealing term
+    sends the loss below 0 there): those candidates drop out, and the proposal is still
+    the law's, residual GP included, rather than a Sobol point for every trial."""
+    from optuna_optlaws.laws import Prediction
+    from optuna_optlaws.laws.momentum import MomentumLaw
+
+    real = MomentumLaw.predict_final
+    limit = 1e-2
+
+    def partly(self: MomentumLaw, schedules: list[Any], **kwargs: Any) -> Prediction:
+        out = real(self, schedules, **kwargs)
+        lost = np.array([s.peak_lr > limit for s in schedules])
+        return Prediction(*(np.where(lost, np.nan, a) for a in out))
+
+    monkeypatch.setattr(MomentumLaw, "predict_final", partly)
+    study = optuna.create_study(sampler=_sampler(), pruner=optuna.pruners.NopPruner())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot score schedules" fallback
+        study.optimize(schedule_objective(), n_trials=9)
+    sources = [t.system_attrs[PROPOSAL_KEY]["source"] for t in study.trials[3:]]
+    assert set(sources) <= {"law:lcb", "law+residual-gp:lcb"} and "law+residual-gp:lcb" in sources, sources
+    assert all(_peak(t) <= limit for t in study.trials[3:])
+
+
 def _peak(t: optuna.trial.FrozenTrial) -> float:
     return float(next(v for k, v in t.params.items() if k.endswith("peak_lr")))
 

@@ -125,7 +125,11 @@ def propose(
             cand_x,
         )
         if model is not None:
-            mu, sd = model.predict(cand_x, sigma)
+            # a candidate the law cannot score (NaN) stays out of the GP, not the others
+            scored = np.isfinite(mean) & np.isfinite(sigma)
+            mu, sd = np.full(n, np.nan), np.full(n, np.nan)
+            if scored.any():
+                mu[scored], sd[scored] = model.predict(cand_x[scored], sigma[scored])
             mean, sigma = mean + mu, sd
             source = f"law+residual-gp:{acquisition}"
     ok = np.isfinite(mean) & np.isfinite(sigma)
