@@ -19,6 +19,7 @@ any other parameter::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +91,7 @@ def suggest_schedule(
     _set_sizes(trial, model_size, tokens_per_step)  # before suggesting: the sampler reads them
     _set_trial_attr(trial, SPACE_KEY, space.to_dict())
     _register_study_space(trial, space)
+    _drop_invalid_enqueued(trial, space)
     values = space.fixed_values()
     field_of = {space.param(f): f for f in values}
     for pname, dist in space.distributions(None).items():
@@ -99,6 +101,37 @@ def suggest_schedule(
     schedule = space.build(values)
     set_schedule(trial, schedule, model_size=model_size, tokens_per_step=tokens_per_step)
     return schedule
+
+
+def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
+    """Drop the enqueued (``study.enqueue_trial``) values of ``trial``'s schedule
+    parameters that no schedule of ``space`` can take: a family not in the space, a
+    peak LR that is not a positive number, a cooldown fraction outside [0, 1]. The sampler
+    chooses those instead, so the trial runs; what was dropped is recorded on the trial
+    (user attribute ``optlaws_warning``) and warned. A valid value merely outside the
+    search range is kept, as Optuna keeps it (with its own warning)."""
+    fixed = getattr(trial, "_fixed_params", None)
+    if not (isinstance(trial, optuna.Trial) and isinstance(fixed, dict) and fixed):
+        return
+    notes = []
+    for family in space.families:
+        for pname, dist in space.all_distributions(family).items():
+            if pname not in fixed:
+                continue
+            values = {**space.fixed_values(), "family": family, pname[len(space.name) + 1 :]: fixed[pname]}
+            try:
+                dist.to_internal_repr(fixed[pname])
+                space.build(values)
+            except (ValueError, TypeError) as exc:
+                why = " ".join(str(exc).split())
+                notes.append(f"enqueued {pname}={fixed.pop(pname)!r} ignored ({why}): the sampler chose it")
+    if notes:
+        from optuna_optlaws._pruner._frontier import WARNING  # where the pruner's notes go too
+
+        stored = trial.user_attrs.get(WARNING)
+        text = "; ".join([stored, *notes] if isinstance(stored, str) and stored else notes)
+        trial.set_user_attr(WARNING, text)
+        warnings.warn(f"suggest_schedule: trial {trial.number}: {'; '.join(notes)}", stacklevel=3)
 
 
 def set_schedule(

@@ -130,3 +130,32 @@ def test_space_is_stored_before_parameters_are_suggested() -> None:
     study = optuna.create_study(sampler=Spy(seed=0))
     suggest_schedule(study.ask(), total_steps=100)
     assert seen and all(seen)
+
+
+def test_enqueued_values_no_schedule_can_take_are_dropped_and_said_so(tmp_path: Path) -> None:
+    """``study.enqueue_trial`` with a family not in the space, a negative peak LR and a
+    cooldown fraction of 2: the trial still runs (the sampler chooses those three), the
+    valid enqueued values are kept, and the trial says what was dropped; a valid value
+    merely outside the range is kept, as Optuna keeps it."""
+    study = _study(f"sqlite:///{tmp_path / 'q.db'}")
+    space = {"total_steps": 600, "peak_lr": (1e-4, 1e-2), "warmup_steps": (0, 40)}
+    study.enqueue_trial({"lr_family": "nosuch", "lr_peak_lr": 2e-3, "lr_warmup_steps": 7})
+    study.enqueue_trial({"lr_family": "wsd", "lr_peak_lr": -1e-3, "lr_cooldown_fraction": 2.0,
+                         "lr_warmup_steps": 9})
+    study.enqueue_trial({"lr_family": "cosine", "lr_peak_lr": 0.05})  # outside the range, valid
+    for _ in range(3):
+        trial = study.ask()
+        with pytest.warns(UserWarning):
+            schedule = suggest_schedule(trial, **space)
+        study.tell(trial, 1.0)
+        assert get_schedule(study.trials[trial.number]) == schedule
+    first, second, third = study.trials
+    assert first.params["lr_family"] in ("cosine", "wsd", "linear", "constant")
+    assert (first.params["lr_peak_lr"], first.params["lr_warmup_steps"]) == (2e-3, 7)
+    assert first.user_attrs["optlaws_warning"].startswith("enqueued lr_family='nosuch' ignored")
+    assert second.params["lr_family"] == "wsd" and second.params["lr_warmup_steps"] == 9
+    assert 1e-4 <= second.params["lr_peak_lr"] <= 1e-2 and 0 <= second.params["lr_cooldown_fraction"] <= 1
+    warning = second.user_attrs["optlaws_warning"]
+    assert "lr_peak_lr=-0.001 ignored" in warning and "lr_cooldown_fraction=2.0 ignored" in warning
+    assert ";" in warning and "\n" not in warning
+    assert third.params["lr_peak_lr"] == 0.05 and "optlaws_warning" not in third.user_attrs
