@@ -2,7 +2,8 @@
 
 ``publish_dashboard(study)`` writes three plotly figures into the study's storage with
 ``optuna_dashboard.save_plotly_graph_object`` (optuna-dashboard shows four cards on the
-study's page) and a Markdown note on each trial the pruner predicted or pruned::
+study's page) and a Markdown note on each trial the pruner predicted, pruned or warned
+about (bad input it ignored)::
 
     study.optimize(objective, n_trials=50, callbacks=[OptLawsDashboardCallback(every=5)])
     publish_dashboard(study)            # or once at the end
@@ -97,7 +98,7 @@ def resolve_law(study: optuna.Study, law: Law | None, trials: Sequence[TrialCurv
 
 
 def _trial_note(t: TrialCurve) -> str | None:
-    if t.pred_final is None and t.prune_reason is None:
+    if t.pred_final is None and t.prune_reason is None and t.warning is None:
         return None
     lines = [f"### Opt-Law, trial {t.number}", ""]
     if t.pred_final is not None:
@@ -109,6 +110,8 @@ def _trial_note(t: TrialCurve) -> str | None:
         last = t.last_loss
         at = f" at step {t.curve.last_step} (loss {last:.4f} nats)" if math.isfinite(last) else ""
         lines.append(f"Pruned{at}: {t.prune_reason}")
+    if t.warning is not None:
+        lines += ["", f"Ignored, never pruned on: {t.warning}"]
     return "\n".join(lines)
 
 

@@ -32,6 +32,10 @@ def runs() -> list[Curve]:
     return [Curve(c.run_id, c.schedule, c.steps[::4], c.losses[::4], model_size=c.model_size) for c in curves]
 
 
+IGNORED = "no new report since the last check at step 40 (repeated step?)"
+"""A warning of the pruner's, as it records it on a trial."""
+
+
 def _plots(study: optuna.Study) -> dict[str, dict]:
     from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
@@ -52,6 +56,8 @@ def _make_study(runs: list[Curve], storage: str | None = None) -> optuna.Study:
         trial.set_user_attr("optlaws_pred_final", c.final_loss + 0.002)
         trial.set_user_attr("optlaws_pred_lo", c.final_loss - 0.01)
         trial.set_user_attr("optlaws_pred_hi", c.final_loss + 0.014)
+        if i == 1:
+            trial.set_user_attr("optlaws_warning", IGNORED)
         if i == 0:
             trial.set_user_attr("optlaws_prune_reason", REASON)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -107,7 +113,9 @@ def test_publish_writes_four_figures_and_notes(runs: list[Curve]) -> None:
     assert "reported losses inside the 90% band" in table
 
     note = get_note(optuna.Trial(study, study.trials[0]._trial_id))
-    assert REASON in note and "Predicted final loss" in note
+    assert REASON in note and "Predicted final loss" in note and "Ignored" not in note
+    note = get_note(optuna.Trial(study, study.trials[1]._trial_id))  # bad input the pruner ignored
+    assert f"Ignored, never pruned on: {IGNORED}" in note and "Pruned" not in note
 
 
 def test_params_table_marks_a_parameter_on_its_bound(runs: list[Curve]) -> None:

@@ -6,16 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING
 from optuna_optlaws.curves import Curve
 
 if TYPE_CHECKING:
     import optuna
 
-PRED_ATTRS = ("optlaws_pred_final", "optlaws_pred_lo", "optlaws_pred_hi")
+PRED_ATTRS = (PRED_FINAL, PRED_LO, PRED_HI)
 """User attributes where the pruner records its latest predicted final loss (nats)."""
-
-REASON_ATTR = "optlaws_prune_reason"
-"""User attribute where the pruner records why it pruned a trial."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +28,8 @@ class TrialCurve:
     value: float | None
     pred_final: tuple[float, float, float] | None
     prune_reason: str | None
+    warning: str | None = None
+    """Bad input recorded on the trial and ignored (a repeated step, a dropped enqueued value)."""
 
     @property
     def label(self) -> str:
@@ -62,7 +62,8 @@ def trial_curves(study: optuna.Study) -> list[TrialCurve]:
             continue
         preds = [_float_or_none(t.user_attrs.get(k)) for k in PRED_ATTRS]
         pred = (preds[0], preds[1], preds[2]) if all(p is not None for p in preds) else None
-        reason = t.user_attrs.get(REASON_ATTR)
+        reason = t.user_attrs.get(PRUNE_REASON)
+        warning = t.user_attrs.get(WARNING)
         out.append(
             TrialCurve(
                 number=t.number,
@@ -72,6 +73,7 @@ def trial_curves(study: optuna.Study) -> list[TrialCurve]:
                 value=_float_or_none(t.value) if t.values is not None and len(t.values) == 1 else None,
                 pred_final=pred,  # type: ignore[arg-type]
                 prune_reason=None if reason is None else str(reason),
+                warning=None if warning is None else str(warning),
             )
         )
     return out
