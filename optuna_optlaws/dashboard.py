@@ -111,7 +111,7 @@ def _trial_note(t: TrialCurve) -> str | None:
         at = f" at step {t.curve.last_step} (loss {last:.4f} nats)" if math.isfinite(last) else ""
         lines.append(f"Pruned{at}: {t.prune_reason}")
     if t.warning is not None:
-        lines += ["", f"Ignored, never pruned on: {t.warning}"]
+        lines += ["", f"Bad input, ignored: {t.warning}"]
     return "\n".join(lines)
 
 

@@ -113,9 +113,9 @@ def test_publish_writes_four_figures_and_notes(runs: list[Curve]) -> None:
     assert "reported losses inside the 90% band" in table
 
     note = get_note(optuna.Trial(study, study.trials[0]._trial_id))
-    assert REASON in note and "Predicted final loss" in note and "Ignored" not in note
+    assert REASON in note and "Predicted final loss" in note and "Bad input" not in note
     note = get_note(optuna.Trial(study, study.trials[1]._trial_id))  # bad input the pruner ignored
-    assert f"Ignored, never pruned on: {IGNORED}" in note and "Pruned" not in note
+    assert f"Bad input, ignored: {IGNORED}" in note and "Pruned" not in note
 
 
 def test_params_table_marks_a_parameter_on_its_bound(runs: list[Curve]) -> None:
