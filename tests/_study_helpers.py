@@ -117,6 +117,20 @@ def check_trial(study: optuna.Study, pruner: optuna.pruners.BasePruner, number: 
     return {"prune": decision, "attrs": storage.get_trial(trial._trial_id).user_attrs}
 
 
+JOURNAL_PREFIX = "journal:"
+"""A storage given as ``journal:PATH`` is Optuna's journal file storage on ``PATH``."""
+
+
+def open_storage(spec: str) -> str | optuna.storages.BaseStorage:
+    """The storage a worker opens: an RDB URL as is, ``journal:PATH`` as a journal file."""
+    if spec.startswith(JOURNAL_PREFIX):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(spec[len(JOURNAL_PREFIX) :]))
+    return spec
+
+
 def _main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser()
@@ -135,11 +149,12 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "run":
         sampler, pruner = make_components(args.law, args.seed)
-        study = optuna.load_study(study_name=args.study, storage=args.storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage), sampler=sampler,
+                                  pruner=pruner)
         run_study(study, args.n_trials)
         return 0
     _, pruner = make_components(args.law, 0)
-    study = optuna.load_study(study_name=args.study, storage=args.storage, pruner=pruner)
+    study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage), pruner=pruner)
     print(json.dumps(check_trial(study, pruner, args.trial), sort_keys=True))
     return 0
 

@@ -21,10 +21,12 @@ import numpy as np
 import optuna
 import pytest
 from _study_helpers import (
+    JOURNAL_PREFIX,
     TEST_LAW,
     TOTAL_STEPS,
     check_trial,
     make_components,
+    open_storage,
     report_steps,
     run_study,
     schedule_objective,
@@ -69,7 +71,7 @@ def _wait(proc: subprocess.Popen[str], timeout: float = 240) -> str:
 
 def _running_bad_trial(url: str, study_name: str, n_reports: int = 12) -> int:
     """A RUNNING trial with a poor schedule and ``n_reports`` reports; its number."""
-    study = optuna.load_study(study_name=study_name, storage=url)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     trial = study.ask()
     set_schedule(trial, BAD)
     steps = report_steps()[:n_reports]
@@ -120,7 +122,7 @@ def test_law_is_refitted_only_when_the_data_changed(db_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------- processes
-def _in_process(url: str | optuna.storages.BaseStorage, n_trials: int) -> optuna.Study:
+def _in_process(url: str, n_trials: int) -> optuna.Study:
     sampler, pruner = make_components(TEST_LAW, 0)
     study = optuna.load_study(study_name="s", storage=url, sampler=sampler, pruner=pruner)
     run_study(study, n_trials)
@@ -151,22 +153,10 @@ def test_restarted_worker_makes_the_same_decisions(db_dir: Path) -> None:
     assert json.loads(_wait(out_fresh)) == json.loads(json.dumps(here)) and "optlaws_pred_lo" in here["attrs"]
 
 
-def test_journal_file_storage_gives_the_decisions_sqlite_gives(db_dir: Path) -> None:
+def test_two_workers_on_a_journal_file_share_the_law_and_agree(db_dir: Path) -> None:
     """Optuna's journal file storage (its choice for many processes on a shared file
-    system): the same study, trial for trial, as on SQLite, the law stored in it too."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal = JournalStorage(JournalFileBackend(str(db_dir / "journal.log")))
-    records = []
-    for storage in (f"sqlite:///{db_dir / 'sqlite.db'}", journal):
-        optuna.create_study(storage=storage, study_name="s")
-        study = _in_process(storage, 8)
-        records.append(study_record(study))
-    assert records[0] == records[1]
-    assert sum("optlaws_pred_final" in r["attrs"] for r in records[1]) >= 4  # the law was at work
-    stored = journal.get_study_system_attrs(journal.get_study_id_from_name("s"))
-    assert any(k.startswith(LAW_KEY_PREFIX) for k in stored)
+    system), as on PostgreSQL below."""
+    _two_workers_share_the_law_and_agree(f"{JOURNAL_PREFIX}{db_dir / 'journal.log'}", "journal")
 
 
 def test_threads_of_one_process_share_a_sqlite_study(db_dir: Path) -> None:
@@ -235,12 +225,19 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_two_workers_on_postgresql_share_the_law_and_agree(postgres_url: str) -> None:
-    optuna.create_study(storage=postgres_url, study_name="pg")
+    _two_workers_share_the_law_and_agree(postgres_url, "pg")
+
+
+def _two_workers_share_the_law_and_agree(spec: str, name: str) -> None:
+    """Two worker processes (sampler seeds 0 and 1) run 5 trials each on the storage
+    ``spec`` (a URL or ``journal:PATH``): every trial finishes, the law is stored, and a
+    fresh process and this one judge a running trial alike."""
+    optuna.create_study(storage=open_storage(spec), study_name=name)
     t0 = time.time()
-    workers = [_worker("run", postgres_url, "pg", "5", "--seed", str(seed)) for seed in (0, 1)]
+    workers = [_worker("run", spec, name, "5", "--seed", str(seed)) for seed in (0, 1)]
     for w in workers:
         _wait(w)
-    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    study = optuna.load_study(study_name=name, storage=open_storage(spec))
     trials = study.get_trials()
     assert len(trials) == 10 and all(t.state.is_finished() for t in trials), time.time() - t0
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
@@ -250,10 +247,10 @@ def test_two_workers_on_postgresql_share_the_law_and_agree(postgres_url: str) ->
     # a fresh worker process and this one judge the same running trial alike
     # near its end (29 of 31 reports), so that the decision does not hinge on how far the
     # law, fitted on whatever the two workers happened to run, extrapolates to its schedule
-    number = _running_bad_trial(postgres_url, "pg", n_reports=29)
-    fresh = json.loads(_wait(_worker("check", postgres_url, "pg", str(number))))
+    number = _running_bad_trial(spec, name, n_reports=29)
+    fresh = json.loads(_wait(_worker("check", spec, name, str(number))))
     _, pruner = make_components(TEST_LAW, 0)
-    here = check_trial(optuna.load_study(study_name="pg", storage=postgres_url), pruner, number)
+    here = check_trial(optuna.load_study(study_name=name, storage=open_storage(spec)), pruner, number)
     # (whether the law prunes it depends on the runs the workers sampled: the pruner does not
     # prune a peak LR outside the complete runs' range; what is checked is that they agree)
     assert fresh == json.loads(json.dumps(here)) and "optlaws_pred_lo" in fresh["attrs"], (
