@@ -197,7 +197,17 @@ def get_space(trial: BaseTrial | FrozenTrial) -> ScheduleSpace | None:
 def _suggest(trial: BaseTrial, name: str, dist: BaseDistribution) -> Any:
     """Suggest through the trial's public API, so every trial type works."""
     if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)  # type: ignore[arg-type]
+        try:
+            return trial.suggest_categorical(name, dist.choices)  # type: ignore[arg-type]
+        except ValueError as exc:
+            if "dynamic value space" not in str(exc):
+                raise
+            raise InputError(
+                f"suggest_schedule: trial {trial.number}: {name} choices {dist.choices} differ from those earlier "
+                "trials of this study used, and Optuna cannot change a categorical parameter's choices within a "
+                "study: keep the families (and WSD cooldown shapes) as they were, or pass another name= for the "
+                "new space"
+            ) from None
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
     if isinstance(dist, IntDistribution):

@@ -159,3 +159,22 @@ def test_enqueued_values_no_schedule_can_take_are_dropped_and_said_so(tmp_path: 
     assert "lr_peak_lr=-0.001 ignored" in warning and "lr_cooldown_fraction=2.0 ignored" in warning
     assert ";" in warning and "\n" not in warning
     assert third.params["lr_peak_lr"] == 0.05 and "optlaws_warning" not in third.user_attrs
+
+
+def test_changing_the_families_within_a_study_says_how_to_go_on() -> None:
+    """Optuna cannot change a categorical parameter's choices within a study: narrowing
+    the families is one line naming the parameter and the way out (another ``name=``),
+    which then works; a narrower peak-LR range needs nothing."""
+    study = _study()
+    for space in ({}, {"peak_lr": (1e-3, 3e-3)}):
+        trial = study.ask()
+        suggest_schedule(trial, total_steps=600, **space)
+        study.tell(trial, 1.0)
+    trial = study.ask()
+    with pytest.raises(InputError, match=r"lr_family choices \('cosine', 'wsd'\) differ .* another name=") as err:
+        suggest_schedule(trial, total_steps=600, families=("cosine", "wsd"))
+    assert "\n" not in str(err.value)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    trial = study.ask()
+    schedule = suggest_schedule(trial, total_steps=600, families=("cosine", "wsd"), name="lr2")
+    assert schedule.family in ("cosine", "wsd") and "lr2_family" in trial.params
