@@ -1,7 +1,7 @@
 """Overhead of OptLawsPruner and OptLawsSampler against Optuna's MedianPruner.
 
     python -m optuna_optlaws.benchmarks.overhead [--trials 100] [--reports 500]
-        [--law momentum] [--storages inmemory,sqlite] [--db-dir DIR] [--out studies/overhead]
+        [--law momentum] [--storages inmemory,sqlite] [--logged] [--db-dir DIR] [--out studies/overhead]
 
 For each storage (Optuna's in-memory storage, and SQLite in a fresh file under
 ``--db-dir``), two studies run the *same* trials (a seeded RandomSampler suggests the
@@ -17,6 +17,11 @@ per check).
 A third study per storage runs ``OptLawsSampler(law)`` with ``OptLawsPruner(law)`` (the
 product as shipped, apart from the law) and times each ``suggest_schedule`` call,
 again separating suggestions that refitted the law.
+
+``--logged``: each trial's schedule is then attached as a logged one comes in,
+``Schedule.from_knots`` with a knot at every optimizer step (the same LR values, so the
+same curves and decisions), which is what a user who logs the LR of a real run attaches
+with :func:`~optuna_optlaws.set_schedule`.
 
 Writes ``results.json`` (every figure, the options and the machine) and ``README.md``
 (the tables) under ``--out``. Figures depend on the machine and its load: compare the
@@ -124,12 +129,12 @@ def _fits(arm: Arm) -> int:
     return total
 
 
-def _run_trial(arm: Arm, *, reports: int, seed: int, time_suggest: bool) -> None:
+def _run_trial(arm: Arm, *, reports: int, seed: int, time_suggest: bool, logged: bool = False) -> None:
     """Run one trial of ``arm``: suggest a schedule, report the synthetic curve, time the
-    checks."""
+    checks. ``logged``: attach the schedule as logged knots, one per optimizer step."""
     import optuna
 
-    from optuna_optlaws import suggest_schedule
+    from optuna_optlaws import Schedule, set_schedule, suggest_schedule
 
     total = reports * REPORT_EVERY
     trial = arm.study.ask()
@@ -141,6 +146,10 @@ def _run_trial(arm: Arm, *, reports: int, seed: int, time_suggest: bool) -> None
     dt = (time.perf_counter() - t0) * 1e3
     if time_suggest:
         (arm.refit_suggest_ms if _fits(arm) > fits else arm.suggest_ms).append(dt)
+    if logged:
+        every_step = np.arange(total)
+        schedule = Schedule.from_knots(every_step, schedule.lr_at(every_step))
+        set_schedule(trial, schedule)
     steps = np.arange(reports, dtype=np.int64) * REPORT_EVERY + (REPORT_EVERY - 1)
     rng = np.random.default_rng([seed, trial.number])
     losses = synthetic_loss(schedule, steps, noise=NOISE, rng=rng)
@@ -183,6 +192,7 @@ def run(
     db_dir: Path,
     seed: int,
     sampler_trials: int,
+    logged: bool = False,
     progress: Callable[[str, int], Progress] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return every figure as a JSON-ready dict."""
@@ -207,7 +217,7 @@ def run(
         for _ in range(trials):
             for arm in arms:
                 t0 = time.perf_counter()
-                _run_trial(arm, reports=reports, seed=seed, time_suggest=False)
+                _run_trial(arm, reports=reports, seed=seed, time_suggest=False, logged=logged)
                 arm.wall_s += time.perf_counter() - t0
             bar.advance()
         bar.close()
@@ -227,7 +237,7 @@ def run(
             bar = make_progress(f"overhead {kind}: sampler", sampler_trials)
             for _ in range(sampler_trials):
                 t0 = time.perf_counter()
-                _run_trial(arm, reports=reports, seed=seed, time_suggest=True)
+                _run_trial(arm, reports=reports, seed=seed, time_suggest=True, logged=logged)
                 arm.wall_s += time.perf_counter() - t0
                 bar.advance()
             bar.close()
@@ -272,6 +282,7 @@ def write_report(out: Path, record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     opts = record["options"]
+    logged = "Schedules attached as logged knots, one per optimizer step (`--logged`). " if opts.get("logged") else ""
     lines = [
         "# Overhead of OptLawsPruner / OptLawsSampler vs MedianPruner",
         "",
@@ -280,7 +291,7 @@ def write_report(out: Path, record: dict[str, Any]) -> None:
         f"Command: `{record['command']}`",
         "",
         f"{opts['trials']} trials x {opts['reports']} reports each (one report every {REPORT_EVERY} steps), "
-        f"law `{opts['law']}`, seed {opts['seed']}; synthetic losses with {NOISE} nats of noise. "
+        f"law `{opts['law']}`, seed {opts['seed']}; synthetic losses with {NOISE} nats of noise. {logged}"
         f"Machine: {record['machine']['platform']}, {record['machine']['cpus']} CPUs, "
         f"load average at start {record['machine']['load_start']}, at end {record['machine']['load_end']}. "
         f"SQLite files in `{opts['db_dir_kind']}`. Code: git commit `{record.get('git_commit')}`. "
@@ -321,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sampler-trials", type=int, default=None, help="sampler study's trials (default --trials)")
     parser.add_argument("--db-dir", default=None, help="folder for the SQLite files (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logged", action="store_true",
+                        help="attach each schedule as logged knots, one per optimizer step (set_schedule)")
     parser.add_argument("--out", default="studies/overhead", help="output folder (default studies/overhead)")
     args = parser.parse_args(argv)
     try:
@@ -348,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     db_dir=db_dir,
                     seed=args.seed,
                     sampler_trials=args.trials if args.sampler_trials is None else args.sampler_trials,
+                    logged=args.logged,
                 )
         finally:
             if own_tmp:
@@ -366,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "storages": storages,
             "sampler_trials": args.trials if args.sampler_trials is None else args.sampler_trials,
             "db_dir_kind": "a temporary folder" if args.db_dir is None else str(args.db_dir),
+            "logged": args.logged,
         },
         "git_commit": commit,
         "machine": {
