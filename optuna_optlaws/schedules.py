@@ -17,6 +17,7 @@ reproduces them step for step (:meth:`Schedule.to_torch`, torch imported lazily)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -356,6 +357,12 @@ class Schedule:
 
     def to_json(self) -> str:
         """This schedule as a compact JSON string."""
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:
+        """:meth:`to_json`, computed once: a schedule is hashed and compared by it, and a
+        logged one (:meth:`from_knots`, a knot per step) is megabytes of JSON."""
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
     @classmethod

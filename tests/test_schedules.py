@@ -166,6 +166,22 @@ def test_json_round_trip(sched: Schedule) -> None:
     assert Schedule.from_dict(sched.to_dict()) == sched
 
 
+def test_a_logged_schedule_is_serialised_once() -> None:
+    """A schedule is hashed and compared by its JSON (dict keys, caches), and a logged one
+    with a knot per step is megabytes of it: it is written once per schedule, the same
+    text every time, and a changed copy gets its own."""
+    import dataclasses
+
+    steps = np.arange(20_000)
+    logged = Schedule.from_knots(steps, Schedule.cosine(3e-3, 20_000, 200).lr_at(steps))
+    text = logged.to_json()
+    assert logged.to_json() is text and len(text) > 100_000
+    again = Schedule.from_json(text)
+    assert again == logged and hash(again) == hash(logged) and {logged: 1}[again] == 1
+    shorter = dataclasses.replace(logged, total_steps=10_000)
+    assert shorter.to_json() != text and shorter != logged
+
+
 @pytest.mark.parametrize(
     "build",
     [
