@@ -216,11 +216,12 @@ class Schedule:
         return cls(family, total, params)
 
     # ------------------------------------------------------------------ evaluation
-    @property
+    @functools.cached_property
     def peak_lr(self) -> float:
-        """The largest LR of the schedule."""
+        """The largest LR of the schedule (computed once: a logged schedule has a knot per
+        step, and a prune check asks for it many times)."""
         if self.family == "knots":
-            return float(np.max(self.params["lrs"]))
+            return float(np.max(self._knot_arrays()[1]))
         return float(self.params["peak_lr"])
 
     @property
@@ -231,6 +232,10 @@ class Schedule:
     def peak_reached_at(self) -> int:
         """The first optimizer step whose LR is the peak LR: the warmup length of any
         schedule, logged (knot) schedules included (0 without a warmup)."""
+        return self._peak_step
+
+    @functools.cached_property
+    def _peak_step(self) -> int:
         peak = self.peak_lr
         if peak <= 0:
             return 0
@@ -309,7 +314,11 @@ class Schedule:
     def breakpoints(self) -> NDArray[np.float64]:
         """Steps where the schedule's formula changes (warmup end, decay start,
         milestones, knots), sorted, within ``[0, total_steps]``. Laws integrate on grids
-        that contain these points."""
+        that contain these points. A read-only array, computed once."""
+        return self._breakpoints
+
+    @functools.cached_property
+    def _breakpoints(self) -> NDArray[np.float64]:
         pts: list[float] = [0.0, float(self.total_steps)]
         if self.family == "knots":
             pts.extend(self._knot_arrays()[0].tolist())
@@ -321,6 +330,7 @@ class Schedule:
             if self.family == "step":
                 pts.extend(m * self.total_steps for m in p["milestones"])
         arr = np.unique(np.clip(np.asarray(pts, dtype=np.float64), 0.0, float(self.total_steps)))
+        arr.setflags(write=False)
         return arr
 
     def _knot_arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
