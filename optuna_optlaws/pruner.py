@@ -53,7 +53,7 @@ from optuna.trial import FrozenTrial
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._decision import Decision, Gates, Seen, check
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, with_notes
 from optuna_optlaws._study_state import LawState, LawStore, resolve_prior, trial_schedule
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 
@@ -240,12 +240,9 @@ class OptLawsPruner(BasePruner):
             if moved:
                 for key, value in zip(keys, decision.pred, strict=True):
                     storage.set_trial_user_attr(tid, key, float(value))
-        stored = attrs.get(WARNING)
-        before = stored if isinstance(stored, str) else ""
-        new = [n for n in decision.notes if n not in before]
-        if new:
-            text = "; ".join([before, *new] if before else new)
-            storage.set_trial_user_attr(tid, WARNING, text if len(text) <= 2000 else "..." + text[-1997:])
+        text = with_notes(attrs.get(WARNING), decision.notes)
+        if text is not None:
+            storage.set_trial_user_attr(tid, WARNING, text)
         if decision.prune and decision.reason:
             storage.set_trial_user_attr(tid, PRUNE_REASON, decision.reason)
 

@@ -127,11 +127,11 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
                 why = " ".join(str(exc).split())
                 notes.append(f"enqueued {pname}={fixed.pop(pname)!r} ignored ({why}): the sampler chose it")
     if notes:
-        from optuna_optlaws._pruner._frontier import WARNING  # where the pruner's notes go too
+        from optuna_optlaws._pruner._frontier import WARNING, with_notes  # where the pruner's notes go too
 
-        stored = trial.user_attrs.get(WARNING)
-        text = "; ".join([stored, *notes] if isinstance(stored, str) and stored else notes)
-        trial.set_user_attr(WARNING, text)
+        text = with_notes(trial.user_attrs.get(WARNING), notes)
+        if text is not None:
+            trial.set_user_attr(WARNING, text)
         warnings.warn(f"suggest_schedule: trial {trial.number}: {'; '.join(notes)}", stacklevel=3)
 
 

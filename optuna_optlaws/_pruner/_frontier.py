@@ -34,6 +34,21 @@ PRUNE_REASON = "optlaws_prune_reason"
 WARNING = "optlaws_warning"
 """User attributes the pruner writes (plain floats; the reason and warning are text)."""
 
+MAX_WARNING_CHARS = 2000
+"""The warning attribute keeps its last this many characters."""
+
+
+def with_notes(stored: Any, notes: Sequence[str]) -> str | None:
+    """The text of the warning attribute after ``notes`` (short texts of bad input that was
+    ignored) are added to what it holds (``stored``), each once, ``"; "`` between them,
+    cut to its last :data:`MAX_WARNING_CHARS` characters; ``None`` when none is new."""
+    before = stored if isinstance(stored, str) else ""
+    new = [n for n in notes if n not in before]
+    if not new:
+        return None
+    text = "; ".join([before, *new] if before else new)
+    return text if len(text) <= MAX_WARNING_CHARS else "..." + text[3 - MAX_WARNING_CHARS :]
+
 _FINISHED: weakref.WeakKeyDictionary[Any, dict[int, tuple[tuple[Any, ...] | None, float]]] = (
     weakref.WeakKeyDictionary()
 )
