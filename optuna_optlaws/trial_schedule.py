@@ -114,12 +114,13 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
     if not (isinstance(trial, optuna.Trial) and isinstance(fixed, dict) and fixed):
         return
     notes = []
-    field_of = {space.param(f): f for f in space.fixed_values()}
+    base = space.fixed_values()
+    field_of = {space.param(f): f for f in base}
     for family in space.families:
         for pname, dist in space.all_distributions(family).items():
             if pname not in fixed:
                 continue
-            values = {**space.fixed_values(), "family": family, field_of[pname]: fixed[pname]}
+            values = {**base, "family": family, field_of[pname]: fixed[pname]}
             try:
                 dist.to_internal_repr(fixed[pname])
                 space.build(values)
