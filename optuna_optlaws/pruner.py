@@ -182,6 +182,17 @@ class OptLawsPruner(BasePruner):
         """The fitted-law store (fit counts and seconds, for benchmarks)."""
         return self._store
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the per-process memo of reports seen (the study's storage
+        holds what a copy needs), so the pruner can be sent to other processes."""
+        state = self.__dict__.copy()
+        del state["_seen"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._seen = weakref.WeakKeyDictionary()
+
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` should be pruned now (see the class docstring)."""
         decision = self._decide(study, trial)

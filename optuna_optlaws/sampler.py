@@ -139,6 +139,17 @@ class OptLawsSampler(BaseSampler):
         """The fitted-law store (fit counts and seconds, for benchmarks)."""
         return self._store
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the per-process memo of proposals (the study's storage holds
+        what a copy needs), so the sampler can be sent to other processes."""
+        state = self.__dict__.copy()
+        del state["_proposals"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._proposals = weakref.WeakKeyDictionary()
+
     # ------------------------------------------------------------------ BaseSampler
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         space = self._inner.infer_relative_search_space(study, trial)

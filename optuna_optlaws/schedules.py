@@ -418,9 +418,10 @@ class Schedule:
 
     # ------------------------------------------------------------------ torch
     def to_torch(self, optimizer: torch.optim.Optimizer, last_step: int = -1) -> Any:
-        """A ``torch.optim.lr_scheduler.LRScheduler`` that sets every param group's LR to
-        this schedule's LR: step 0's LR right after construction, step ``t``'s after the
-        ``t``-th ``scheduler.step()`` (call it after each ``optimizer.step()``)."""
+        """A ``torch.optim.lr_scheduler.LRScheduler`` that plays this schedule: step 0's LR
+        right after construction, step ``t``'s after the ``t``-th ``scheduler.step()`` (call
+        it after each ``optimizer.step()``); param groups built with different LRs keep
+        their ratio to the largest (see ``ScheduleLR``)."""
         from optuna_optlaws._torch_scheduler import ScheduleLR
 
         return ScheduleLR(optimizer, self, last_step=last_step)

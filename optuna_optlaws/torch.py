@@ -52,8 +52,12 @@ def scheduler_for(
     """A torch LR scheduler that plays the schedule of a trial (the one attached by
     ``suggest_schedule`` / ``set_schedule``) or a :class:`Schedule` given directly.
 
-    Every param group's LR is set to the schedule's LR: step 0's right away, step ``t``'s
-    after the ``t``-th ``scheduler.step()`` (call it once after each ``optimizer.step()``).
+    The optimizer gets the schedule's LR: step 0's right away, step ``t``'s after the
+    ``t``-th ``scheduler.step()`` (call it once after each ``optimizer.step()``). The param
+    group built with the largest LR plays the schedule and the others keep their ratio to
+    it (layer-wise LR decay); groups built with one LR all get the schedule's. Its
+    ``state_dict()`` goes in a checkpoint that ``torch.load`` reads with
+    ``weights_only=True``.
     ``last_step`` resumes a run that has taken optimizer steps ``0..last_step``: the
     optimizer then holds step ``last_step + 1``'s LR (torch's ``last_epoch`` convention).
     Raises ``ValueError`` when the trial has no schedule attached."""

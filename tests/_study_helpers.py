@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from typing import Any
 
@@ -141,6 +142,7 @@ def _main(argv: list[str]) -> int:
     run.add_argument("n_trials", type=int)
     run.add_argument("--law", default=TEST_LAW)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--pickled", help="a pickle of (sampler, pruner) to run with instead of new ones")
     chk = sub.add_parser("check")
     chk.add_argument("storage")
     chk.add_argument("study")
@@ -148,7 +150,11 @@ def _main(argv: list[str]) -> int:
     chk.add_argument("--law", default=TEST_LAW)
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        sampler, pruner = make_components(args.law, args.seed)
+        if args.pickled:
+            with open(args.pickled, "rb") as f:
+                sampler, pruner = pickle.load(f)
+        else:
+            sampler, pruner = make_components(args.law, args.seed)
         study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage), sampler=sampler,
                                   pruner=pruner)
         run_study(study, args.n_trials)

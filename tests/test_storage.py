@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -151,6 +152,26 @@ def test_restarted_worker_makes_the_same_decisions(db_dir: Path) -> None:
     # (whether the law prunes this trial depends on the sampled runs: the pruner does not prune a
     # peak LR outside the complete runs' range; what is checked is that both workers agree)
     assert json.loads(_wait(out_fresh)) == json.loads(json.dumps(here)) and "optlaws_pred_lo" in here["attrs"]
+
+
+def test_a_pickled_sampler_and_pruner_go_on_in_another_process(db_dir: Path) -> None:
+    """The sampler and pruner pickle (as process pools and Ray Tune send them to
+    workers): 4 trials here, then the pickled pair runs 4 more in a fresh process, and the
+    study is the one a single worker running 8 trials makes."""
+    urls = [f"sqlite:///{db_dir / name}" for name in ("one.db", "pickled.db")]
+    for url in urls:
+        optuna.create_study(storage=url, study_name="s")
+    sampler, pruner = make_components(TEST_LAW, 0)
+    study = optuna.load_study(study_name="s", storage=urls[1], sampler=sampler, pruner=pruner)
+    run_study(study, 4)
+    pickled = db_dir / "components.pkl"
+    pickled.write_bytes(pickle.dumps((sampler, pruner)))
+    other = _worker("run", urls[1], "s", "4", "--pickled", str(pickled))
+    _in_process(urls[0], 8)
+    _wait(other)
+    records = [study_record(optuna.load_study(study_name="s", storage=u)) for u in urls]
+    assert len(records[1]) == 8 and records[0] == records[1]
+    assert sum("optlaws_pred_final" in r["attrs"] for r in records[1][4:]) >= 2  # the copy's law at work
 
 
 def test_two_workers_on_a_journal_file_share_the_law_and_agree(db_dir: Path) -> None:

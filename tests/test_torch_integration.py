@@ -4,6 +4,7 @@ LossReporter reports to Optuna and stops pruned trials."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -150,3 +151,46 @@ def test_reporter_never_prunes_after_the_last_step() -> None:
     t = study.trials[0]
     assert t.state == optuna.trial.TrialState.COMPLETE
     assert max(t.intermediate_values) == 19
+
+
+def test_param_groups_keep_their_ratio_to_the_largest_lr() -> None:
+    """Layer-wise LR decay or a smaller LR for embeddings: the group built with the largest
+    LR plays the schedule, every other group keeps its ratio to it at every step."""
+    sched = Schedule.wsd(0.1, 40, warmup_steps=5, final_lr=0.001, cooldown_fraction=0.3)
+    a, b, c = (torch.nn.Linear(2, 2) for _ in range(3))
+    opt = torch.optim.SGD([{"params": a.parameters(), "lr": 1.0},
+                           {"params": b.parameters(), "lr": 0.25},
+                           {"params": c.parameters()}], lr=0.5)
+    torch_sched = scheduler_for(sched, opt)
+    for step in range(40):
+        lr = float(sched.lr_at([step])[0])
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr, 0.25 * lr, 0.5 * lr], rel=1e-12)
+        opt.step()
+        torch_sched.step()
+
+
+def test_a_checkpoint_of_the_scheduler_loads_with_weights_only_and_resumes(tmp_path: Path) -> None:
+    """``torch.save`` of the scheduler's state loads with ``torch.load``'s default
+    (``weights_only=True``), and a scheduler that loads it goes on from the saved step; one
+    built on another schedule warns."""
+    sched = Schedule.cosine(0.1, 50, warmup_steps=5)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    first = scheduler_for(sched, opt)
+    for _ in range(20):
+        opt.step()
+        first.step()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"optimizer": opt.state_dict(), "scheduler": first.state_dict()}, path)
+    ckpt = torch.load(path)  # weights_only=True, torch's default
+    opt2 = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    opt2.load_state_dict(ckpt["optimizer"])
+    resumed = scheduler_for(sched, opt2)
+    resumed.load_state_dict(ckpt["scheduler"])
+    assert opt2.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([20])[0]), rel=1e-12)
+    opt2.step()
+    resumed.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([21])[0]), rel=1e-12)
+    other = scheduler_for(Schedule.constant(0.1, 50), torch.optim.SGD(torch.nn.Linear(2, 1).parameters()))
+    with pytest.warns(UserWarning, match="another schedule"):
+        other.load_state_dict(ckpt["scheduler"])
