@@ -22,7 +22,8 @@ class ScheduleLR(LRScheduler):
     gets ``schedule.lr_at(step)``, and every other group keeps its ratio to that group
     (a group built with a tenth of the LR, for layer-wise LR decay or for embeddings,
     gets a tenth of the schedule's LR at every step). When all groups start with the same
-    LR, as they do by default, each gets the schedule's LR exactly.
+    LR, as they do by default, each gets the schedule's LR exactly. ``scale`` multiplies
+    every group's LR (a second optimizer that plays the schedule at another LR).
 
     After construction the optimizer holds step 0's LR; after the ``t``-th call of
     :meth:`step` it holds step ``t``'s. Call :meth:`step` once after every
@@ -35,14 +36,14 @@ class ScheduleLR(LRScheduler):
     under another schedule.
     """
 
-    def __init__(self, optimizer: Optimizer, schedule: Schedule, last_step: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, schedule: Schedule, last_step: int = -1, scale: float = 1.0) -> None:
         self.schedule = schedule
         if last_step >= 0:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
         initial = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
         top = max(initial, default=0.0)
-        self.group_scales = [lr / top if top > 0 else 1.0 for lr in initial]
+        self.group_scales = [scale * (lr / top if top > 0 else 1.0) for lr in initial]
         super().__init__(optimizer, last_epoch=last_step)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]

@@ -417,14 +417,17 @@ class Schedule:
         return cls.from_dict(data)
 
     # ------------------------------------------------------------------ torch
-    def to_torch(self, optimizer: torch.optim.Optimizer, last_step: int = -1) -> Any:
+    def to_torch(self, optimizer: torch.optim.Optimizer, last_step: int = -1, scale: float = 1.0) -> Any:
         """A ``torch.optim.lr_scheduler.LRScheduler`` that plays this schedule: step 0's LR
         right after construction, step ``t``'s after the ``t``-th ``scheduler.step()`` (call
         it after each ``optimizer.step()``); param groups built with different LRs keep
-        their ratio to the largest (see ``ScheduleLR``)."""
+        their ratio to the largest (see ``ScheduleLR``); ``scale`` (> 0) multiplies every
+        LR."""
         from optuna_optlaws._torch_scheduler import ScheduleLR
 
-        return ScheduleLR(optimizer, self, last_step=last_step)
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise InputError(f"Schedule.to_torch: scale={scale!r} must be a finite number > 0")
+        return ScheduleLR(optimizer, self, last_step=last_step, scale=float(scale))
 
     def __hash__(self) -> int:
         return hash(self.to_json())

@@ -47,7 +47,11 @@ def _trial_schedule(trial: optuna.trial.BaseTrial) -> Schedule | None:
 
 
 def scheduler_for(
-    trial_or_schedule: optuna.trial.BaseTrial | Schedule, optimizer: Optimizer, last_step: int = -1
+    trial_or_schedule: optuna.trial.BaseTrial | Schedule,
+    optimizer: Optimizer,
+    last_step: int = -1,
+    *,
+    scale: float = 1.0,
 ) -> LRScheduler:
     """A torch LR scheduler that plays the schedule of a trial (the one attached by
     ``suggest_schedule`` / ``set_schedule``) or a :class:`Schedule` given directly.
@@ -57,19 +61,21 @@ def scheduler_for(
     group built with the largest LR plays the schedule and the others keep their ratio to
     it (layer-wise LR decay); groups built with one LR all get the schedule's. Its
     ``state_dict()`` goes in a checkpoint that ``torch.load`` reads with
-    ``weights_only=True``.
+    ``weights_only=True``. ``scale`` multiplies every LR: a second optimizer of the trial
+    (embeddings under AdamW, matrices under another) plays the same schedule at
+    ``scale`` times its LR, ``scale`` suggested as an ordinary parameter.
     ``last_step`` resumes a run that has taken optimizer steps ``0..last_step``: the
     optimizer then holds step ``last_step + 1``'s LR (torch's ``last_epoch`` convention).
     Raises ``ValueError`` when the trial has no schedule attached."""
     if isinstance(trial_or_schedule, Schedule):
-        return trial_or_schedule.to_torch(optimizer, last_step=last_step)
+        return trial_or_schedule.to_torch(optimizer, last_step=last_step, scale=scale)
     schedule = _trial_schedule(trial_or_schedule)
     if schedule is None:
         raise ValueError(
             f"trial {getattr(trial_or_schedule, 'number', '?')} has no schedule attached; "
             "call optuna_optlaws.suggest_schedule(trial, ...) or set_schedule(trial, schedule) first"
         )
-    return schedule.to_torch(optimizer, last_step=last_step)
+    return schedule.to_torch(optimizer, last_step=last_step, scale=scale)
 
 
 def _as_float(loss: Any) -> float:

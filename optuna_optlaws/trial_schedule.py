@@ -77,6 +77,10 @@ def suggest_schedule(
 
     With :class:`~optuna_optlaws.OptLawsSampler` the parameters are proposed jointly by
     the fitted law; any other sampler samples them like ordinary parameters.
+
+    A trial has one schedule: a second call with another ``name`` raises
+    :class:`InputError` (a second optimizer plays the same schedule, scaled:
+    ``optuna_optlaws.torch.scheduler_for(trial, optimizer, scale=...)``).
     """
     space = ScheduleSpace.create(
         name=name,
@@ -88,6 +92,13 @@ def suggest_schedule(
         total_steps=total_steps,
         cooldowns=cooldowns,
     )
+    earlier = _system_attrs(trial).get(SPACE_KEY)
+    if isinstance(earlier, dict) and earlier.get("name") != name:
+        raise InputError(
+            f"suggest_schedule: trial {trial.number} already has the schedule {earlier.get('name')!r}, and a "
+            f"trial has one schedule (the one the law scores); for a second optimizer, play that schedule at "
+            f"another LR: scheduler_for(trial, optimizer, scale=trial.suggest_float(...))"
+        )
     _set_sizes(trial, model_size, tokens_per_step)  # before suggesting: the sampler reads them
     _set_trial_attr(trial, SPACE_KEY, space.to_dict())
     _register_study_space(trial, space)

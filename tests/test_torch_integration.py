@@ -194,3 +194,17 @@ def test_a_checkpoint_of_the_scheduler_loads_with_weights_only_and_resumes(tmp_p
     other = scheduler_for(Schedule.constant(0.1, 50), torch.optim.SGD(torch.nn.Linear(2, 1).parameters()))
     with pytest.warns(UserWarning, match="another schedule"):
         other.load_state_dict(ckpt["scheduler"])
+
+
+def test_scale_plays_the_schedule_at_another_lr_and_rejects_nonsense() -> None:
+    """A second optimizer plays the trial's schedule at ``scale`` times its LR."""
+    sched = Schedule.cosine(0.1, 30, warmup_steps=3)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    scaled = scheduler_for(sched, opt, scale=0.3)
+    for step in range(30):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.3 * float(sched.lr_at([step])[0]), rel=1e-12)
+        opt.step()
+        scaled.step()
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            scheduler_for(sched, torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0), scale=bad)

@@ -178,3 +178,17 @@ def test_changing_the_families_within_a_study_says_how_to_go_on() -> None:
     trial = study.ask()
     schedule = suggest_schedule(trial, total_steps=600, families=("cosine", "wsd"), name="lr2")
     assert schedule.family in ("cosine", "wsd") and "lr2_family" in trial.params
+
+
+def test_a_second_schedule_in_one_trial_says_how_to_go_on() -> None:
+    """A trial has one schedule, the one the law scores: a second ``suggest_schedule``
+    under another name would silently replace it, so it is one line naming the way on;
+    the same name again gives the same schedule."""
+    study = optuna.create_study()
+    trial = study.ask()
+    first = suggest_schedule(trial, total_steps=100, name="lr")
+    assert suggest_schedule(trial, total_steps=100, name="lr") == first
+    with pytest.raises(InputError, match=r"already has the schedule 'lr'.*scale=") as info:
+        suggest_schedule(trial, total_steps=100, name="emb")
+    assert "\n" not in str(info.value)
+    assert get_schedule(trial) == first and get_space(trial).name == "lr"  # type: ignore[union-attr]
