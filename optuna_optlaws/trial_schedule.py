@@ -238,7 +238,10 @@ def _set_trial_attr(trial: BaseTrial, key: str, value: Any) -> None:
         trial.storage.set_trial_system_attr(trial._trial_id, key, value)
     elif isinstance(trial, FrozenTrial):
         trial.system_attrs[key] = value
-    # FixedTrial and other trials without storage: nothing to store.
+    elif isinstance(trial, optuna.trial.FixedTrial):
+        # no storage, but the objective under debug reads its schedule back (scheduler_for)
+        trial._system_attrs[key] = value
+    # other trials without storage: nothing to store.
 
 
 def _register_study_space(trial: BaseTrial, space: ScheduleSpace) -> None:

@@ -208,3 +208,16 @@ def test_scale_plays_the_schedule_at_another_lr_and_rejects_nonsense() -> None:
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="scale"):
             scheduler_for(sched, torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0), scale=bad)
+
+
+def test_an_objective_runs_under_optunas_fixed_trial() -> None:
+    """``objective(optuna.trial.FixedTrial(params))``, Optuna's way to debug an objective
+    outside a study: the suggested schedule drives the scheduler and the reporter knows
+    the run's last step."""
+    from optuna_optlaws import suggest_schedule
+
+    trial = optuna.trial.FixedTrial({"lr_family": "cosine", "lr_peak_lr": 0.05, "lr_final_lr_ratio": 0.0})
+    schedule = suggest_schedule(trial, total_steps=40, families=("cosine",), peak_lr=(1e-3, 0.1))
+    used, _ = _train(schedule, LossReporter(trial, every=15), scheduler_source=trial)
+    np.testing.assert_allclose(used, schedule.lrs(40), rtol=1e-12, atol=0)
+    assert LossReporter(trial, every=15).total_steps == 40
