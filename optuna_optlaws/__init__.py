@@ -31,6 +31,7 @@ _LAZY = {
     "DivergenceCriterion": "optuna_optlaws.divergence.criterion",
     "LandscapeLaw": "optuna_optlaws.divergence.landscape",
     "detect_divergence": "optuna_optlaws.divergence.online",
+    "add_logged_runs": "optuna_optlaws.logged_runs",
 }
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from optuna_optlaws.laws.momentum import MomentumLaw
     from optuna_optlaws.laws.multipower import MultiPowerLaw
     from optuna_optlaws.laws.optlaw import OptLaw
+    from optuna_optlaws.logged_runs import add_logged_runs
     from optuna_optlaws.pruner import OptLawsPruner
     from optuna_optlaws.sampler import OptLawsSampler
     from optuna_optlaws.trial_schedule import get_schedule, set_schedule, suggest_schedule
@@ -65,6 +67,7 @@ __all__ = [
     "OptLawsPruner",
     "OptLawsSampler",
     "Schedule",
+    "add_logged_runs",
     "detect_divergence",
     "get_schedule",
     "load_law",

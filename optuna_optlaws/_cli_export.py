@@ -88,6 +88,31 @@ def storage_url(text: str) -> str:
     return f"sqlite:///{text}"
 
 
+def open_storage(url: str, given: str) -> tuple[Any, list[str]]:
+    """Optuna's storage at ``url`` and the names of its studies; :class:`InputError`
+    naming ``given`` (what the user typed) when it cannot be read."""
+    import optuna
+
+    try:
+        rdb = optuna.storages.get_storage(url)  # opened once for every read of the command
+        return rdb, [s.study_name for s in rdb.get_all_studies()]
+    except Exception as exc:  # any storage error: a bad URL, an unreachable server
+        raise InputError(f"storage {given!r}: cannot be read ({' '.join(str(exc).split())[:160]})") from None
+
+
+def choose_study(storage: str, names: Sequence[str], study_name: str | None) -> str:
+    """``study_name`` when the storage holds it, else the storage's only study when none
+    is named; otherwise :class:`InputError` listing the studies it holds."""
+    listed = ", ".join(repr(n) for n in names) or "none"
+    if study_name is None:
+        if len(names) != 1:
+            raise InputError(f"storage {storage!r} holds {len(names)} studies ({listed}): name one with --study")
+        return names[0]
+    if study_name not in names:
+        raise InputError(f"storage {storage!r}: no study {study_name!r} (it holds {listed})")
+    return study_name
+
+
 def study_curves(storage: str, study_name: str | None, states: Sequence[str]) -> tuple[str, Exported]:
     """The chosen study's name and its trials of ``states`` as curves (see the module
     docstring); :class:`InputError` naming the storage when the study cannot be found."""
@@ -95,21 +120,8 @@ def study_curves(storage: str, study_name: str | None, states: Sequence[str]) ->
 
     from optuna_optlaws._study_state import raw_points, readable_schedule, trial_sizes
 
-    try:
-        rdb = optuna.storages.get_storage(storage_url(storage))  # opened once for both reads below
-        names = [s.study_name for s in rdb.get_all_studies()]
-    except InputError:
-        raise
-    except Exception as exc:  # any storage error: a bad URL, an unreachable server
-        raise InputError(f"storage {storage!r}: cannot be read ({' '.join(str(exc).split())[:160]})") from None
-    if study_name is None:
-        if len(names) != 1:
-            listed = ", ".join(repr(n) for n in names) or "none"
-            raise InputError(f"storage {storage!r} holds {len(names)} studies ({listed}): name one with --study")
-        study_name = names[0]
-    elif study_name not in names:
-        listed = ", ".join(repr(n) for n in names) or "none"
-        raise InputError(f"storage {storage!r}: no study {study_name!r} (it holds {listed})")
+    rdb, names = open_storage(storage_url(storage), storage)
+    study_name = choose_study(storage, names, study_name)
     study = optuna.load_study(study_name=study_name, storage=rdb)
     wanted = {getattr(optuna.trial.TrialState, s.upper()) for s in states}
     out = Exported()

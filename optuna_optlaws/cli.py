@@ -1,4 +1,5 @@
-"""The ``optlaws`` command line: fit, predict, rank, divergence, replay, bench, export, noise.
+"""The ``optlaws`` command line: fit, predict, rank, divergence, replay, bench, export, import,
+noise.
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``; this
 module only wires them and turns :class:`~optuna_optlaws.InputError` into one line on
@@ -21,6 +22,7 @@ COMMAND_MODULES = (
     "optuna_optlaws.benchmarks._law_cli",  # bench laws
     "optuna_optlaws.benchmarks._replay_cli",  # replay
     "optuna_optlaws._cli_export",  # export
+    "optuna_optlaws._cli_import",  # import
     "optuna_optlaws._cli_noise",  # noise
 )
 """Modules that each add their subcommands with ``register(subparsers)``."""
