@@ -98,6 +98,12 @@ class LossReporter:
     stores it as NaN/inf and a schedule-aware pruner prunes it).
 
     :attr:`last_reported` holds the last ``(step, loss)`` sent, :attr:`n_reports` how many.
+
+    Under ``torch.distributed`` wrap the trial in optuna-integration's
+    ``TorchDistributedTrial`` on every rank (``suggest_schedule`` and ``scheduler_for`` take
+    it: the schedule is stored from rank 0 and played on all) and pass every rank the same
+    loss (all-reduced): reporting and the pruning decision are collective, so every rank
+    must report at the same steps and stops at the same one.
     """
 
     def __init__(

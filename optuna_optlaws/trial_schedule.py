@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,8 +122,9 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
     chooses those instead, so the trial runs; what was dropped is recorded on the trial
     (user attribute ``optlaws_warning``) and warned. A valid value merely outside the
     search range is kept, as Optuna keeps it (with its own warning)."""
-    fixed = getattr(trial, "_fixed_params", None)
-    if not (isinstance(trial, optuna.Trial) and isinstance(fixed, dict) and fixed):
+    stored = _stored_trial(trial)
+    fixed = getattr(stored, "_fixed_params", None)
+    if not (stored is not None and isinstance(fixed, dict) and fixed):
         return
     notes = []
     base = space.fixed_values()
@@ -141,10 +143,10 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
     if notes:
         from optuna_optlaws._pruner._frontier import WARNING, with_notes  # where the pruner's notes go too
 
-        text = with_notes(trial.user_attrs.get(WARNING), notes)
+        text = with_notes(stored.user_attrs.get(WARNING), notes)
         if text is not None:
-            trial.set_user_attr(WARNING, text)
-        warnings.warn(f"suggest_schedule: trial {trial.number}: {'; '.join(notes)}", stacklevel=3)
+            stored.set_user_attr(WARNING, text)
+        warnings.warn(f"suggest_schedule: trial {stored.number}: {'; '.join(notes)}", stacklevel=3)
 
 
 def set_schedule(
@@ -227,27 +229,46 @@ def _suggest(trial: BaseTrial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unexpected distribution {dist!r}")
 
 
-def _system_attrs(trial: BaseTrial | FrozenTrial) -> dict[str, Any]:
+def _stored_trial(trial: BaseTrial | FrozenTrial) -> optuna.Trial | None:
+    """The ``optuna.Trial`` whose storage holds ``trial``'s attributes: ``trial`` itself, or
+    the trial a wrapper delegates to (optuna-integration's ``TorchDistributedTrial`` on
+    rank 0); ``None`` for trials without storage (``FixedTrial``, the other ranks)."""
     if isinstance(trial, optuna.Trial):
-        return trial.storage.get_trial_system_attrs(trial._trial_id)
-    return dict(getattr(trial, "system_attrs", {}))
+        return trial
+    delegate = getattr(trial, "_delegate", None)
+    return delegate if isinstance(delegate, optuna.Trial) else None
+
+
+_LOCAL_ATTRS: weakref.WeakKeyDictionary[BaseTrial, dict[str, Any]] = weakref.WeakKeyDictionary()
+"""Attributes of trials without storage, kept on this process's trial object: the
+objective reads its schedule back (``scheduler_for``) under ``FixedTrial`` and on every
+rank of a distributed trial."""
+
+
+def _system_attrs(trial: BaseTrial | FrozenTrial) -> dict[str, Any]:
+    stored = _stored_trial(trial)
+    if stored is not None:
+        return stored.storage.get_trial_system_attrs(stored._trial_id)
+    if isinstance(trial, FrozenTrial):
+        return dict(trial.system_attrs)
+    return dict(_LOCAL_ATTRS.get(trial, {}))
 
 
 def _set_trial_attr(trial: BaseTrial, key: str, value: Any) -> None:
-    if isinstance(trial, optuna.Trial):
-        trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+    stored = _stored_trial(trial)
+    if stored is not None:
+        stored.storage.set_trial_system_attr(stored._trial_id, key, value)
     elif isinstance(trial, FrozenTrial):
         trial.system_attrs[key] = value
-    elif isinstance(trial, optuna.trial.FixedTrial):
-        # no storage, but the objective under debug reads its schedule back (scheduler_for)
-        trial._system_attrs[key] = value
-    # other trials without storage: nothing to store.
+    else:
+        _LOCAL_ATTRS.setdefault(trial, {})[key] = value
 
 
 def _register_study_space(trial: BaseTrial, space: ScheduleSpace) -> None:
-    if not isinstance(trial, optuna.Trial):
+    stored = _stored_trial(trial)
+    if stored is None:
         return
     key = STUDY_SPACE_PREFIX + space.name
-    storage, study_id = trial.storage, trial.study._study_id
+    storage, study_id = stored.storage, stored.study._study_id
     if storage.get_study_system_attrs(study_id).get(key) != space.to_dict():
         storage.set_study_system_attr(study_id, key, space.to_dict())
