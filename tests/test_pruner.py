@@ -486,6 +486,28 @@ def test_a_run_that_never_trains_is_pruned_as_diverged_even_outside_the_checked_
     assert _run(study, hot, healthy) == ("COMPLETE", int(steps[-1]))
 
 
+def _llm_like(schedule: Schedule) -> np.ndarray:
+    """A loss from ln(50k) = 10.8 nats down to 2.6, a function of the LR area alone (a
+    large vocabulary's early drop, which the synthetic loss does not have)."""
+    return 2.5 + 8.3 / (1.0 + schedule.lr_area(report_steps()) / 0.02)
+
+
+def test_a_run_in_a_long_warmup_is_not_taken_for_one_that_never_trains() -> None:
+    """At its 5th report, a run with 400 warmup steps has a loss 2.3x the lowest the
+    complete runs (30 warmup steps) had reached by the same step, but not by the same LR
+    area: it is no diverged run (it ends level with the cosine run), and a run that does
+    not train at that peak LR still is one."""
+    study = optuna.create_study(pruner=_pruner())
+    for s in (GOOD, GOOD2, GOOD3):
+        assert _run(study, s, _llm_like(s))[0] == "COMPLETE"
+    slow = Schedule.cosine(3e-3, TOTAL_STEPS, 400, 3e-5)
+    _run(study, slow, _llm_like(slow))
+    assert not study.trials[-1].user_attrs.get(PRUNE_REASON, "").startswith("diverged"), study.trials[-1].user_attrs
+    stuck = np.full(report_steps().size, 10.8)
+    state, _ = _run(study, slow, stuck)
+    assert state == "PRUNED" and "by the same LR area" in study.trials[-1].user_attrs[PRUNE_REASON]
+
+
 def test_tolerance_prunes_a_run_that_could_only_tie_the_best() -> None:
     # a copy of a COMPLETE run: its interval straddles the frontier, so the default pruner
     # keeps it, while a pruner told that 0.2 nats of regret are acceptable prunes it early

@@ -122,7 +122,7 @@ def check(
         law_ok = False
     ok_steps, ok_losses = usable_points(schedule, steps, losses, sig)
     if law_ok and ok_steps.size:
-        far = _far_above_group(storage, trials, me.number, group, ok_steps, ok_losses, gates)
+        far = _far_above_group(storage, trials, me.number, group, schedule, ok_steps, ok_losses, gates)
         if far is not None:  # needs min_reports but not min_fraction, like the detector above
             out.prune = True
             out.reason = far
@@ -212,25 +212,29 @@ def _far_above_group(
     trials: Sequence[FrozenTrial],
     number: int,
     group: tuple[Any, ...],
+    schedule: Schedule,
     steps: np.ndarray,
     losses: np.ndarray,
     gates: Gates,
 ) -> str | None:
-    """The reason to prune trial ``number`` of ``group`` as diverged when its recent loss (median of its last
-    three usable reports, nats) is :data:`~._frontier.FAR_ABOVE` times the lowest loss
-    that ``n_min_trials`` or more COMPLETE trials of its group had reached by the same
-    step; ``None`` otherwise. This catches a run that never trains (too high a peak LR
-    from the first step), which the curve's own detector cannot tell from a slow start
-    and the law is not asked about outside the peak LRs it was checked on."""
+    """The reason to prune trial ``number`` of ``group`` as diverged when its recent loss
+    (median of its last three usable reports, nats) is :data:`~._frontier.FAR_ABOVE` times
+    the lowest loss that ``n_min_trials`` or more COMPLETE trials of its group had reached
+    by the same LR area (``schedule``'s area at its last report); ``None`` otherwise. This
+    catches a run that never trains (too high a peak LR from the first step), which the
+    curve's own detector cannot tell from a slow start and the law is not asked about
+    outside the peak LRs it was checked on. Compared by LR area, not step, a run still in
+    a long warmup, or at a low peak LR, is not mistaken for one that never trains."""
     if steps.size < gates.min_reports:
         return None
     recent = float(np.median(losses[-3:]))
-    floor, n = group_floor(storage, trials, group, number, int(steps[-1]))
+    area = float(schedule.lr_area([int(steps[-1])])[0])
+    floor, n = group_floor(storage, trials, group, number, area)
     if n < gates.n_min_trials or not (math.isfinite(floor) and floor > 0) or recent <= FAR_ABOVE * floor:
         return None
     return (
         f"diverged: loss {recent:.4g} at step {int(steps[-1])} is {recent / floor:.1f}x the lowest loss "
-        f"({floor:.4g}) of {n} complete trials of its group by that step"
+        f"({floor:.4g}) of {n} complete trials of its group by the same LR area"
     )
 
 

@@ -83,11 +83,13 @@ def completed_final(storage: Any, trial: FrozenTrial) -> tuple[tuple[Any, ...] |
 
 FAR_ABOVE = 2.0
 """A running trial whose recent loss is this many times the lowest loss the group's
-COMPLETE trials had reached by the same step is diverged, whatever the law says (a run
-that never trained: no healthy run of the group was ever that far behind)."""
+COMPLETE trials had reached by the same LR area (:meth:`Schedule.lr_area`) is diverged,
+whatever the law says (a run that never trained: no healthy run of the group was ever
+that far behind after training with as much LR)."""
 
 _RUNNING_MIN: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
-"""storage -> {trial id: (report steps, running minimum of the finite losses)} of COMPLETE trials."""
+"""storage -> {trial id: (LR area at each finite report, running minimum of those losses)}
+of COMPLETE trials."""
 
 
 def complete_in_group(
@@ -104,11 +106,12 @@ def complete_in_group(
 
 
 def group_floor(
-    storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int, step: int
+    storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int, area: float
 ) -> tuple[float, int]:
     """The lowest loss (nats) any COMPLETE trial of ``group`` (other than
-    ``exclude_number``) had reported at or before ``step``, and how many such trials
-    reported by then (``inf, 0`` when none)."""
+    ``exclude_number``) had reported by the time it had trained with LR area ``area``
+    (:meth:`Schedule.lr_area`), and how many such trials had reported by then (``inf, 0``
+    when none)."""
     cache = _RUNNING_MIN.setdefault(storage, {})
     best, n = math.inf, 0
     for t, _ in complete_in_group(storage, trials, group, exclude_number):
@@ -116,10 +119,12 @@ def group_floor(
         if hit is None:
             steps, losses = raw_points(t)
             fin = np.isfinite(losses)
-            hit = (steps[fin], np.minimum.accumulate(losses[fin]) if fin.any() else losses[fin])
+            schedule = readable_schedule(t)
+            areas = schedule.lr_area(steps[fin]) if schedule is not None else np.zeros(0)
+            hit = (areas, np.minimum.accumulate(losses[fin]) if fin.any() else losses[fin])
             cache[t._trial_id] = hit
-        steps, running = hit
-        i = int(np.searchsorted(steps, step, side="right")) - 1
+        areas, running = hit
+        i = int(np.searchsorted(areas, area, side="right")) - 1
         if i >= 0:
             n += 1
             best = min(best, float(running[i]))
