@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test suite on other Python versions, each in its own venv under /tmp, without torch
+# (its CPU wheel on these machines is for the main interpreter; the torch tests skip):
+#   bash scripts/test_other_pythons.sh python3.10 python3.13
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+for py in "$@"; do
+  venv="/tmp/optlaws-venv-$(basename "$py")"
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check numpy scipy threadpoolctl optuna \
+    optuna-dashboard plotly optuna-integration pytest matplotlib psycopg2-binary selenium
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$root"
+  echo "== $("$venv/bin/python" --version)"
+  (cd /tmp && OPENBLAS_NUM_THREADS=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" | tail -1)
+done
