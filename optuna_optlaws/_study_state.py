@@ -252,6 +252,25 @@ def resolve_prior(prior: str | Path | Law | None, where: str) -> Law | None:
     return law
 
 
+class PicklesWithoutMemos:
+    """A mixin for the sampler and pruner: pickling leaves out the per-process memos named
+    in ``_process_memos`` (weak-keyed dicts, which do not pickle) and the copy starts them
+    empty. They only save work: what decisions need is in the study's storage."""
+
+    _process_memos: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self._process_memos:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in self._process_memos:
+            setattr(self, name, weakref.WeakKeyDictionary())
+
+
 class LawStore:
     """Fits, stores and fetches one study's law of one name.
 

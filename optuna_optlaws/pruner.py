@@ -54,7 +54,7 @@ from optuna.trial import FrozenTrial
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._decision import Decision, Gates, Seen, check
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, with_notes
-from optuna_optlaws._study_state import LawState, LawStore, resolve_prior, trial_schedule
+from optuna_optlaws._study_state import LawState, LawStore, PicklesWithoutMemos, resolve_prior, trial_schedule
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ DEFAULT_MARGIN = 0.01
 """Default ``margin`` of :class:`OptLawsPruner` (nats)."""
 
 
-class OptLawsPruner(BasePruner):
+class OptLawsPruner(PicklesWithoutMemos, BasePruner):
     """A schedule-aware pruner driven by a fitted loss-vs-schedule law.
 
     Args:
@@ -118,6 +118,8 @@ class OptLawsPruner(BasePruner):
             prediction's bias and sets its interval. ``False``: the law's own
             interval, uncorrected.
     """
+
+    _process_memos = ("_seen",)  # per process only; the copy a pickle makes starts it empty
 
     def __init__(
         self,
@@ -181,17 +183,6 @@ class OptLawsPruner(BasePruner):
     def law_store(self) -> LawStore:
         """The fitted-law store (fit counts and seconds, for benchmarks)."""
         return self._store
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickles without the per-process memo of reports seen (the study's storage
-        holds what a copy needs), so the pruner can be sent to other processes."""
-        state = self.__dict__.copy()
-        del state["_seen"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._seen = weakref.WeakKeyDictionary()
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` should be pruned now (see the class docstring)."""

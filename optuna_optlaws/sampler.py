@@ -39,7 +39,7 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws._sampler._acquisition import ACQUISITIONS, Proposal, propose, startup_point
 from optuna_optlaws._sampler._residual import observations
 from optuna_optlaws._sampler._space import ScheduleSpace
-from optuna_optlaws._study_state import LawStore, resolve_prior, trial_sizes
+from optuna_optlaws._study_state import LawStore, PicklesWithoutMemos, resolve_prior, trial_sizes
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 from optuna_optlaws.trial_schedule import SPACE_KEY, STUDY_SPACE_PREFIX
 
@@ -53,7 +53,7 @@ PROPOSAL_KEY = "optlaws:proposal"
 and sigma in nats), for the dashboard and for debugging."""
 
 
-class OptLawsSampler(BaseSampler):
+class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
     """A sampler that proposes LR schedules by a fitted loss-vs-schedule law.
 
     Args:
@@ -85,6 +85,8 @@ class OptLawsSampler(BaseSampler):
             on part of the search space does not keep the search there. ``False``
             scores candidates with the law alone.
     """
+
+    _process_memos = ("_proposals",)  # per process only; the copy a pickle makes starts it empty
 
     def __init__(
         self,
@@ -138,17 +140,6 @@ class OptLawsSampler(BaseSampler):
     def law_store(self) -> LawStore:
         """The fitted-law store (fit counts and seconds, for benchmarks)."""
         return self._store
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickles without the per-process memo of proposals (the study's storage holds
-        what a copy needs), so the sampler can be sent to other processes."""
-        state = self.__dict__.copy()
-        del state["_proposals"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._proposals = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ BaseSampler
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
