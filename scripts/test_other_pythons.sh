@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test suite on other Python versions, each in its own venv under /tmp, without torch
 # (its CPU wheel on these machines is for the main interpreter; the torch tests skip):
-#   bash scripts/test_other_pythons.sh python3.10 python3.13
+#   bash scripts/test_other_pythons.sh /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.13.0/bin/python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 for py in "$@"; do
-  venv="/tmp/optlaws-venv-$(basename "$py")"
+  venv="/tmp/optlaws-venv-$("$py" -c "import sys; print('%d.%d' % sys.version_info[:2])")"
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check numpy scipy threadpoolctl optuna \
     optuna-dashboard plotly optuna-integration pytest matplotlib psycopg2-binary selenium
