@@ -10,6 +10,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -66,5 +67,8 @@ class ScheduleLR(LRScheduler):
             )
         super().load_state_dict(state)
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=False):
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable, fused) stays one
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]

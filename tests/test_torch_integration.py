@@ -191,6 +191,10 @@ def test_a_checkpoint_of_the_scheduler_loads_with_weights_only_and_resumes(tmp_p
     opt2.step()
     resumed.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([21])[0]), rel=1e-12)
+    tensor_lr = torch.optim.Adam(torch.nn.Linear(2, 1).parameters(), lr=torch.tensor(1.0))
+    scheduler_for(sched, tensor_lr).load_state_dict(ckpt["scheduler"])  # an LR held as a tensor stays one
+    assert isinstance(tensor_lr.param_groups[0]["lr"], torch.Tensor)
+    assert float(tensor_lr.param_groups[0]["lr"]) == pytest.approx(float(sched.lr_at([20])[0]), rel=1e-6)
     other = scheduler_for(Schedule.constant(0.1, 50), torch.optim.SGD(torch.nn.Linear(2, 1).parameters()))
     with pytest.warns(UserWarning, match="another schedule"):
         other.load_state_dict(ckpt["scheduler"])
