@@ -91,4 +91,3 @@ def add_logged_runs(study: optuna.Study, curves: Sequence[Curve]) -> AddedRuns:
         (out.complete if finished else out.pruned)[curve.run_id] = number
         present.add(curve.run_id)
     return out
-
