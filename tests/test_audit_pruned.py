@@ -91,3 +91,21 @@ def test_earliest_gated_step_is_where_the_pruners_gate_first_holds() -> None:
     frozen = study.trials[0]
     # reports at 124, 149, 174 are the first three at or past step 100
     assert timing_mod.earliest_gated_step(frozen) == 174
+
+
+def test_a_missing_file_or_study_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """The scripts that read recorded studies say what is missing, in one line, instead of
+    Optuna creating an empty SQLite file at a mistyped path and raising KeyError."""
+    audit = _module("audit_pruned")
+    missing = tmp_path / "typo.db"
+    with pytest.raises(SystemExit, match=r"^audit_pruned.py: .*typo.db: no such file$"):
+        audit.main([str(missing), "tiny_lm-optlaws"])
+    assert not missing.exists()
+    db = tmp_path / "s.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="tiny_lm-tpe")
+    with pytest.raises(SystemExit, match=r"has no study 'tiny_lm-nosuch' \(it has: tiny_lm-tpe\)$"):
+        audit.main([str(db), "tiny_lm-nosuch"])
+    replay = _module("live_replay")
+    (tmp_path / "tiny_lm.db").write_bytes(db.read_bytes())
+    with pytest.raises(SystemExit, match=r"^live_replay.py: replay: pruner 'optlaws:bogus=1'"):
+        replay.main([f"{tmp_path}:tpe", "--pruner", "optlaws:bogus=1"])

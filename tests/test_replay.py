@@ -15,6 +15,7 @@ from optuna_optlaws.benchmarks.replay import (
     group_curves,
     make_pruner,
     oracle_steps,
+    pruner_settings,
     replay_order,
     run_replay,
     trial_orders,
@@ -212,6 +213,9 @@ def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("optlaws:margin=abc", "margin='abc' must be a number"),
         ("optlaws:tolerance=auto", "tolerance='auto' must be a number"),  # only final_noise takes auto
         ("optlaws:final_noise=often", "final_noise='often' must be a number"),
+        ("optlaws:min_reports=0", "min_reports='0' must be an int >= 1"),
+        ("optlaws:min_reports=2.5", "min_reports='2.5' must be an int >= 1"),
+        ("optlaws:min_fraction=1.5", "min_fraction='1.5' must lie in [0, 1]"),
     ],
 )
 def test_cli_rejects_bad_pruner_arguments(
@@ -233,6 +237,11 @@ def test_optlaws_arguments_reach_the_pruner_and_the_results() -> None:
     fixed = make_pruner("optlaws:final_noise=0.01", group)
     assert not fixed._gates.noise_from_repeats and fixed._gates.final_noise == 0.01  # type: ignore[attr-defined]
     assert make_pruner("optlaws:final_noise=auto", group)._gates.noise_from_repeats  # type: ignore[attr-defined]
+    gated = make_pruner("optlaws:min_reports=1,min_fraction=0.05", group)._gates  # type: ignore[attr-defined]
+    assert (gated.min_reports, gated.min_fraction) == (1, 0.05) and isinstance(gated.min_reports, int)
+    assert pruner_settings("optlaws:final_noise=auto,min_reports=2") == (
+        "OptLawsPruner(final_noise=auto, min_reports=2) (other arguments default)"
+    )
     res = run_replay(_synthetic(), ["none", "optlaws:tolerance=0.02"], orders=1, progress=False)
     row = res["pruners"]["optlaws:tolerance=0.02"]
     assert row["settings"].startswith("OptLawsPruner(tolerance=0.02)")

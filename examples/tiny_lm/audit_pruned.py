@@ -42,7 +42,7 @@ from optuna_optlaws import get_schedule
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, completed_final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import training_config, trial_config
+from study import load_recorded, training_config, trial_config
 from tinylm import TinyLMConfig, default_device, train
 
 PREFIX_TOLERANCE = 1e-4
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=args.study, storage=f"sqlite:///{args.db}")
+    study = load_recorded(args.db, args.study, "audit_pruned.py")
     steps = {s.total_steps for t in study.trials if (s := get_schedule(t)) is not None}
     if len(steps) != 1:
         raise SystemExit(f"audit_pruned.py: the trials of {args.study} do not share one horizon: {sorted(steps)}")

@@ -29,13 +29,14 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from optuna_optlaws._errors import InputError
 from optuna_optlaws._study_state import raw_points, readable_schedule, trial_sizes
 from optuna_optlaws.benchmarks.replay import ReplayGroup, make_pruner, parse_pruner, pruner_settings, replay_order
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.pruner import DEFAULT_MARGIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import recorded_study, summarize, target_met
+from study import load_recorded, recorded_study, summarize, target_met
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def load(folder: Path, arm: str) -> LiveStudy:
     """The study ``tiny_lm-<arm>`` of ``folder/tiny_lm.db``, its pruned runs' curves read
     from ``folder/audit_<arm>.json``."""
     storage = f"sqlite:///{folder / 'tiny_lm.db'}"
-    study = optuna.load_study(study_name=f"tiny_lm-{arm}", storage=storage)
+    study = load_recorded(folder / "tiny_lm.db", f"tiny_lm-{arm}", "live_replay.py")
     audit_path = folder / f"audit_{arm}.json"
     if not audit_path.exists():
         raise SystemExit(f"live_replay.py: {audit_path} is missing; run audit_pruned.py on {arm} first")
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pruner", nargs="+", default=["optlaws"], help="pruner specs as in `optlaws replay`")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     args = ap.parse_args(argv)
+    for spec in args.pruner:
+        try:
+            parse_pruner(spec)
+        except InputError as exc:
+            raise SystemExit(f"live_replay.py: {exc}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     rows = []

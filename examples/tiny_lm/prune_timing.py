@@ -33,7 +33,7 @@ from optuna_optlaws.benchmarks.replay import oracle_gates
 from optuna_optlaws.pruner import PRUNE_REASON
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import recorded_study, summarize
+from study import load_recorded, recorded_study, summarize
 
 GATES = oracle_gates()
 """The pruner's default evidence gates (``min_reports``, ``min_fraction``, ...)."""
@@ -72,7 +72,7 @@ class Timing:
 def timing(folder: Path, arm: str) -> Timing:
     """The :class:`Timing` of ``tiny_lm-<arm>`` in ``folder/tiny_lm.db``."""
     storage = f"sqlite:///{folder / 'tiny_lm.db'}"
-    study = optuna.load_study(study_name=f"tiny_lm-{arm}", storage=storage)
+    study = load_recorded(folder / "tiny_lm.db", f"tiny_lm-{arm}", "prune_timing.py")
     out = Timing(f"{folder}:{arm}")
     out.tpe_steps = int(summarize(optuna.load_study(study_name="tiny_lm-tpe", storage=storage))["steps_trained"])
     for t in study.get_trials(deepcopy=False):

@@ -377,6 +377,20 @@ def recorded_study(text: str) -> tuple[Path, str]:
     return Path(folder), arm
 
 
+def load_recorded(db: Path, name: str, script: str) -> optuna.Study:
+    """The study ``name`` of the SQLite file ``db``; one line naming what is missing
+    (``SystemExit``, prefixed with ``script``) when the file or the study is not there,
+    instead of Optuna creating an empty file or raising KeyError."""
+    if not Path(db).is_file():
+        raise SystemExit(f"{script}: {db}: no such file")
+    storage = f"sqlite:///{db}"
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage=storage)) or "none"
+        raise SystemExit(f"{script}: {db} has no study {name!r} (it has: {names})") from None
+
+
 def training_config(train_seed: int, steps: int, tiny: bool = False) -> TinyLMConfig:
     """Every trial's training settings: the default model and data with ``train_seed``,
     a toy model with ``tiny`` (smoke tests only), held-out loss measured at least 4 times

@@ -45,16 +45,24 @@ if TYPE_CHECKING:
 PRUNERS = ("optlaws", "median", "hyperband", "wilcoxon", "patient", "none")
 """Pruner names the replay knows, in the order results are listed."""
 
-OPTLAWS_OPTIONS = ("tolerance", "margin", "final_noise")
-"""Arguments of :class:`~optuna_optlaws.OptLawsPruner` a replay may set, as in
-``optlaws:tolerance=0.01`` (nats; ``final_noise`` also takes ``auto``)."""
+OPTLAWS_NATS = ("tolerance", "margin", "final_noise")
+"""Arguments of :class:`~optuna_optlaws.OptLawsPruner` in nats a replay may set, as in
+``optlaws:tolerance=0.01`` (``final_noise`` also takes ``auto``)."""
+
+OPTLAWS_GATES = ("min_reports", "min_fraction")
+"""The evidence gates of :class:`~optuna_optlaws.OptLawsPruner` a replay may set:
+``min_reports`` (an int >= 1) and ``min_fraction`` (of the schedule, in [0, 1])."""
+
+OPTLAWS_OPTIONS = OPTLAWS_NATS + OPTLAWS_GATES
+"""Every argument of :class:`~optuna_optlaws.OptLawsPruner` a replay may set."""
 
 
 def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
     """A pruner spec ``name`` or ``optlaws:key=value[,key=value]`` as (name, arguments).
 
     Raises :class:`InputError` naming the spec when the name or an argument is unknown or a
-    value is not a number >= 0."""
+    value is out of its range (nats >= 0; ``min_reports`` an int >= 1; ``min_fraction``
+    in [0, 1])."""
     name, _, rest = spec.partition(":")
     if name not in PRUNERS:
         raise InputError(f"replay: unknown pruner {spec!r}; known: {', '.join(PRUNERS)}")
@@ -74,10 +82,20 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not (math.isfinite(number) and number >= 0):
+        if key == "min_reports":
+            if not (math.isfinite(number) and number >= 1 and number == int(number)):
+                raise InputError(f"replay: pruner {spec!r}: min_reports={value!r} must be an int >= 1")
+            kwargs[key] = int(number)
+        elif key == "min_fraction":
+            if not (0.0 <= number <= 1.0):
+                raise InputError(f"replay: pruner {spec!r}: min_fraction={value!r} must lie in [0, 1]")
+            kwargs[key] = number
+        elif not (math.isfinite(number) and number >= 0):
             raise InputError(f"replay: pruner {spec!r}: {key}={value!r} must be a number of nats >= 0")
-        kwargs[key] = number
+        else:
+            kwargs[key] = number
     return name, kwargs
+
 
 GROUP_KEYS = ("horizon", "model_size")
 """What runs of one group share: ``horizon`` (total steps, within 10%) and/or ``model_size``."""
@@ -251,7 +269,8 @@ def pruner_settings(spec: str) -> str:
     """One line saying how a pruner is configured in the replay (for the results table)."""
     name, kwargs = parse_pruner(spec)
     if kwargs:
-        return "OptLawsPruner(" + ", ".join(f"{k}={v:g}" for k, v in kwargs.items()) + ") (other arguments default)"
+        shown = (f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in kwargs.items())
+        return "OptLawsPruner(" + ", ".join(shown) + ") (other arguments default)"
     w = f"{WARMUP_SHARE:g} T"
     return {
         "median": f"MedianPruner(n_startup_trials={MEDIAN_STARTUP_TRIALS}, n_warmup_steps={w})",
