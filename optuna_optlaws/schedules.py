@@ -311,26 +311,6 @@ class Schedule:
         n = self.total_steps if total_steps is None else int(total_steps)
         return self.lr_at(np.arange(n, dtype=np.float64))
 
-    def lr_area(self, steps: ArrayLike) -> NDArray[np.float64]:
-        """The LR area trained by the end of each of ``steps`` (0-based optimizer steps,
-        clipped to the schedule): the integral of the LR over ``[0, step + 1]``, which
-        the sum of the LRs of steps ``0 .. step`` approaches (LR x steps; computed on
-        about a thousand points (finer near step 0) and the schedule's breakpoints, so it costs the same
-        for any schedule length). How far a run has come is mostly this, not the step:
-        a run in a long warmup has trained with a small area at a step where a run
-        without warmup has a large one."""
-        ends = np.clip(np.asarray(steps, dtype=np.float64) + 1.0, 0.0, float(self.total_steps))
-        top = float(np.max(ends, initial=0.0))
-        if top <= 0.0:
-            return np.zeros_like(ends)
-        brk = self._breakpoints
-        grid = np.unique(np.concatenate([  # even steps, and finer near step 0, where areas are small
-            brk[brk < top], np.linspace(0.0, top, 513), np.geomspace(1.0, max(top, 1.0), 512)
-        ]))
-        lr = self.lr_at(grid)
-        cum = np.concatenate([[0.0], np.cumsum(np.diff(grid) * 0.5 * (lr[1:] + lr[:-1]))])
-        return np.interp(ends, grid, cum)
-
     def breakpoints(self) -> NDArray[np.float64]:
         """Steps where the schedule's formula changes (warmup end, decay start,
         milestones, knots), sorted, within ``[0, total_steps]``. Laws integrate on grids

@@ -14,7 +14,7 @@ from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, synth_loss
 from optuna.trial import FrozenTrial
 
 from optuna_optlaws import InputError, OptLawsPruner, Schedule, set_schedule
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, frontier
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, area_at, frontier
 from optuna_optlaws._study_state import LAW_KEY_PREFIX
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import make_law
@@ -489,7 +489,7 @@ def test_a_run_that_never_trains_is_pruned_as_diverged_even_outside_the_checked_
 def _llm_like(schedule: Schedule) -> np.ndarray:
     """A loss from ln(50k) = 10.8 nats down to 2.6, a function of the LR area alone (a
     large vocabulary's early drop, which the synthetic loss does not have)."""
-    return 2.5 + 8.3 / (1.0 + schedule.lr_area(report_steps()) / 0.02)
+    return 2.5 + 8.3 / (1.0 + area_at(schedule, report_steps()) / 0.02)
 
 
 def test_a_run_in_a_long_warmup_is_not_taken_for_one_that_never_trains() -> None:

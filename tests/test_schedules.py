@@ -256,15 +256,3 @@ def test_to_torch_plays_the_schedule_step_for_step(sched: Schedule) -> None:
         scheduler.step()
     np.testing.assert_allclose(seen, sched.lrs(), rtol=1e-12, atol=0)
 
-
-@pytest.mark.parametrize("sched", ALL_FAMILIES, ids=lambda s: s.family)
-def test_lr_area_is_the_sum_of_the_lrs_within_a_step(sched: Schedule) -> None:
-    """``lr_area(step)``, the integral of the LR over ``[0, step + 1]``, stays within one
-    step's peak LR of the sum of the LRs of steps ``0 .. step`` everywhere, also for a
-    schedule of 100,000 steps, whose area it computes on about a thousand points."""
-    steps = np.arange(sched.total_steps)
-    np.testing.assert_allclose(sched.lr_area(steps), np.cumsum(sched.lrs()), rtol=0, atol=1.01 * sched.peak_lr)
-    long = Schedule.wsd(1e-3, 100_000, warmup_steps=2_000, final_lr=1e-5, cooldown_fraction=0.2)
-    steps = np.array([0, 5, 50, 1_999, 2_000, 50_000, 80_000, 90_000, 99_999])
-    np.testing.assert_allclose(long.lr_area(steps), np.cumsum(long.lrs())[steps], rtol=1e-3, atol=1.01e-3)
-    assert long.lr_area([200_000])[0] == long.lr_area([99_999])[0]  # past the end: the whole area

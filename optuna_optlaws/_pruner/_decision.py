@@ -28,7 +28,7 @@ from optuna_optlaws._pruner._calibration import (
     point_noise,
     residuals,
 )
-from optuna_optlaws._pruner._frontier import FAR_ABOVE, Frontier, frontier, group_floor, has_evidence
+from optuna_optlaws._pruner._frontier import FAR_ABOVE, Frontier, area_at, frontier, group_floor, has_evidence
 from optuna_optlaws._study_state import LawState, group_key, raw_points, trial_sizes, usable_points
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import detect_divergence
@@ -228,7 +228,7 @@ def _far_above_group(
     if steps.size < gates.min_reports:
         return None
     recent = float(np.median(losses[-3:]))
-    area = float(schedule.lr_area([int(steps[-1])])[0])
+    area = float(area_at(schedule, steps[-1:])[0])
     floor, n = group_floor(storage, trials, group, number, area)
     if n < gates.n_min_trials or not (math.isfinite(floor) and floor > 0) or recent <= FAR_ABOVE * floor:
         return None

@@ -24,6 +24,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._study_state import group_key, raw_points, readable_schedule, same_group, trial_sizes
+from optuna_optlaws.laws._features import schedule_features
 from optuna_optlaws.laws._optlaw_fit import transient_end
 from optuna_optlaws.schedules import Schedule
 
@@ -83,7 +84,7 @@ def completed_final(storage: Any, trial: FrozenTrial) -> tuple[tuple[Any, ...] |
 
 FAR_ABOVE = 2.0
 """A running trial whose recent loss is this many times the lowest loss the group's
-COMPLETE trials had reached by the same LR area (:meth:`Schedule.lr_area`) is diverged,
+COMPLETE trials had reached by the same LR area (:func:`area_at`) is diverged,
 whatever the law says (a run that never trained: no healthy run of the group was ever
 that far behind after training with as much LR)."""
 
@@ -105,12 +106,20 @@ def complete_in_group(
             yield t, final
 
 
+def area_at(schedule: Schedule, steps: np.ndarray) -> np.ndarray:
+    """The LR area trained by the end of each of ``steps`` (the laws' ``S1``: the sum of
+    the LRs of steps ``0 .. step``, LR x steps; steps past the schedule's end count its
+    whole area), from the schedule's cached features."""
+    feats = schedule_features(schedule)
+    return feats.area(np.clip(np.asarray(steps, dtype=np.int64), 0, feats.n - 1))
+
+
 def group_floor(
     storage: Any, trials: Sequence[FrozenTrial], group: tuple[Any, ...], exclude_number: int, area: float
 ) -> tuple[float, int]:
     """The lowest loss (nats) any COMPLETE trial of ``group`` (other than
     ``exclude_number``) had reported by the time it had trained with LR area ``area``
-    (:meth:`Schedule.lr_area`), and how many such trials had reported by then (``inf, 0``
+    (:func:`area_at`), and how many such trials had reported by then (``inf, 0``
     when none)."""
     cache = _RUNNING_MIN.setdefault(storage, {})
     best, n = math.inf, 0
@@ -120,7 +129,7 @@ def group_floor(
             steps, losses = raw_points(t)
             fin = np.isfinite(losses)
             schedule = readable_schedule(t)
-            areas = schedule.lr_area(steps[fin]) if schedule is not None else np.zeros(0)
+            areas = area_at(schedule, steps[fin]) if schedule is not None else np.zeros(0)
             hit = (areas, np.minimum.accumulate(losses[fin]) if fin.any() else losses[fin])
             cache[t._trial_id] = hit
         areas, running = hit
