@@ -73,19 +73,19 @@ def parse_states(text: str) -> list[str]:
     return states
 
 
-def storage_url(text: str) -> str:
-    """An Optuna storage URL for ``text``: a URL as given (a ``sqlite:///`` one must name an
-    existing file, which Optuna would otherwise create empty), a path to an existing file
-    as ``sqlite:///path``."""
-    if "://" in text:
-        if text.startswith("sqlite:///"):
-            path = Path(text[len("sqlite:///"):])
-            if not path.is_file():
-                raise InputError(f"storage {text!r}: no SQLite file at {str(path)!r}")
-        return text
-    if not Path(text).is_file():
-        raise InputError(f"storage {text!r}: not a storage URL and no such file")
-    return f"sqlite:///{text}"
+def storage_url(text: str, *, create: bool = False) -> str:
+    """An Optuna storage URL for ``text``: a URL as given, a file path as ``sqlite:///path``.
+    A SQLite file must exist (Optuna would otherwise create it empty), or with ``create``
+    at least its folder; :class:`InputError` naming ``text`` otherwise."""
+    url = text if "://" in text else f"sqlite:///{text}"
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if create and not path.parent.is_dir():
+            raise InputError(f"storage {text!r}: no folder for the SQLite file")
+        if not create and not path.is_file():
+            what = f"no SQLite file at {str(path)!r}" if "://" in text else "not a storage URL and no such file"
+            raise InputError(f"storage {text!r}: {what}")
+    return url
 
 
 def open_storage(url: str, given: str) -> tuple[Any, list[str]]:
@@ -190,9 +190,9 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"exported: {len(got.curves)} trials ({', '.join(states)}), {reports} reports"
           + (f", {diverged} of them NaN or inf" if diverged else ""))
     if got.no_schedule:
-        print(f"skipped (no readable schedule): trials {_numbers(got.no_schedule)}")
+        print(f"skipped (no readable schedule): trials {listed(got.no_schedule)}")
     if got.no_report:
-        print(f"skipped (no report within the schedule): trials {_numbers(got.no_report)}")
+        print(f"skipped (no report within the schedule): trials {listed(got.no_report)}")
     if got.past_end:
         print("left out (reports past the schedule's end): "
               + ", ".join(f"{k} reports of trial {t}" for t, k in sorted(got.past_end.items())))
@@ -200,7 +200,9 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _numbers(numbers: Sequence[int], most: int = 20) -> str:
-    text = ", ".join(str(n) for n in numbers[:most])
-    return text + (f" and {len(numbers) - most} more" if len(numbers) > most else "")
+def listed(items: Sequence[object], most: int = 20) -> str:
+    """``items`` comma-separated, at most ``most`` of them and how many more (trial
+    numbers or run ids in a command's summary)."""
+    text = ", ".join(str(n) for n in items[:most])
+    return text + (f" and {len(items) - most} more" if len(items) > most else "")
 

@@ -5,11 +5,7 @@ anything (:mod:`optuna_optlaws.logged_runs`). The inverse of ``optlaws export``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-from optuna_optlaws._errors import InputError
 
 
 def register(subparsers: Any) -> None:
@@ -33,15 +29,13 @@ def register(subparsers: Any) -> None:
 def _run_import(args: argparse.Namespace) -> int:
     import optuna
 
-    from optuna_optlaws._cli_export import choose_study, open_storage
+    from optuna_optlaws._cli_export import choose_study, listed, open_storage, storage_url
     from optuna_optlaws.curves import read_curves_csv
     from optuna_optlaws.logged_runs import add_logged_runs
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     curves = read_curves_csv(args.curves, runs=runs)
-    url = args.storage if "://" in args.storage else f"sqlite:///{args.storage}"
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).parent.is_dir():
-        raise InputError(f"storage {args.storage!r}: no folder for the SQLite file")
+    url = storage_url(args.storage, create=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" log line: this prints its own
     rdb, names = open_storage(url, args.storage)
     created = args.study is not None and args.study not in names
@@ -55,14 +49,10 @@ def _run_import(args: argparse.Namespace) -> int:
     print(f"study: {name}" + (" (created)" if created else ""))
     print(f"added: {len(added.complete)} complete and {len(added.pruned)} pruned trials from {args.curves}")
     if added.pruned:
-        print(f"pruned (losses end before the schedule's last step, or NaN/inf): {_ids(list(added.pruned))}")
+        print(f"pruned (losses end before the schedule's last step, or NaN/inf): {listed(list(added.pruned))}")
     if added.already_in_study:
-        print(f"skipped (already in the study): {_ids(added.already_in_study)}")
+        print(f"skipped (already in the study): {listed(added.already_in_study)}")
     if added.no_loss:
-        print(f"skipped (no loss rows): {_ids(added.no_loss)}")
+        print(f"skipped (no loss rows): {listed(added.no_loss)}")
     return 0
 
-
-def _ids(ids: Sequence[str], most: int = 20) -> str:
-    text = ", ".join(ids[:most])
-    return text + (f" and {len(ids) - most} more" if len(ids) > most else "")
