@@ -42,7 +42,8 @@ from optuna_optlaws import get_schedule
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, completed_final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import load_recorded, training_config, trial_config
+from recorded import load_recorded
+from study import training_config, trial_config
 from tinylm import TinyLMConfig, default_device, train
 
 PREFIX_TOLERANCE = 1e-4

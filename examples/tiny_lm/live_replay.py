@@ -36,7 +36,8 @@ from optuna_optlaws.curves import Curve
 from optuna_optlaws.pruner import DEFAULT_MARGIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import load_recorded, recorded_study, summarize, target_met
+from recorded import load_recorded, recorded_study
+from study import summarize, target_met
 
 
 @dataclass(frozen=True)

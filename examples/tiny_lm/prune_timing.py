@@ -33,7 +33,8 @@ from optuna_optlaws.benchmarks.replay import oracle_gates
 from optuna_optlaws.pruner import PRUNE_REASON
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import load_recorded, recorded_study, summarize
+from recorded import load_recorded, recorded_study
+from study import summarize
 
 GATES = oracle_gates()
 """The pruner's default evidence gates (``min_reports``, ``min_fraction``, ...)."""

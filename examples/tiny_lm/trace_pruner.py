@@ -34,6 +34,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws import OptLawsPruner, OptLawsSampler
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recorded import load_recorded
+
 
 @dataclass(frozen=True)
 class Check:
@@ -179,17 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the Markdown report here (default: print it)")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if not Path(args.db).is_file():
-        raise SystemExit(f"trace_pruner.py: {args.db}: no such file")
+    source = load_recorded(args.db, args.study, "trace_pruner.py")
     try:
         numbers = [int(x) for x in args.trials.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"trace_pruner.py: --trials {args.trials!r} is not a list of trial numbers") from None
-    try:
-        source = optuna.load_study(study_name=args.study, storage=f"sqlite:///{args.db}")
-    except KeyError:
-        names = ", ".join(optuna.get_all_study_names(storage=f"sqlite:///{args.db}"))
-        raise SystemExit(f"trace_pruner.py: {args.db} has no study {args.study!r} (it has: {names})") from None
     trials = source.get_trials(deepcopy=False)
     for n in numbers:
         if not 0 <= n < len(trials):
