@@ -56,6 +56,17 @@ OPTLAWS_GATES = ("min_reports", "min_fraction")
 OPTLAWS_OPTIONS = OPTLAWS_NATS + OPTLAWS_GATES
 """Every argument of :class:`~optuna_optlaws.OptLawsPruner` a replay may set."""
 
+_OPTION_RANGES: dict[str, tuple[Callable[[float], bool], Callable[[float], Any], str]] = {
+    "min_reports": (lambda x: x >= 1 and x == int(x), int, "must be an int >= 1"),
+    "min_fraction": (lambda x: 0.0 <= x <= 1.0, float, "must lie in [0, 1]"),
+}
+"""Per option: whether a value is in range, its type, and what the error says; every other
+option is a number of nats >= 0."""
+
+_NATS_RANGE: tuple[Callable[[float], bool], Callable[[float], Any], str] = (
+    lambda x: x >= 0, float, "must be a number of nats >= 0"
+)
+
 
 def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
     """A pruner spec ``name`` or ``optlaws:key=value[,key=value]`` as (name, arguments).
@@ -78,22 +89,14 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
         if key == "final_noise" and value == "auto":
             kwargs[key] = value
             continue
+        in_range, kind, what = _OPTION_RANGES.get(key, _NATS_RANGE)
         try:
             number = float(value)
         except ValueError:
             number = math.nan
-        if key == "min_reports":
-            if not (math.isfinite(number) and number >= 1 and number == int(number)):
-                raise InputError(f"replay: pruner {spec!r}: min_reports={value!r} must be an int >= 1")
-            kwargs[key] = int(number)
-        elif key == "min_fraction":
-            if not (0.0 <= number <= 1.0):
-                raise InputError(f"replay: pruner {spec!r}: min_fraction={value!r} must lie in [0, 1]")
-            kwargs[key] = number
-        elif not (math.isfinite(number) and number >= 0):
-            raise InputError(f"replay: pruner {spec!r}: {key}={value!r} must be a number of nats >= 0")
-        else:
-            kwargs[key] = number
+        if not (math.isfinite(number) and in_range(number)):
+            raise InputError(f"replay: pruner {spec!r}: {key}={value!r} {what}")
+        kwargs[key] = kind(number)
     return name, kwargs
 
 
