@@ -39,7 +39,7 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws._sampler._acquisition import ACQUISITIONS, Proposal, propose, startup_point
 from optuna_optlaws._sampler._residual import observations
 from optuna_optlaws._sampler._space import ScheduleSpace
-from optuna_optlaws._study_state import LawStore, PicklesWithoutMemos, resolve_prior, trial_sizes
+from optuna_optlaws._study_state import LawStore, PicklesWithoutMemos, readable_schedule, resolve_prior, trial_sizes
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 from optuna_optlaws.trial_schedule import SPACE_KEY, STUDY_SPACE_PREFIX
 
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from optuna_optlaws.laws import Law
 
 __all__ = ["OptLawsSampler"]
+
+_log = optuna.logging.get_logger(__name__)
 
 PROPOSAL_KEY = "optlaws:proposal"
 """Trial system attribute: how the trial's schedule was proposed (source, predicted mean
@@ -177,6 +179,8 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         if memo is not None:
             for key in [k for k in memo if k[0] == trial._trial_id]:
                 del memo[key]
+        if state == TrialState.COMPLETE:
+            self._check_report_steps(trial)
         self._inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -232,10 +236,28 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
             self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")
             return startup_point(space, self._seed, trial.number)
 
+    def _check_report_steps(self, trial: FrozenTrial) -> None:
+        """Warns once when a COMPLETE trial's reports stop before half of its schedule: its
+        steps are then not optimizer steps (an epoch-level reporter), the law is fitted on
+        losses at the wrong steps and the pruner never acts."""
+        if not trial.intermediate_values:
+            return
+        schedule = readable_schedule(trial)
+        last = max(trial.intermediate_values)
+        if schedule is not None and last + 1 < schedule.total_steps / 2:
+            self._warn_once(
+                "report_steps",
+                f"OptLawsSampler: trial {trial.number} reported up to step {last} of a {schedule.total_steps}-step "
+                "schedule: report steps must be 0-based optimizer steps (epoch-level reporters such as "
+                "PyTorchLightningPruningCallback report epochs); use optuna_optlaws.torch.LossReporter",
+            )
+
     def _warn_once(self, key: str, message: str) -> None:
+        """Warns (``UserWarning``) and logs ``message`` the first time ``key`` comes up."""
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
+            _log.warning(message)
 
 
 def _trial_space(trial: FrozenTrial) -> ScheduleSpace | None:

@@ -25,7 +25,9 @@ after that step.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["LossReporter", "scheduler_for"]
+
+_log = logging.getLogger(__name__)  # what optuna.logging.get_logger(__name__) returns, without importing optuna
 
 
 def _trial_schedule(trial: optuna.trial.BaseTrial) -> Schedule | None:
@@ -97,6 +101,12 @@ class LossReporter:
     reported at once, whatever the step, so a diverging run is seen immediately (Optuna
     stores it as NaN/inf and a schedule-aware pruner prunes it).
 
+    A step at or past ``total_steps`` is reported like the last step (no prune check
+    follows it), and warns and logs once per reporter: it usually is a
+    1-based step counter (HF Trainer's ``state.global_step``, Lightning's
+    ``trainer.global_step`` after the optimizer step), which makes ``every`` miss its
+    steps and the pruner never act; pass that counter minus 1.
+
     :attr:`last_reported` holds the last ``(step, loss)`` sent, :attr:`n_reports` how many.
 
     Under ``torch.distributed`` wrap the trial in optuna-integration's
@@ -125,6 +135,7 @@ class LossReporter:
         self.check_prune = check_prune
         self.last_reported: tuple[int, float] | None = None
         self.n_reports = 0
+        self._warned_past_end = False
 
     def is_last(self, step: int) -> bool:
         """Whether ``step`` is the run's last optimizer step (``total_steps - 1``)."""
@@ -139,6 +150,15 @@ class LossReporter:
         the pruner says to stop. Returns whether a report was made. ``loss`` is only
         converted to a float (a device sync for a CUDA tensor) when a report is due."""
         step = int(step)
+        if self.total_steps is not None and step >= self.total_steps and not self._warned_past_end:
+            self._warned_past_end = True
+            message = (
+                f"LossReporter: step {step} is past the run's last step {self.total_steps - 1}: steps are "
+                "0-based optimizer steps (HF Trainer: pass state.global_step - 1; Lightning: "
+                "trainer.global_step - 1 in on_train_batch_end)"
+            )
+            warnings.warn(message, stacklevel=2)
+            _log.warning(message)
         if self.due(step):
             value = _as_float(loss)
         elif isinstance(loss, (int, float)) and not math.isfinite(loss):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -238,3 +240,58 @@ def test_residual_correction_leaves_a_region_the_law_gets_wrong() -> None:
     assert values[True] < values[False] - 0.3
     assert all(t.system_attrs[PROPOSAL_KEY]["source"] == "law+residual-gp:lcb" for t in runs[True])
     assert all(t.system_attrs[PROPOSAL_KEY]["source"] == "law:lcb" for t in runs[False])
+
+
+class _Records(logging.Handler):
+    """WARNING records, caught on the ``optuna_optlaws`` logger itself (so neither the root
+    logger's configuration nor pytest's capture matters)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger("optuna_optlaws")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_a_trial_that_reports_epochs_of_a_long_schedule_warns_once(logged: _Records) -> None:
+    """An epoch-level reporter (optuna-integration's PyTorchLightningPruningCallback) reports
+    steps 0, 1, 2, 3 of a 600-step schedule: the law would be fitted on losses at the
+    wrong steps and the pruner would never act, so the sampler says so, once. Trials that
+    report their whole schedule, or have no schedule, do not warn."""
+    from optuna_optlaws import suggest_schedule
+
+    def by_epoch(trial: optuna.Trial) -> float:
+        schedule = suggest_schedule(trial, total_steps=TOTAL_STEPS, warmup_steps=30, peak_lr=(3e-4, 3e-2))
+        losses = synth_loss(schedule, np.array([149, 299, 449, 599]))  # the losses after 4 epochs
+        for epoch, loss in enumerate(losses.tolist()):
+            trial.report(loss, epoch)
+        return float(losses[-1])
+
+    study = optuna.create_study(sampler=_sampler())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(schedule_objective(), n_trials=2)
+        study.optimize(lambda trial: 1.0, n_trials=1)  # no schedule, no reports
+        study.optimize(by_epoch, n_trials=3)
+    expected = (
+        "OptLawsSampler: trial 3 reported up to step 3 of a 600-step schedule: report steps must be 0-based "
+        "optimizer steps (epoch-level reporters such as PyTorchLightningPruningCallback report epochs); "
+        "use optuna_optlaws.torch.LossReporter"
+    )
+    assert [str(w.message) for w in caught if "reported up to step" in str(w.message)] == [expected]
+    assert [r.getMessage() for r in logged.records] == [expected]

@@ -3,7 +3,12 @@ LossReporter reports to Optuna and stops pruned trials."""
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
+import pickle
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,34 @@ from optuna_optlaws import Schedule
 from optuna_optlaws.torch import LossReporter, scheduler_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, part: str) -> list[str]:
+        return [r.getMessage() for r in self.records if part in r.getMessage()]
+
+
+@pytest.fixture
+def logged() -> Iterator[_Records]:
+    """WARNING records of the package's loggers, caught on the ``optuna_optlaws`` logger
+    itself (so neither the root logger's configuration nor pytest's capture matters)."""
+    handler = _Records()
+    logger = logging.getLogger("optuna_optlaws")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _regression_problem(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -225,3 +258,174 @@ def test_an_objective_runs_under_optunas_fixed_trial() -> None:
     used, _ = _train(schedule, LossReporter(trial, every=15), scheduler_source=trial)
     np.testing.assert_allclose(used, schedule.lrs(40), rtol=1e-12, atol=0)
     assert LossReporter(trial, every=15).total_steps == 40
+
+
+def test_a_checkpoint_of_another_schedule_is_logged_even_when_warnings_are_hidden(logged: _Records) -> None:
+    """HF Trainer loads ``scheduler.pt`` under ``warnings.catch_warnings`` and re-issues
+    nothing: a trial resuming another trial's checkpoint (one shared output_dir) must
+    still be told, on the ``optuna_optlaws`` logger, with the checkpoint's step."""
+    sched = Schedule.cosine(0.1, 50, warmup_steps=5)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    first = scheduler_for(sched, opt)
+    for _ in range(20):
+        opt.step()
+        first.step()
+    other = scheduler_for(Schedule.constant(0.1, 50), torch.optim.SGD(torch.nn.Linear(2, 1).parameters()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other.load_state_dict(first.state_dict())
+    assert logged.messages("another schedule") == [
+        "ScheduleLR.load_state_dict: the checkpoint was saved under another schedule (another trial's, "
+        "in a shared output directory?); going on with this one from the checkpoint's step 20"
+    ]
+    assert other.last_epoch == 20
+    scheduler_for(sched, torch.optim.SGD(torch.nn.Linear(2, 1).parameters())).load_state_dict(first.state_dict())
+    assert len(logged.messages("another schedule")) == 1  # the same schedule: nothing
+
+
+def test_reporter_warns_once_on_a_step_past_the_schedules_end_and_still_reports_it(logged: _Records) -> None:
+    """HF Trainer's ``state.global_step`` is 1-based: passed as is, reports every 5 steps
+    never meet ``(step + 1) % 5 == 0`` and the last one lies past the schedule's end. The
+    reporter keeps reporting it and says so, once; 0-based steps are silent."""
+    from optuna_optlaws import set_schedule
+
+    sched = Schedule.cosine(0.05, 20, warmup_steps=2)
+    study = optuna.create_study()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(sched, LossReporter(study.ask(), every=5, total_steps=sched.total_steps))  # 0-based: silent
+        trial = study.ask()
+        set_schedule(trial, sched)
+        reporter = LossReporter(trial, every=5)
+        for global_step in (5, 10, 15, 20, 21):  # a callback's on_log with logging_steps=5, then one more
+            reporter.step(1.0 / global_step, global_step)
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == [
+        "LossReporter: step 20 is past the run's last step 19: steps are 0-based optimizer steps "
+        "(HF Trainer: pass state.global_step - 1; Lightning: trainer.global_step - 1 in on_train_batch_end)"
+    ]
+    assert [r.getMessage() for r in logged.records] == [str(caught[0].message)]
+    study.tell(trial, 0.05)
+    assert sorted(study.trials[1].intermediate_values) == [20, 21]  # not dropped
+
+
+def _double_stepped(opt: torch.optim.Optimizer, torch_sched: object, n: int) -> list[float]:
+    """``n`` optimizer steps, each followed by two ``scheduler.step()`` calls (accelerate's
+    ``AcceleratedScheduler`` under two processes); the LR each optimizer step used."""
+    used = []
+    for _ in range(n):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        torch_sched.step()  # type: ignore[attr-defined]
+        torch_sched.step()  # type: ignore[attr-defined]
+    return used
+
+
+def _not_torchs(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The caught warnings but torch's own about a scheduler stepped before any optimizer step."""
+    return [str(w.message) for w in caught if "before `optimizer.step()`" not in str(w.message)]
+
+
+def test_a_scheduler_stepped_twice_per_optimizer_step_warns_once_and_plays_as_before(logged: _Records) -> None:
+    """Accelerate's ``AcceleratedScheduler`` under two processes steps the scheduler twice per
+    optimizer step: the stepping is kept, the scheduler warns and logs once. Stepped once
+    per optimizer step, or alone (an LR curve read off it, no training), it is silent."""
+    sched = Schedule.cosine(0.1, 40, warmup_steps=4)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    torch_sched = scheduler_for(sched, opt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot = scheduler_for(sched, torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0))
+        for _ in range(39):
+            plot.step()
+        for _ in range(10):
+            opt.step()
+            torch_sched.step()
+        assert _not_torchs(caught) == [] and logged.records == []
+        used = _double_stepped(opt, torch_sched, 10)
+    np.testing.assert_allclose(used, sched.lrs(40)[10:30:2], rtol=1e-12)  # the stepping is unchanged
+    messages = _not_torchs(caught)
+    assert len(messages) == 1 and "do not pass the scheduler to accelerator.prepare" in messages[0]
+    assert messages[0].startswith("ScheduleLR.step() was called more than once after each of two optimizer steps")
+    assert [w.filename for w in caught if str(w.message) == messages[0]] == [__file__]  # the loop that steps it
+    assert [r.getMessage() for r in logged.records] == messages
+
+
+def test_a_scheduler_stepped_once_an_epoch_warns_once(logged: _Records) -> None:
+    """Lightning's default ``"interval": "epoch"`` steps the scheduler once per epoch of many
+    optimizer steps: the schedule would play that much slower than the law scores it. The
+    scheduler warns and logs once; stepped after every optimizer step, or before it (the
+    wrong order, still one per step), it is silent."""
+    sched = Schedule.cosine(0.1, 40, warmup_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for before in (False, True):
+            opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+            torch_sched = scheduler_for(sched, opt)
+            for _ in range(12):
+                if before:
+                    torch_sched.step()
+                opt.step()
+                if not before:
+                    torch_sched.step()
+        assert _not_torchs(caught) == [] and logged.records == []
+        opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+        torch_sched = scheduler_for(sched, opt)
+        for _epoch in range(3):
+            for _ in range(4):
+                opt.step()
+            torch_sched.step()
+    messages = _not_torchs(caught)
+    assert len(messages) == 1 and messages[0].startswith("ScheduleLR: the optimizer stepped three times in a row")
+    assert '"interval": "step"' in messages[0]
+    assert [r.getMessage() for r in logged.records] == messages
+    assert torch_sched.last_epoch == 3  # the stepping is unchanged
+
+
+def test_steps_that_amp_skips_do_not_warn(logged: _Records) -> None:
+    """``GradScaler.step`` does not call ``optimizer.step()`` on inf gradients, and the loop
+    still steps the scheduler: one scheduler step without an optimizer step, at the start
+    (before any optimizer step), now and then, or a few times in a row, is not the
+    repeated double stepping the scheduler warns about (which it still catches after)."""
+    grad_scaler = getattr(torch.amp, "GradScaler", None)
+    if grad_scaler is None:
+        pytest.skip("torch.amp.GradScaler needs torch >= 2.3")
+    sched = Schedule.cosine(0.1, 60, warmup_steps=4)
+    model, x, y = _regression_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    torch_sched = scheduler_for(sched, opt)
+    scaler = grad_scaler("cpu", init_scale=2.0**4)
+    overflow = {0, 1, 2, 10, 20, 21, 22, 40}
+    taken: list[int] = []
+    opt.register_step_post_hook(lambda *_: taken.append(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(60):
+            assert opt.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([step])[0]), rel=1e-12)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            if step in overflow:
+                model.weight.grad.fill_(math.inf)  # type: ignore[union-attr]
+            scaler.step(opt)
+            scaler.update()
+            torch_sched.step()
+    assert len(taken) == 60 - len(overflow)  # the scaler did skip those optimizer steps
+    assert _not_torchs(caught) == [] and logged.records == []
+    with pytest.warns(UserWarning, match="accelerator.prepare"):
+        _double_stepped(opt, torch_sched, 2)
+
+
+def test_a_pickled_or_copied_scheduler_still_counts_optimizer_steps() -> None:
+    """The scheduler pickles and deep-copies as before (process pools, checkpoint helpers),
+    and the copy watches its own optimizer's steps."""
+    sched = Schedule.cosine(0.1, 40, warmup_steps=4)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    torch_sched = scheduler_for(sched, opt)
+    for _ in range(3):
+        opt.step()
+        torch_sched.step()
+    for twin in (pickle.loads(pickle.dumps(torch_sched)), copy.deepcopy(torch_sched)):
+        assert twin.last_epoch == 3 and twin.optimizer is not opt
+        assert twin.optimizer.param_groups[0]["lr"] == pytest.approx(float(sched.lr_at([3])[0]), rel=1e-12)
+        with pytest.warns(UserWarning, match="accelerator.prepare"):
+            _double_stepped(twin.optimizer, twin, 2)
