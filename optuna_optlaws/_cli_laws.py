@@ -1,7 +1,8 @@
 """The ``optlaws fit``, ``optlaws predict`` and ``optlaws rank`` subcommands.
 
-* ``fit CURVES.csv [--law NAME] [--runs ID,...] [--seed N] --out LAW.json``: fit a law on
-  the rows of CURVES.csv that have a loss and write the law file;
+* ``fit CURVES.csv [--law NAME] [--runs ID,...] [--seed N] [--prior LAW.json [--prior-sd SD]]
+  --out LAW.json``: fit a law on the rows of CURVES.csv that have a loss and write the law
+  file (``--prior``: an Opt-Law fitted elsewhere that the fit is drawn towards);
 * ``predict LAW.json SCHEDULES.csv --out PRED.csv``: one row per row of SCHEDULES.csv,
   ``run_id,step,pred_loss,pred_lo,pred_hi`` (losses in nats, central 90% interval);
 * ``rank LAW.json SCHEDULES.csv``: one line per run, lowest predicted final loss first,
@@ -36,6 +37,7 @@ from optuna_optlaws._progress import Progress
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import DEFAULT_LAW, LAW_MODULES, Law, Prediction, load_law, make_law
 from optuna_optlaws.laws._optlaw_lineage import check_resume_step
+from optuna_optlaws.laws.optlaw import PRIOR_SD, OptLaw
 
 
 def register(subparsers: Any) -> None:
@@ -54,6 +56,17 @@ def register(subparsers: Any) -> None:
     )
     fit.add_argument("--runs", metavar="ID,ID,...", default=None, help="fit only these runs (comma-separated ids)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the fit's random starts (default: 0)")
+    fit.add_argument(
+        "--prior", metavar="LAW.json", default=None,
+        help="an optlaw law file fitted elsewhere (the same model and optimiser on another corpus: a "
+             "pretraining sweep before fine-tuning or continued pre-training); the fit is drawn towards its "
+             "parameters except the loss floor, so a few runs inherit how the model responds to the LR",
+    )
+    fit.add_argument(
+        "--prior-sd", type=float, default=None, metavar="SD",
+        help=f"how far the fit may move from --prior's parameters: standard deviation in the parameters' "
+             f"internal coordinates (0.2: about 20%% on a positive one; default: {PRIOR_SD})",
+    )
     fit.add_argument("--out", metavar="LAW.json", required=True, help="where to write the law file")
     fit.set_defaults(handler=_run_fit)
 
@@ -88,6 +101,21 @@ def _parse_runs(text: str | None) -> list[str] | None:
     return runs
 
 
+def _law_to_fit(args: argparse.Namespace) -> Law:
+    """The unfitted law ``optlaws fit`` fits: ``--law``, with ``--prior`` and ``--prior-sd``."""
+    if args.prior is None:
+        if args.prior_sd is not None:
+            raise InputError("--prior-sd needs --prior LAW.json (the law whose parameters it holds the fit near)")
+        return make_law(args.law)
+    if args.law != "optlaw":
+        raise InputError(f"--prior works with --law optlaw only, not {args.law}")
+    prior = load_law(args.prior)
+    try:
+        return OptLaw(prior=prior, prior_sd=PRIOR_SD if args.prior_sd is None else args.prior_sd)
+    except InputError as exc:
+        raise InputError(f"--prior {args.prior}: {exc}") from None
+
+
 def _run_fit(args: argparse.Namespace) -> int:
     curves = read_curves_csv(args.curves, runs=_parse_runs(args.runs))
     ids = {c.run_id for c in curves}
@@ -101,7 +129,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     if not observed:
         raise InputError(f"{args.curves}: no run has a finite 'loss' value, so there is nothing to fit")
     skipped = [c.run_id for c in curves if not np.any(c.finite)]
-    law = make_law(args.law)
+    law = _law_to_fit(args)
     start = time.perf_counter()
     try:
         law.fit(observed, seed=args.seed)  # the fitting harness shows progress on a terminal
@@ -120,6 +148,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped (no loss rows): {', '.join(skipped)}")
     print(f"fit loss: {loss_text}")
+    if args.prior is not None:
+        print(f"prior: {args.prior} (sd {law.fit_info['prior']['sd']:g}; the loss floor left free)")
     bounded = bound_note(info.get("at_bounds"))
     if bounded:
         print(bounded)

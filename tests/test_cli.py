@@ -84,6 +84,33 @@ def test_fit_writes_law_file_and_summary(capsys: pytest.CaptureFixture[str], mpl
     assert sorted(r["run_id"] for r in data["fitted_on"]) == sorted(TRAIN_25M.split(","))
 
 
+def test_fit_with_a_prior_law(capsys: pytest.CaptureFixture[str], mpl_csv: Path, fitted: Path, tmp_path: Path) -> None:
+    """``--prior``: an Opt-Law fitted on the 100M runs holds the 25M fit near its parameters
+    (the floor left free); the law file says so. Bad uses are one line each."""
+    prior = tmp_path / "prior.json"
+    runs_100m = TRAIN_25M.replace("25M", "100M")
+    assert run_main(capsys, "fit", str(mpl_csv), "--runs", runs_100m, "--out", str(prior))[0] == 0
+    out = tmp_path / "law.json"
+    code, stdout, _ = run_main(capsys, "fit", str(mpl_csv), "--runs", TRAIN_25M, "--prior", str(prior),
+                               "--prior-sd", "0.1", "--out", str(out))
+    assert code == 0 and f"prior: {prior} (sd 0.1" in stdout
+    info = json.loads(out.read_text())["fit_info"]
+    prior_params = json.loads(prior.read_text())["fit_info"]["params"]
+    assert info["prior"]["sd"] == 0.1 and "L0" not in info["prior"]["params"]
+    assert info["prior"]["params"]["alpha"] == pytest.approx(prior_params["alpha"])
+    base = ["fit", str(mpl_csv), "--runs", TRAIN_25M, "--out", str(tmp_path / "bad.json")]
+    for extra, parts in (
+        (["--prior-sd", "0.2"], ("--prior-sd needs --prior",)),
+        (["--prior", str(prior), "--law", "multipower"], ("--prior works with --law optlaw only",)),
+        (["--prior", str(fitted)], (f"--prior {fitted}", "fitted optlaw law, got momentum")),
+        (["--prior", str(prior), "--prior-sd", "-1"], ("prior sd must be a positive number",)),
+        (["--prior", str(tmp_path / "nosuch.json")], ("nosuch.json", "cannot read law file")),
+    ):
+        code, _, err = run_main(capsys, *base, *extra)
+        assert_one_line_error(code, err, *parts)
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_fit_summary_names_parameters_on_a_bound() -> None:
     """``optlaws fit`` prints one line on parameters at a bound, telling a term switched
     off (an amplitude on its zero floor) from a bound the fit wanted past."""

@@ -439,3 +439,54 @@ def test_more_fitted_runs_table_rows_and_sizes_left_out() -> None:
     assert text.count("| 0.400 |") == 1  # a random ranking of the 5 runs held out at k = 5
     assert "k = 8" in text  # 8 of 10 would hold out 2 runs: named, not scored
     assert transfer._size_table({"3": {"m": row}}, 10) == []
+
+
+def test_the_transfer_prior_is_fitted_on_the_parents_size_and_horizon_only(tmp_path: Path) -> None:
+    """``optlaw+prior``'s prior law: the runs of the prior file trained from scratch at the
+    parent's model size, tokens per step and horizon; one line when there are none."""
+    truth = _law_with(TRUE)
+    path = tmp_path / "pretrain.csv"
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["run_id", "step", "lr", "loss", "model_size", "tokens_per_step", "resume_from", "resume_step"])
+        runs = {  # run -> (schedule, model size, parent)
+            "same_a": (Schedule.cosine(3e-4, 2400, warmup_steps=200), 1e6, ""),
+            "same_b": (Schedule.constant(3e-4, 2400, warmup_steps=200), 1e6, ""),
+            "bigger": (Schedule.cosine(3e-4, 2400, warmup_steps=200), 4e6, ""),
+            "longer": (Schedule.cosine(3e-4, 4800, warmup_steps=200), 1e6, ""),
+            "continued": (Schedule.constant(1e-4, 2400), 1e6, "same_a"),
+        }
+        for rid, (sched, size, parent) in runs.items():
+            steps = np.arange(EVERY, sched.total_steps, EVERY)
+            losses = dict(zip(steps.tolist(), truth.predict(sched, steps).mean, strict=True))
+            for step, lr in enumerate(sched.lrs()):  # a knot row at every step: the whole schedule
+                w.writerow([rid, step, lr, losses.get(step, ""), size, 1024, parent, RESUME if parent else ""])
+    parent = Curve("pre", PARENT, np.array([100]), np.array([3.0]), model_size=1e6, tokens_per_step=1024)
+    law, ids = transfer.prior_law(path, parent)
+    assert ids == ["same_a", "same_b"] and law.is_fitted
+    with pytest.raises(InputError, match="no run from scratch with the parent's model size"):
+        transfer.prior_law(path, Curve("pre", PARENT, np.array([100]), np.array([3.0]), model_size=2e6,
+                                       tokens_per_step=1024))
+    with pytest.raises(InputError, match="needs a transfer prior"):
+        transfer.predict_finals("optlaw+prior", parent, [], [])
+
+
+@pytest.mark.parametrize(("argv", "parts"), [
+    (["--other-prior-sds", "0.1,x"], ("--other-prior-sds", "0.1,x")),
+    (["--prior-sd", "0"], ("prior sd 0", "positive")),
+])
+def test_transfer_prior_sds_must_be_positive_numbers(
+    capsys: pytest.CaptureFixture[str], argv: list[str], parts: tuple[str, ...]
+) -> None:
+    code = transfer.main(argv)
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, *parts)
+
+
+def test_prior_sd_table_rows() -> None:
+    row = {"top2": 0.5, "top2_vs_seed_mean": 0.75, "regret2_vs_seed_mean": 0.001, "mean_abs_error_nats": 0.012}
+    prior = {"sd": 0.2, "by_sd": {"0.2": row, "0.1": {**row, "top2": 1.0}}}
+    text = "\n".join(transfer._prior_sd_table(prior, 3))
+    assert text.index("| 0.1 | 1.000 |") < text.index("| 0.2 | 0.500 | 0.750 |")  # by sd
+    assert "0.0120 |" in text
+    assert transfer._prior_sd_table({"sd": 0.2, "by_sd": {"0.2": row}}, 3) == []

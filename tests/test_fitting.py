@@ -11,7 +11,9 @@ from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws._base import Prediction
 from optuna_optlaws.laws._features import check_steps, observations, schedule_features
 from optuna_optlaws.laws._fitting import (
+    FitResult,
     Param,
+    ParamPrior,
     ParamSpace,
     Posterior,
     condition_on_prefix,
@@ -180,6 +182,51 @@ def test_fit_raises_when_no_start_is_finite() -> None:
 
     with pytest.raises(InputError, match="no starting point"):
         fit_least_squares(_EXP_SPACE, res, n_random=2)
+
+
+_LINE_SPACE = ParamSpace((Param("a", -10.0, 10.0, init=(-1.0, 1.0)), Param("b", 1e-3, 1e3, log=True, init=(0.1, 10.0))))
+"""``y = a + b x`` with the slope ``b`` optimised as its log."""
+
+
+def _line_fit(x: np.ndarray, noise: float, prior: ParamPrior | None, *, jac: bool = False) -> FitResult:
+    y = 1.0 + 2.0 * x + noise * np.random.default_rng(0).standard_normal(x.size)
+
+    def res(th: np.ndarray) -> np.ndarray:
+        return y - (th[0] + th[1] * x)
+
+    def jacobian(th: np.ndarray) -> np.ndarray:
+        return -np.stack([np.ones_like(x), x], axis=1)
+
+    return fit_least_squares(
+        _LINE_SPACE, res, jacobian=jacobian if jac else None, starts=[(0.0, 1.0)], n_random=2,
+        huber_delta=1.345 * noise, prior=prior, prior_scale=noise,
+    )
+
+
+@pytest.mark.parametrize("jac", [False, True])
+def test_a_prior_pins_a_parameter_the_data_leave_open(jac: bool) -> None:
+    x = np.array([0.0, 0.01, 0.02, 0.03])  # too short a range to see the slope through the noise
+    free = _line_fit(x, 0.05, None, jac=jac)
+    assert np.sqrt(free.posterior.cov[1, 1]) > 0.3  # log-slope unknown to well over 30%
+    pinned = _line_fit(x, 0.05, ParamPrior({"b": 2.0}, 0.05), jac=jac)
+    assert pinned.theta[1] == pytest.approx(2.0, rel=0.1)
+    assert np.sqrt(pinned.posterior.cov[1, 1]) < 0.05  # the prior's precision is in the posterior
+    # the residual spread is the data's alone, not diluted by the prior's residuals
+    assert pinned.n_obs == x.size
+    assert pinned.posterior.noise == pytest.approx(free.posterior.noise, rel=0.5)
+
+
+def test_a_prior_the_data_contradict_gives_way() -> None:
+    x = np.linspace(0.0, 1.0, 50)
+    fit = _line_fit(x, 0.01, ParamPrior({"b": 20.0}, 0.1))  # ten times the true slope
+    assert fit.theta[1] == pytest.approx(2.0, rel=0.02)
+
+
+def test_a_prior_on_no_fitted_parameter_changes_nothing() -> None:
+    x = np.linspace(0.0, 1.0, 20)
+    np.testing.assert_array_equal(_line_fit(x, 0.01, ParamPrior({"c": 5.0}, 0.1)).theta, _line_fit(x, 0.01, None).theta)
+    with pytest.raises(ValueError, match="prior sd"):
+        ParamPrior({"b": 1.0}, 0.0)
 
 
 def test_laplace_interval_of_the_mean_is_calibrated() -> None:

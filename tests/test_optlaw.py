@@ -415,3 +415,49 @@ def test_fit_problem_jacobian_with_the_fast_term_matches_finite_differences() ->
         up[i] += h
         num = (problem.residuals(up) - problem.residuals(theta)) / h
         np.testing.assert_allclose(jac[:, i], num, rtol=5e-3, atol=1e-6, err_msg=name)
+
+
+def _noisy(law: OptLaw, schedules: dict[str, Schedule], seed: int) -> list[Curve]:
+    """Curves of ``law`` with 0.3% multiplicative noise (seeded), every 500 steps from 1000."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1000, 20000, 500)
+    return [Curve(n, s, steps, law.predict(s, steps).mean * np.exp(0.003 * rng.standard_normal(steps.size)))
+            for n, s in schedules.items()]
+
+
+def test_a_prior_from_another_corpus_finds_the_best_peak_lr_from_two_low_lr_runs(tmp_path: Path) -> None:
+    def corpus(floor: float) -> OptLaw:  # the same model and optimiser; another corpus moves the floor
+        return _law_with_terms(Terms(eta_ref=1e-3, sizes=(), escape=True),
+                               {**TRUE, "L0": floor, "k_esc": 1.0, "kappa_esc": 0.02})
+
+    peaks = [1e-4, 2e-4, 4e-4, 7e-4, 1e-3]
+    scheds = {f"p{p:g}": Schedule.cosine(p, 20000, warmup_steps=1000, final_lr=0.1 * p) for p in peaks}
+    pretrain, finetune = corpus(2.7), corpus(3.1)
+    prior = OptLaw(n_random=1, loco=False).fit(_noisy(pretrain, scheds, seed=0))
+    few = _noisy(finetune, {n: scheds[n] for n in ("p0.0001", "p0.0002")}, seed=1)
+    true = finetune.predict_final(list(scheds.values())).mean
+    assert 0 < int(np.argmin(true)) < len(peaks) - 1
+
+    alone = OptLaw(n_random=1, loco=False).fit(few)
+    # two low-LR runs alone cannot tell where the loss turns up
+    assert int(np.argmin(alone.predict_final(list(scheds.values())).mean)) != int(np.argmin(true))
+
+    law = OptLaw(n_random=1, loco=False, prior=prior).fit(few)
+    got = law.predict_final(list(scheds.values())).mean
+    assert int(np.argmin(got)) == int(np.argmin(true))
+    np.testing.assert_allclose(got, true, atol=0.01)
+    assert law.params["L0"] == pytest.approx(3.1, abs=0.1)  # the floor is the new corpus's own
+    assert law.fit_info["prior"]["sd"] == 0.2 and "L0" not in law.fit_info["prior"]["params"]
+    law.save(tmp_path / "law.json")
+    np.testing.assert_array_equal(load_law(tmp_path / "law.json").predict_final(list(scheds.values())).mean, got)
+
+
+def test_a_transfer_prior_must_be_a_fitted_optlaw() -> None:
+    with pytest.raises(InputError, match="fitted optlaw law, got multipower"):
+        OptLaw(prior=make_law("multipower"))
+    with pytest.raises(InputError, match="not fitted"):
+        OptLaw(prior=OptLaw())
+    fitted = _law_with(TRUE)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="prior sd"):
+            OptLaw(prior=fitted, prior_sd=bad)

@@ -68,7 +68,7 @@ from optuna_optlaws._repeats import repeat_noise
 from optuna_optlaws.benchmarks.law_accuracy import _machine_info, _spearman
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import Law, make_law
-from optuna_optlaws.laws.optlaw import OptLaw
+from optuna_optlaws.laws.optlaw import PRIOR_SD, OptLaw
 
 FloatArray = NDArray[np.float64]
 
@@ -78,7 +78,10 @@ SETTINGS = {
 }
 """Setting name -> folder holding its ``curves.csv`` (and where its results are written)."""
 
-METHODS = ("optlaw+parent", "optlaw+lineage", "multipower", "momentum", "nearest-peak")
+METHODS = ("optlaw+parent", "optlaw+prior", "optlaw+lineage", "multipower", "momentum", "nearest-peak")
+PRIOR_CURVES = "studies/curves/tiny_lm_curves.csv"
+"""Default source of ``optlaw+prior``'s transfer prior: the tiny LM's pretraining sweep on
+another corpus (``examples/tiny_lm/generate_curves.py``)."""
 TOP2_TARGET = 0.94
 """Top-2 hit rate of the seed paper (issue 4)."""
 NOISE_SIGMAS = (0.01, 0.02)
@@ -101,6 +104,11 @@ class Setting:
     """Candidate run_id -> its held-out losses (nats) at its curve's steps under each
     training seed, one row per seed (the curves file's own first), when ``runs.json`` beside
     the curves file holds another seed's curve (``other_seeds``) for every candidate."""
+
+    prior: Law | None = None
+    """The transfer prior of ``optlaw+prior`` (:func:`prior_law`), when that method runs."""
+    prior_runs: tuple[str, ...] = ()
+    """The runs it was fitted on."""
 
     def seed_finals(self) -> dict[str, list[float]] | None:
         """Candidate run_id -> its last finite held-out loss under each seed (nats)."""
@@ -165,6 +173,21 @@ def load_setting(name: str, path: str | Path) -> Setting:
     return Setting(name, Path(path), by_id[parent_id], cands, excluded, seed_losses(records, cands))
 
 
+def prior_law(path: str | Path, parent: Curve) -> tuple[OptLaw, list[str]]:
+    """The Opt-Law fitted on the runs of ``path`` trained from scratch at the parent's model
+    size, tokens per step and horizon (the sweep a user would have run at that size before
+    continuing or fine-tuning), and their ids; InputError when there are none."""
+    runs = [
+        c for c in read_curves_csv(path)
+        if c.resume_from is None and np.any(c.finite) and c.model_size == parent.model_size
+        and c.tokens_per_step == parent.tokens_per_step and c.schedule.total_steps == parent.schedule.total_steps
+    ]
+    if not runs:
+        raise InputError(f"{path}: no run from scratch with the parent's model size, tokens per step and "
+                         f"{parent.schedule.total_steps} steps, to fit the transfer prior on")
+    return OptLaw(loco=False).fit(runs), [c.run_id for c in runs]
+
+
 def read_runs_json(path: Path) -> dict[str, Any]:
     """The run records of ``path`` (``{}`` when there is no such file); InputError when it
     is not readable JSON."""
@@ -214,9 +237,11 @@ def _at_last(c: Curve) -> Curve:
     return replace(c, steps=c.steps[-1:], losses=c.losses[-1:])
 
 
-def predict_finals(method: str, parent: Curve, train: Sequence[Curve], test: Sequence[Curve]) -> FloatArray:
+def predict_finals(method: str, parent: Curve, train: Sequence[Curve], test: Sequence[Curve],
+                   prior: Law | None = None, prior_sd: float = PRIOR_SD) -> FloatArray:
     """Predicted final loss (nats) of every run of ``test`` by ``method`` fitted on
-    ``train`` (and the parent, for the Opt-Law)."""
+    ``train`` (and the parent, for the Opt-Law; ``optlaw+prior`` with the transfer prior
+    ``prior`` at standard deviation ``prior_sd``)."""
     if method == "nearest-peak":
         peaks = np.log([c.schedule.peak_lr for c in train])
         finals = np.array([c.final_loss for c in train])
@@ -227,7 +252,9 @@ def predict_finals(method: str, parent: Curve, train: Sequence[Curve], test: Seq
         return np.asarray(out)
     law: Law
     if method.startswith("optlaw"):
-        law = OptLaw(loco=False)
+        if method == "optlaw+prior" and prior is None:
+            raise InputError("optlaw+prior needs a transfer prior law")
+        law = OptLaw(loco=False, prior=prior if method == "optlaw+prior" else None, prior_sd=prior_sd)
         root = parent
         if method == "optlaw+lineage":
             root = replace(parent, steps=np.zeros(0, dtype=np.int64), losses=np.zeros(0))
@@ -309,8 +336,9 @@ class Score:
 
 
 def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple[int, ...]],
-                progress: Progress) -> dict[str, Any]:
-    """Score every method on every training group of ``setting``."""
+                progress: Progress, prior_sd: float = PRIOR_SD) -> dict[str, Any]:
+    """Score every method on every training group of ``setting`` (``optlaw+prior`` with its
+    transfer prior at ``prior_sd``)."""
     cands = setting.candidates
     true_all = np.array([c.final_loss for c in cands])
     mean_all = setting.seed_mean()
@@ -341,7 +369,7 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
         for m in methods:
             began = time.perf_counter()
             try:
-                pred = predict_finals(m, setting.parent, train, test)
+                pred = predict_finals(m, setting.parent, train, test, setting.prior, prior_sd)
             except (InputError, FloatingPointError, np.linalg.LinAlgError) as exc:
                 scores[m].failed.append(f"{'+'.join(row['train'])}: {exc}")
                 scores[m].seconds += time.perf_counter() - began
@@ -354,7 +382,8 @@ def run_setting(setting: Setting, methods: Sequence[str], groups: Sequence[tuple
             if mean_curves is not None and mean_all is not None:
                 began = time.perf_counter()
                 try:
-                    pred_avg = predict_finals(m, setting.parent, [mean_curves[c.run_id] for c in train], test)
+                    pred_avg = predict_finals(m, setting.parent, [mean_curves[c.run_id] for c in train], test,
+                                              setting.prior, prior_sd)
                 except (InputError, FloatingPointError, np.linalg.LinAlgError) as exc:
                     fit_mean[m].failed.append(f"{'+'.join(row['train'])}: {exc}")
                 else:
@@ -455,6 +484,45 @@ def _size_table(by_size: dict[str, dict[str, dict[str, Any]]], n: int, skipped: 
     return lines
 
 
+def _prior_lines(res: dict[str, Any]) -> list[str]:
+    """The report's line on ``optlaw+prior``'s transfer prior (none without it)."""
+    prior = res.get("prior")
+    if not prior:
+        return []
+    return [
+        f"- `optlaw+prior`: `optlaw+parent` with a transfer prior: the Opt-Law fitted on the runs "
+        f"{', '.join(prior['runs'])} of `{prior['curves']}` (trained from scratch at the parent's model size and "
+        "horizon: the same model and optimiser on another corpus, as a pretraining sweep would be) draws every "
+        "parameter but the loss floor and the continued runs' floor offset towards its value, with standard "
+        f"deviation {prior['sd']:g} in the parameters' internal coordinates (about {prior['sd']:.0%} on a "
+        "positive parameter); the fit has the prior's terms and reference LR"
+    ]
+
+
+def _prior_sd_table(prior: dict[str, Any] | None, k: int) -> list[str]:
+    """The table "The transfer prior's sd" (none with a single sd)."""
+    if not prior or len(prior["by_sd"]) < 2:
+        return []
+    lines = [
+        "",
+        "## The transfer prior's sd",
+        "",
+        f"`optlaw+prior` with other prior standard deviations (the same {k}-run groups). A smaller sd holds the "
+        "fit closer to the prior law; the headline uses the package's default, `OptLaw`'s `prior_sd`.",
+        "",
+        "| prior sd | Top-2 | Top-2 vs seed mean | Top-2 vs seed mean, fitted on it | Top-2 regret vs seed mean "
+        "(nats) | mean abs error of final loss (nats) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sd, r in sorted(prior["by_sd"].items(), key=lambda kv: float(kv[0])):
+        lines.append(
+            f"| {sd} | {_fmt(r['top2'])} | {_fmt(r.get('top2_vs_seed_mean'))} "
+            f"| {_fmt(r.get('top2_fitted_on_seed_mean'))} "
+            f"| {_fmt(r.get('regret2_vs_seed_mean'), 4)} | {_fmt(r['mean_abs_error_nats'], 4)} |"
+        )
+    return lines
+
+
 def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: int) -> str:
     """The Markdown report of one setting."""
     n = len(res["candidates"])
@@ -482,6 +550,7 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
         "decaying in the LR area since the resume); `multipower`, `momentum`: no parent state, fitted on "
         "the training runs' own curves from their own step 0; `nearest-peak`: mean final loss of the "
         "training runs with the nearest peak LR",
+        *_prior_lines(res),
         "",
         f"| method | groups | Top-2 hit rate (target >= {TOP2_TARGET:.0%}) | Top-1 hit rate | Spearman (mean) "
         "| Top-2 regret mean / worst (nats) | mean abs error of final loss (nats) | seconds | failed groups |",
@@ -528,6 +597,7 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
                 *_mean_table(fitted),
             ]
     lines += _size_table(res.get("by_group_size", {}), n, res.get("by_group_size_skipped", ()))
+    lines += _prior_sd_table(res.get("prior"), res["group_size"])
     methods = list(res["methods"])
     lines += ["", "Candidates, their observed final loss, and each method's mean absolute error on them "
               "over the groups that held them out (nats):", "",
@@ -567,21 +637,29 @@ def size_summary(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, group_size: int, seed: int,
-        command: str, more_sizes: Sequence[int] = ()) -> dict[str, dict[str, Any]]:
+        command: str, more_sizes: Sequence[int] = (), prior_curves: str | Path = PRIOR_CURVES,
+        prior_sd: float = PRIOR_SD, other_prior_sds: Sequence[float] = ()) -> dict[str, dict[str, Any]]:
     """Run the benchmark and write ``law_results.md``/``.json`` into each setting's folder.
 
     ``more_sizes``: further training-group sizes scored the same way (same seed, same
     number of groups); only their headline scores (:func:`size_summary`) are reported, in
-    the table "With more fitted runs"."""
+    the table "With more fitted runs". ``optlaw+prior`` fits its transfer prior on
+    ``prior_curves`` (:func:`prior_law`) and holds the fit to it with ``prior_sd``;
+    ``other_prior_sds`` are scored too, at ``group_size`` only (the table "The transfer
+    prior's sd")."""
     began = time.perf_counter()
+    for m in methods:
+        if m not in METHODS:
+            raise InputError(f"--methods: unknown method {m!r}; known: {', '.join(METHODS)}")
     loaded = []
     for name in settings:
         if name not in SETTINGS:
             raise InputError(f"--settings: unknown setting {name!r}; known: {', '.join(SETTINGS)}")
-        loaded.append(load_setting(name, Path(SETTINGS[name]) / "curves.csv"))
-    for m in methods:
-        if m not in METHODS:
-            raise InputError(f"--methods: unknown method {m!r}; known: {', '.join(METHODS)}")
+        st = load_setting(name, Path(SETTINGS[name]) / "curves.csv")
+        if "optlaw+prior" in methods:
+            law, ids = prior_law(prior_curves, st.parent)
+            st = replace(st, prior=law, prior_runs=tuple(ids))
+        loaded.append(st)
     sizes = [group_size, *(k for k in dict.fromkeys(more_sizes) if k != group_size)]
     plans = []
     too_big: dict[str, list[int]] = {}
@@ -596,12 +674,20 @@ def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, gro
                 too_big.setdefault(st.name, []).append(k)  # Top-2 of 2 held-out runs is always a hit
                 continue
             plans.append((st, k, training_groups(n, k, max_groups, seed)))
-    progress = Progress("transfer", sum(len(g) for _, _, g in plans))
+    sweep = [sd for sd in dict.fromkeys(other_prior_sds) if sd != prior_sd] if "optlaw+prior" in methods else []
+    progress = Progress("transfer", sum(len(g) for _, _, g in plans) + len(sweep) * sum(
+        len(g) for _, k, g in plans if k == group_size))
     results: dict[str, dict[str, Any]] = {}
     for st, k, groups in plans:
-        res = run_setting(st, methods, groups, progress)
+        res = run_setting(st, methods, groups, progress, prior_sd)
         if k == group_size:
             results[st.name] = res
+            if st.prior is not None:
+                res["prior"] = {"curves": str(prior_curves), "runs": list(st.prior_runs), "sd": prior_sd,
+                                "by_sd": {f"{prior_sd:g}": _prior_row(res)}}
+                for sd in sweep:
+                    res["prior"]["by_sd"][f"{sd:g}"] = _prior_row(
+                        run_setting(st, ["optlaw+prior"], groups, progress, sd))
         results[st.name].setdefault("by_group_size", {})[str(k)] = size_summary(res)
     for name, ks in too_big.items():
         results[name]["by_group_size_skipped"] = ks
@@ -618,6 +704,13 @@ def run(settings: Sequence[str], methods: Sequence[str], *, max_groups: int, gro
     return results
 
 
+def _prior_row(res: dict[str, Any]) -> dict[str, Any]:
+    """``optlaw+prior``'s headline scores in one :func:`run_setting` result, with its mean
+    absolute error (nats)."""
+    return {**size_summary(res)["optlaw+prior"],
+            "mean_abs_error_nats": res["methods"]["optlaw+prior"]["mean_abs_error_nats"]}
+
+
 def _split(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -631,12 +724,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=24, help="most training groups per setting (default: 24)")
     parser.add_argument("--group-size", type=int, default=3, help="training runs per group (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn groups (default: 0)")
+    parser.add_argument("--prior-curves", default=PRIOR_CURVES,
+                        help=f"curves file whose runs from scratch at the parent's size and horizon give "
+                             f"optlaw+prior's transfer prior (default: {PRIOR_CURVES})")
+    parser.add_argument("--prior-sd", type=float, default=PRIOR_SD,
+                        help=f"optlaw+prior's prior standard deviation (default: {PRIOR_SD})")
+    parser.add_argument("--other-prior-sds", default="0.1,0.5",
+                        help="further prior standard deviations scored at --group-size, comma-separated "
+                             "(default: 0.1,0.5; empty: none)")
     parser.add_argument("--more-sizes", default="5,8",
                         help="further training-group sizes, comma-separated, scored for the table "
                              "'With more fitted runs' (default: 5,8; empty: none)")
     args = parser.parse_args(argv)
     command = (f"{prog} --settings {args.settings} --methods {args.methods} --groups {args.groups} "
-               f"--group-size {args.group_size} --more-sizes '{args.more_sizes}' --seed {args.seed}")
+               f"--group-size {args.group_size} --more-sizes '{args.more_sizes}' --seed {args.seed} "
+               f"--prior-curves {args.prior_curves} --prior-sd {args.prior_sd:g} "
+               f"--other-prior-sds '{args.other_prior_sds}'")
     try:
         if args.groups < 1:
             raise InputError(f"--groups {args.groups}: must be >= 1")
@@ -644,8 +747,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             more = [int(x) for x in _split(args.more_sizes)]
         except ValueError:
             raise InputError(f"--more-sizes {args.more_sizes!r}: expected integers separated by commas") from None
+        try:
+            sds = [float(x) for x in _split(args.other_prior_sds)]
+        except ValueError:
+            raise InputError(
+                f"--other-prior-sds {args.other_prior_sds!r}: expected numbers separated by commas"
+            ) from None
+        for sd in [args.prior_sd, *sds]:
+            if not (math.isfinite(sd) and sd > 0):
+                raise InputError(f"prior sd {sd:g}: must be a positive number")
         results = run(_split(args.settings), _split(args.methods), max_groups=args.groups,
-                      group_size=args.group_size, seed=args.seed, command=command, more_sizes=more)
+                      group_size=args.group_size, seed=args.seed, command=command, more_sizes=more,
+                      prior_curves=args.prior_curves, prior_sd=args.prior_sd, other_prior_sds=sds)
     except InputError as exc:
         print(f"transfer: error: {exc}", file=sys.stderr)
         return 2

@@ -289,14 +289,15 @@ def loco_folds(
     spread evenly): the other curves' residuals and Jacobian rows, and the left-out
     curve's last quarter. A single curve has one fold instead: fit its first three
     quarters, predict its last quarter (the error of extrapolating in time; on several
-    curves such a fold was not better calibrated than leaving curves out)."""
+    curves such a fold was not better calibrated than leaving curves out). Residuals of a
+    negative group (a prior's) are kept in every fold."""
     folds = []
-    uniq = np.unique(groups)
+    uniq = np.unique(groups[groups >= 0])
     if uniq.size > most:
         uniq = uniq[np.unique(np.round(np.linspace(0, uniq.size - 1, most)).astype(np.int64))]
     masks = [(groups != g, _late(np.flatnonzero(groups == g))) for g in uniq]
     if uniq.size == 1:
-        late = _late(np.arange(groups.size))
+        late = _late(np.flatnonzero(groups >= 0))
         keep = np.ones(groups.size, dtype=bool)
         keep[late] = False
         masks = [(keep, late)]

@@ -92,6 +92,7 @@ from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._base import Law, Prediction, z_quantile
 from optuna_optlaws.laws._features import check_steps, observations
 from optuna_optlaws.laws._fitting import (
+    ParamPrior,
     ParamSpace,
     Posterior,
     condition_on_prefix,
@@ -134,6 +135,28 @@ _FIT_KNOTS = 0
 grows with the chunk count of the longest curve."""
 
 
+PRIOR_SD = 0.2
+"""Default standard deviation of a transfer prior (internal coordinates: about 20% on a
+``log`` parameter)."""
+
+TRANSFER_FREE = ("L0", "E", "d0")
+"""Parameters a transfer prior leaves free: the corpus's loss floor (``L0``; ``E`` in the
+entropy size form) and a continued run's floor offset on its new corpus (``d0``)."""
+
+
+def transfer_prior(law: Law, sd: float = PRIOR_SD) -> tuple[ParamPrior, Terms]:
+    """A :class:`ParamPrior` from a fitted Opt-Law (its parameters, of its first size form,
+    except :data:`TRANSFER_FREE`, each with standard deviation ``sd``) and the law's terms.
+    InputError when ``law`` is not a fitted Opt-Law or ``sd`` is not a positive number."""
+    if not isinstance(law, OptLaw) or not law.is_fitted:
+        raise InputError(f"a transfer prior must be a fitted optlaw law, got {law.name} "
+                         f"({'fitted' if law.is_fitted else 'not fitted'})")
+    if not (isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0):
+        raise InputError(f"prior sd must be a positive number of internal units, got {sd!r}")
+    assert law._terms is not None
+    return ParamPrior({n: v for n, v in law.params.items() if n not in TRANSFER_FREE}, float(sd)), law._terms
+
+
 class OptLaw(Law):
     """The Opt-Law (default law): convergence + multiplicative-noise modes + escape term,
     with model-size terms; see the module docstring."""
@@ -153,13 +176,24 @@ class OptLaw(Law):
 
     def __init__(
         self, *, n_random: int = 3, fit_points: int = 96, max_nfev: int = 200, loco: bool = True,
-        fast_excess: bool = True,
+        fast_excess: bool = True, prior: Law | None = None, prior_sd: float = PRIOR_SD,
     ) -> None:
         """``n_random``: random starts besides the default one; ``fit_points``: at most this
         many points per curve are fitted (evenly spread, the last one always);
         ``loco``: estimate the model discrepancy by leave-one-curve-out refits;
-        ``fast_excess``: ``False`` never tries the fast excess (to measure what it adds)."""
+        ``fast_excess``: ``False`` never tries the fast excess (to measure what it adds);
+        ``prior``: an Opt-Law fitted elsewhere (the same model and optimiser on another
+        corpus: a pretraining sweep before fine-tuning) whose parameters, except the
+        corpus's levels (:data:`TRANSFER_FREE`), the fit is drawn towards, each with
+        standard deviation ``prior_sd`` (internal coordinates, :class:`ParamPrior`): a few
+        runs then inherit how the model responds to the LR instead of guessing it."""
         super().__init__()
+        self.prior: ParamPrior | None = None
+        self._prior_terms: Terms | None = None
+        """The prior law's terms: a fit with the prior has at least its terms and its
+        reference LR, so that the parameters drawn towards its values mean the same."""
+        if prior is not None:
+            self.prior, self._prior_terms = transfer_prior(prior, prior_sd)
         self.fast_excess = bool(fast_excess)
         self.n_random = int(n_random)
         self.fit_points = int(fit_points)
@@ -190,6 +224,10 @@ class OptLaw(Law):
         self.lineage_offsets = {rid: off for rid, off in offsets.items() if off}
         obs = observations(curves, where=where)
         base = terms_for(curves, where, offsets)
+        if self._prior_terms is not None:
+            pt = self._prior_terms
+            base = replace(base, eta_ref=pt.eta_ref, escape=base.escape or pt.escape,
+                           warmup=base.warmup or pt.warmup, fast=base.fast or pt.fast)
         if not self.fast_excess:
             base = replace(base, fast=False)
         prepared: list[tuple[Curve, dyn.ChunkGrid, FloatArray]] = []
@@ -217,7 +255,7 @@ class OptLaw(Law):
             terms = replace(base, size_form=form, area_max=area_max)
             if not self._members:
                 post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
-                if terms.fast and self.loco:
+                if terms.fast and self.loco and self.prior is None:
                     # the fast excess adds three parameters: keep it only when it predicts
                     # left-out runs better (on a few runs it can fit them and extrapolate worse)
                     slow = replace(terms, fast=False)
@@ -242,6 +280,8 @@ class OptLaw(Law):
         self._space = self.posterior.space
         self._record_fitted_on(given)
         self.fit_info = {**infos[0], "terms": base.to_state(), "members": infos}
+        if self.prior is not None:
+            self.fit_info["prior"] = {"sd": self.prior.sd, "params": dict(self.prior.centre)}
         return self
 
     def _fit_form(
@@ -265,13 +305,22 @@ class OptLaw(Law):
         huber = self.huber_scale(log_y, groups)
         if warm is not None:
             starts.insert(0, warm_start(terms, warm))
+        scale = huber / HUBER_EFFICIENCY  # the fitted points' noise
         result = fit_least_squares(
             space, problem.residuals, jacobian=problem.jacobian, starts=starts,
             n_random=self.n_random if warm is None else 1, seed=seed,
             huber_delta=huber, groups=groups, max_nfev=self.max_nfev, agree=2, label=where,
+            prior=self.prior, prior_scale=scale,
         )
         if self.loco and warm is None:
-            folds = loco_folds(problem.residuals, problem.jacobian, groups, self.loco_folds)
+            res_fn: Any = problem.residuals
+            jac_fn: Any = problem.jacobian
+            fold_groups = groups
+            bound = None if self.prior is None else self.prior.bind(space, scale)
+            if bound is not None:
+                res_fn, jac_fn = bound.wrap(space, res_fn, jac_fn)
+                fold_groups = bound.folds_groups(groups)
+            folds = loco_folds(res_fn, jac_fn, fold_groups, self.loco_folds)
             result.posterior.model_sd = loco_discrepancy(
                 space, result.theta, folds,
                 noise=result.posterior.noise, huber_delta=huber,
