@@ -205,7 +205,13 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
 
     def _make_proposal(self, study: optuna.Study, trial: FrozenTrial, space: ScheduleSpace) -> Proposal:
         if len(study.directions) > 1 or study.direction != StudyDirection.MINIMIZE:
-            self._warn_once("direction", "OptLawsSampler minimises predicted loss; this study does not minimise")
+            what = (f"has {len(study.directions)} objectives" if len(study.directions) > 1
+                    else "maximises its objective")
+            self._warn_once(
+                "direction",
+                f"OptLawsSampler scores schedules by one final loss to minimise; this study {what}, so its "
+                "schedules come from a space-filling (Sobol) sequence and other parameters from the inner sampler",
+            )
             return startup_point(space, self._seed, trial.number)
         trials = study.get_trials(deepcopy=False)
         state = self._store.get(study, trials)

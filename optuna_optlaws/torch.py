@@ -101,6 +101,9 @@ class LossReporter:
     reported at once, whatever the step, so a diverging run is seen immediately (Optuna
     stores it as NaN/inf and a schedule-aware pruner prunes it).
 
+    In a multi-objective study, where Optuna keeps no intermediate values, the first
+    report warns and logs that nothing is reported, and training goes on.
+
     A step at or past ``total_steps`` is reported like the last step (no prune check
     follows it), and warns and logs once per reporter: it usually is a
     1-based step counter (HF Trainer's ``state.global_step``, Lightning's
@@ -136,6 +139,8 @@ class LossReporter:
         self.last_reported: tuple[int, float] | None = None
         self.n_reports = 0
         self._warned_past_end = False
+        self._unsupported = False
+        """Whether the trial refused a report (a multi-objective study keeps none)."""
 
     def is_last(self, step: int) -> bool:
         """Whether ``step`` is the run's last optimizer step (``total_steps - 1``)."""
@@ -150,6 +155,8 @@ class LossReporter:
         the pruner says to stop. Returns whether a report was made. ``loss`` is only
         converted to a float (a device sync for a CUDA tensor) when a report is due."""
         step = int(step)
+        if self._unsupported:
+            return False
         if self.total_steps is not None and step >= self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
             message = (
@@ -165,7 +172,17 @@ class LossReporter:
             value = float(loss)
         else:
             return False
-        self.trial.report(value, step)
+        try:
+            self.trial.report(value, step)
+        except NotImplementedError:  # Optuna keeps no intermediate values in a multi-objective study
+            self._unsupported = True
+            message = (
+                "LossReporter: this trial's study has several objectives, where Optuna keeps no intermediate "
+                "values: losses are not reported, so no law sees this run's curve and no pruner stops it"
+            )
+            warnings.warn(message, stacklevel=2)
+            _log.warning(message)
+            return False
         self.last_reported = (step, value)
         self.n_reports += 1
         if self.is_last(step):

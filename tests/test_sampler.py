@@ -12,7 +12,7 @@ import optuna
 import pytest
 from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, schedule_objective, synth_loss
 
-from optuna_optlaws import InputError, OptLawsSampler, get_schedule
+from optuna_optlaws import InputError, OptLawsSampler, get_schedule, suggest_schedule
 from optuna_optlaws._sampler._acquisition import _sobol, expected_improvement
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import make_law
@@ -113,6 +113,33 @@ def test_other_parameters_go_to_the_inner_sampler() -> None:
 
     study.optimize(objective, n_trials=4)
     assert spy.names == ["weight_decay"] * 4
+
+
+@pytest.mark.parametrize(("directions", "what"), [
+    (["minimize", "minimize"], "this study has 2 objectives"),
+    (["maximize"], "this study maximises its objective"),
+])
+def test_a_study_that_does_not_minimise_one_loss_gets_sobol_schedules_and_says_why(
+    directions: list[str], what: str
+) -> None:
+    study = optuna.create_study(directions=directions, sampler=_sampler())
+    inner = schedule_objective()
+
+    def objective(trial: optuna.Trial) -> Any:
+        if len(directions) == 1:
+            return inner(trial)
+        schedule = suggest_schedule(trial, warmup_steps=30, peak_lr=(3e-4, 3e-2), total_steps=TOTAL_STEPS)
+        final = float(synth_loss(schedule, [TOTAL_STEPS - 1])[0])  # no reports: Optuna keeps none here
+        return final, trial.suggest_float("weight_decay", 0.0, 0.1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(objective, n_trials=6)
+    ours = [str(w.message) for w in caught if "OptLawsSampler" in str(w.message)]
+    assert len(ours) == 1 and what in ours[0] and "space-filling (Sobol)" in ours[0]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    sources = {t.system_attrs[PROPOSAL_KEY]["source"] for t in study.trials}
+    assert sources == {"startup"}
 
 
 def test_multivariate_inner_sampler_never_sees_schedule_params() -> None:

@@ -308,6 +308,28 @@ def test_reporter_warns_once_on_a_step_past_the_schedules_end_and_still_reports_
     assert sorted(study.trials[1].intermediate_values) == [20, 21]  # not dropped
 
 
+def test_a_multi_objective_study_trains_and_says_its_losses_are_not_reported(logged: _Records) -> None:
+    """Optuna refuses intermediate values in a multi-objective study (``trial.report`` raises
+    NotImplementedError): the reporter says so once and training goes on to a finished trial."""
+    from optuna_optlaws import OptLawsSampler, suggest_schedule
+
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=OptLawsSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        sched = suggest_schedule(trial, families=("cosine",), peak_lr=(1e-3, 1e-1), total_steps=20)
+        reporter = LossReporter(trial, every=2)
+        assert not any(reporter.step(1.0 / (s + 1), s) for s in range(sched.total_steps))
+        return 1.0 / sched.total_steps, sched.peak_lr
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(objective, n_trials=2)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    ours = [str(w.message) for w in caught if str(w.message).startswith("LossReporter")]
+    assert len(ours) == 2 and "several objectives" in ours[0]  # once per reporter (per trial)
+    assert [r.getMessage() for r in logged.records if r.getMessage().startswith("LossReporter")] == ours
+
+
 def _double_stepped(opt: torch.optim.Optimizer, torch_sched: object, n: int) -> list[float]:
     """``n`` optimizer steps, each followed by two ``scheduler.step()`` calls (accelerate's
     ``AcceleratedScheduler`` under two processes); the LR each optimizer step used."""
