@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import optuna
 import pytest
 from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, schedule_objective, synth_loss
+from conftest import LoggedRecords
 
 from optuna_optlaws import InputError, OptLawsSampler, get_schedule, suggest_schedule
 from optuna_optlaws._sampler._acquisition import _sobol, expected_improvement
@@ -269,33 +268,7 @@ def test_residual_correction_leaves_a_region_the_law_gets_wrong() -> None:
     assert all(t.system_attrs[PROPOSAL_KEY]["source"] == "law:lcb" for t in runs[False])
 
 
-class _Records(logging.Handler):
-    """WARNING records, caught on the ``optuna_optlaws`` logger itself (so neither the root
-    logger's configuration nor pytest's capture matters)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def logged() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger("optuna_optlaws")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-def test_a_trial_that_reports_epochs_of_a_long_schedule_warns_once(logged: _Records) -> None:
+def test_a_trial_that_reports_epochs_of_a_long_schedule_warns_once(logged: LoggedRecords) -> None:
     """An epoch-level reporter (optuna-integration's PyTorchLightningPruningCallback) reports
     steps 0, 1, 2, 3 of a 600-step schedule: the law would be fitted on losses at the
     wrong steps and the pruner would never act, so the sampler says so, once. Trials that

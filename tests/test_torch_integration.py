@@ -4,16 +4,15 @@ LossReporter reports to Optuna and stops pruned trials."""
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import pickle
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from conftest import LoggedRecords
 
 pytest.importorskip("torch")
 
@@ -23,34 +22,6 @@ from optuna_optlaws import Schedule
 from optuna_optlaws.torch import LossReporter, scheduler_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, part: str) -> list[str]:
-        return [r.getMessage() for r in self.records if part in r.getMessage()]
-
-
-@pytest.fixture
-def logged() -> Iterator[_Records]:
-    """WARNING records of the package's loggers, caught on the ``optuna_optlaws`` logger
-    itself (so neither the root logger's configuration nor pytest's capture matters)."""
-    handler = _Records()
-    logger = logging.getLogger("optuna_optlaws")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _regression_problem(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -260,7 +231,7 @@ def test_an_objective_runs_under_optunas_fixed_trial() -> None:
     assert LossReporter(trial, every=15).total_steps == 40
 
 
-def test_a_checkpoint_of_another_schedule_is_logged_even_when_warnings_are_hidden(logged: _Records) -> None:
+def test_a_checkpoint_of_another_schedule_is_logged_even_when_warnings_are_hidden(logged: LoggedRecords) -> None:
     """HF Trainer loads ``scheduler.pt`` under ``warnings.catch_warnings`` and re-issues
     nothing: a trial resuming another trial's checkpoint (one shared output_dir) must
     still be told, on the ``optuna_optlaws`` logger, with the checkpoint's step."""
@@ -283,7 +254,7 @@ def test_a_checkpoint_of_another_schedule_is_logged_even_when_warnings_are_hidde
     assert len(logged.messages("another schedule")) == 1  # the same schedule: nothing
 
 
-def test_reporter_warns_once_on_a_step_past_the_schedules_end_and_still_reports_it(logged: _Records) -> None:
+def test_reporter_warns_once_on_a_step_past_the_schedules_end_and_still_reports_it(logged: LoggedRecords) -> None:
     """HF Trainer's ``state.global_step`` is 1-based: passed as is, reports every 5 steps
     never meet ``(step + 1) % 5 == 0`` and the last one lies past the schedule's end. The
     reporter keeps reporting it and says so, once; 0-based steps are silent."""
@@ -308,7 +279,7 @@ def test_reporter_warns_once_on_a_step_past_the_schedules_end_and_still_reports_
     assert sorted(study.trials[1].intermediate_values) == [20, 21]  # not dropped
 
 
-def test_a_multi_objective_study_trains_and_says_its_losses_are_not_reported(logged: _Records) -> None:
+def test_a_multi_objective_study_trains_and_says_its_losses_are_not_reported(logged: LoggedRecords) -> None:
     """Optuna refuses intermediate values in a multi-objective study (``trial.report`` raises
     NotImplementedError): the reporter says so once and training goes on to a finished trial."""
     from optuna_optlaws import OptLawsSampler, suggest_schedule
@@ -347,7 +318,7 @@ def _not_torchs(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if "before `optimizer.step()`" not in str(w.message)]
 
 
-def test_a_scheduler_stepped_twice_per_optimizer_step_warns_once_and_plays_as_before(logged: _Records) -> None:
+def test_a_scheduler_stepped_twice_per_optimizer_step_warns_once_and_plays_as_before(logged: LoggedRecords) -> None:
     """Accelerate's ``AcceleratedScheduler`` under two processes steps the scheduler twice per
     optimizer step: the stepping is kept, the scheduler warns and logs once. Stepped once
     per optimizer step, or alone (an LR curve read off it, no training), it is silent."""
@@ -372,7 +343,7 @@ def test_a_scheduler_stepped_twice_per_optimizer_step_warns_once_and_plays_as_be
     assert [r.getMessage() for r in logged.records] == messages
 
 
-def test_a_scheduler_stepped_once_an_epoch_warns_once(logged: _Records) -> None:
+def test_a_scheduler_stepped_once_an_epoch_warns_once(logged: LoggedRecords) -> None:
     """Lightning's default ``"interval": "epoch"`` steps the scheduler once per epoch of many
     optimizer steps: the schedule would play that much slower than the law scores it. The
     scheduler warns and logs once; stepped after every optimizer step, or before it (the
@@ -403,7 +374,7 @@ def test_a_scheduler_stepped_once_an_epoch_warns_once(logged: _Records) -> None:
     assert torch_sched.last_epoch == 3  # the stepping is unchanged
 
 
-def test_steps_that_amp_skips_do_not_warn(logged: _Records) -> None:
+def test_steps_that_amp_skips_do_not_warn(logged: LoggedRecords) -> None:
     """``GradScaler.step`` does not call ``optimizer.step()`` on inf gradients, and the loop
     still steps the scheduler: one scheduler step without an optimizer step, at the start
     (before any optimizer step), now and then, or a few times in a row, is not the
