@@ -38,7 +38,12 @@ same but the parent's losses are not fitted, only its schedule (the state the co
 runs start from; the parent's losses are on another corpus). Both give continued runs
 the law's data-shift term (an excess at the resume that decays in the LR area since the
 resume, :mod:`optuna_optlaws.laws._optlaw_lineage`; with the parent's losses fitted, also
-a constant offset of the new corpus's floor); ``multipower`` and
+a constant offset of the new corpus's floor); ``optlaw+prior``, ``optlaw+parent`` with a
+transfer prior (:class:`~optuna_optlaws.laws.optlaw.OptLaw`'s ``prior=``): the Opt-Law
+fitted on ``--prior-curves`` (default the tiny LM's pretraining sweep on another corpus,
+the runs at the parent's model size and horizon) holds every parameter but the loss
+floors near its value, with standard deviation ``--prior-sd`` (``--other-prior-sds`` are
+scored too, at the headline group size); ``multipower`` and
 ``momentum``, which have no parent state, fitted on the 3 training runs' own curves, each
 counted from its own step 0; ``nearest-peak``, a trivial baseline that predicts the mean
 final loss of the training runs with the nearest peak LR (log scale).
