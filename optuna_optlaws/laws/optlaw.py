@@ -74,6 +74,15 @@ run) are integrated over their whole history, so they start from the parent's mo
 term, ``D (1 + S_c / s_d)^(-gamma_d)`` in the LR area ``S_c`` since the resume (the new
 corpus's excess at the resume), plus a constant offset ``d0`` of their floor when the
 parent's own losses are fitted too; runs without ``resume_from`` never get it.
+
+Transfer prior (``OptLaw(prior=law, prior_sd=0.2)``, ``optlaws fit --prior``): a law
+fitted on the same model elsewhere (a pretraining sweep on another corpus) holds every
+parameter but the loss floors (:data:`TRANSFER_FREE`) near its value, a robust Gaussian
+of ``prior_sd`` in internal coordinates (:class:`~optuna_optlaws.laws._fitting.ParamPrior`),
+and lends the fit its terms and reference LR. On the tiny LM's fine-tuning runs, fitted
+on 3 of them, it lifts the Top-2 hit rate from 0.458 to 0.917
+(``studies/finetune/law_results.md``); on continued pre-training it cuts the mean
+absolute error of the final loss from 0.029 to 0.011 nats (``studies/continual``).
 """
 
 from __future__ import annotations
