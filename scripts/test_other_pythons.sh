@@ -9,7 +9,7 @@ for py in "$@"; do
   venv="/tmp/optlaws-venv-$("$py" -c "import sys; print('%d.%d' % sys.version_info[:2])")"
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check numpy scipy threadpoolctl optuna \
-    optuna-dashboard plotly optuna-integration pytest matplotlib psycopg2-binary selenium
+    optuna-dashboard plotly optuna-integration pytest matplotlib psycopg2-binary selenium grpcio protobuf
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$root"
   echo "== $("$venv/bin/python" --version)"
   (cd /tmp && OPENBLAS_NUM_THREADS=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" | tail -1)
