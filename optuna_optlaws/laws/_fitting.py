@@ -24,6 +24,10 @@ Fitting: :func:`fit_least_squares`
     :class:`~optuna_optlaws.laws._parametric.ParametricLaw` wires all of this up for a
     law that only writes its formula.
 
+Transfer prior: :class:`ParamPrior` (``fit_least_squares(..., prior=)``)
+    A Gaussian on some parameters, centred on a law fitted elsewhere, entered as one
+    robust residual per parameter after the data's; the posterior adds its precision.
+
 Laplace posterior: :class:`Posterior` (``FitResult.posterior``)
     Gaussian in internal coordinates around the optimum, covariance
     ``(J^T J / s^2 + P0)^-1``: ``J`` the residual Jacobian at the optimum, ``s^2`` the
