@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pickle
+import subprocess
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,16 +124,51 @@ def check_trial(study: optuna.Study, pruner: optuna.pruners.BasePruner, number: 
 
 JOURNAL_PREFIX = "journal:"
 """A storage given as ``journal:PATH`` is Optuna's journal file storage on ``PATH``."""
+GRPC_PREFIX = "grpc:"
+"""A storage given as ``grpc:PORT`` is Optuna's gRPC storage proxy on ``localhost:PORT``."""
 
 
 def open_storage(spec: str) -> str | optuna.storages.BaseStorage:
-    """The storage a worker opens: an RDB URL as is, ``journal:PATH`` as a journal file."""
+    """The storage a worker opens: an RDB URL as is, ``journal:PATH`` as a journal file,
+    ``grpc:PORT`` as a client of the gRPC proxy server on that port."""
     if spec.startswith(JOURNAL_PREFIX):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(spec[len(JOURNAL_PREFIX) :]))
+    if spec.startswith(GRPC_PREFIX):
+        from optuna.exceptions import ExperimentalWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.GrpcStorageProxy(host="localhost", port=int(spec[len(GRPC_PREFIX) :]))
     return spec
+
+
+HELPER = str(Path(__file__).resolve())
+
+
+def start_worker(*args: str) -> subprocess.Popen[str]:
+    """This module run as a worker process (``run`` or ``check``, see :func:`_main`)."""
+    return subprocess.Popen([sys.executable, HELPER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def worker_output(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    """What a worker printed (it must exit cleanly)."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+class _LoggedWarnings(logging.Handler):
+    """WARNING records of the package's loggers, as ``name: message``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
 def _main(argv: list[str]) -> int:
@@ -143,6 +182,8 @@ def _main(argv: list[str]) -> int:
     run.add_argument("--law", default=TEST_LAW)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--pickled", help="a pickle of (sampler, pruner) to run with instead of new ones")
+    run.add_argument("--warnings", action="store_true",
+                     help="print the warnings raised and logged (Optuna's ExperimentalWarning aside) as JSON")
     chk = sub.add_parser("check")
     chk.add_argument("storage")
     chk.add_argument("study")
@@ -155,9 +196,17 @@ def _main(argv: list[str]) -> int:
                 sampler, pruner = pickle.load(f)
         else:
             sampler, pruner = make_components(args.law, args.seed)
-        study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage), sampler=sampler,
-                                  pruner=pruner)
-        run_study(study, args.n_trials)
+        logged = _LoggedWarnings()
+        logging.getLogger("optuna_optlaws").addHandler(logged)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage), sampler=sampler,
+                                      pruner=pruner)
+            run_study(study, args.n_trials)
+        if args.warnings:
+            found = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
+            print(json.dumps({"warnings": found + logged.messages}))
         return 0
     _, pruner = make_components(args.law, 0)
     study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage), pruner=pruner)

@@ -1,8 +1,8 @@
 """The sampler and pruner through Optuna's gRPC storage proxy (``GrpcStorageProxy`` in
 front of ``run_grpc_proxy_server`` on an SQLite storage, Optuna's way to run many workers).
 
-The server is a real process, as a user runs it; workers are real processes too (this
-module run as a script). The proxy's client caches trials (finished ones for good,
+The server is a real process (this module run as a script), as a user runs it; workers
+are real processes too (``_study_helpers.py run grpc:PORT``). The proxy's client caches trials (finished ones for good,
 running ones re-read at each ``get_all_trials``), so what is checked is that the state the
 sampler and pruner keep in the storage, and the running trials' predictions the pruner
 reads, go through it unchanged: the same decisions as on plain SQLite.
@@ -11,14 +11,13 @@ Skipped when grpcio or protobuf is missing, or when Optuna has no ``GrpcStorageP
 (before 4.2)::
 
     python tests/test_grpc_storage.py server SQLITE_URL PORT
-    python tests/test_grpc_storage.py run PORT STUDY N_TRIALS [--seed 0]
+    python tests/_study_helpers.py run grpc:PORT STUDY N_TRIALS [--seed 0] --warnings
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import socket
@@ -40,14 +39,17 @@ if not hasattr(optuna.storages, "GrpcStorageProxy"):
     pytest.skip("this Optuna has no GrpcStorageProxy (added in 4.2)", allow_module_level=True)
 
 from _study_helpers import (
+    GRPC_PREFIX,
     TEST_LAW,
     TOTAL_STEPS,
     check_trial,
     make_components,
     report_steps,
     run_study,
+    start_worker,
     study_record,
     synth_loss,
+    worker_output,
 )
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import GrpcStorageProxy
@@ -124,17 +126,15 @@ def server() -> Iterator[Server]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _worker(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, THIS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def _worker(port: int, study: str, n_trials: int, seed: int = 0) -> subprocess.Popen[str]:
+    """A worker process running ``n_trials`` through the proxy (``_study_helpers.py run``),
+    reporting the warnings it saw."""
+    return start_worker("run", f"{GRPC_PREFIX}{port}", study, str(n_trials), "--seed", str(seed), "--warnings")
 
 
-def _wait(proc: subprocess.Popen[str], timeout: float = 120) -> Any:
+def _wait(proc: subprocess.Popen[str]) -> Any:
     """The JSON a worker printed (it must exit cleanly)."""
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out)
+    return json.loads(worker_output(proc, timeout=120))
 
 
 def _report(trial: optuna.Trial, schedule: Schedule, n_reports: int) -> None:
@@ -181,7 +181,7 @@ def test_a_worker_through_the_proxy_decides_as_one_on_plain_sqlite(server: Serve
     optuna.create_study(storage=plain, study_name="seq")
     sampler, pruner = make_components(TEST_LAW, 0)
     run_study(optuna.load_study(study_name="seq", storage=proxied, sampler=sampler, pruner=pruner), 3)
-    other = _worker("run", str(server.port), "seq", "2")
+    other = _worker(server.port, "seq", 2)
     sampler, pruner = make_components(TEST_LAW, 0)
     run_study(optuna.load_study(study_name="seq", storage=plain, sampler=sampler, pruner=pruner), 5)
     assert _wait(other) == {"warnings": []}
@@ -203,7 +203,7 @@ def test_two_workers_through_the_proxy_share_the_law_and_agree(server: Server) -
     storage = server.client()
     optuna.create_study(storage=storage, study_name="two")
     t0 = time.time()
-    workers = [_worker("run", str(server.port), "two", "4", "--seed", str(seed)) for seed in (0, 1)]
+    workers = [_worker(server.port, "two", 4, seed) for seed in (0, 1)]
     for w in workers:
         assert _wait(w) == {"warnings": []}
     study = optuna.load_study(study_name="two", storage=storage)
@@ -270,15 +270,6 @@ def test_the_proxy_cache_shows_the_pruner_running_trials_predictions(server: Ser
 
 
 # ---------------------------------------------------------------------- worker processes
-class _LoggedWarnings(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
 def _main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser()
@@ -286,28 +277,10 @@ def _main(argv: list[str]) -> int:
     srv = sub.add_parser("server")
     srv.add_argument("url")
     srv.add_argument("port", type=int)
-    run = sub.add_parser("run")
-    run.add_argument("port", type=int)
-    run.add_argument("study")
-    run.add_argument("n_trials", type=int)
-    run.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", ExperimentalWarning)
-    if args.cmd == "server":  # as Optuna's docs run it; until terminated
-        storage = optuna.storages.get_storage(args.url)
-        optuna.storages.run_grpc_proxy_server(storage, host=HOST, port=args.port)
-        return 0
-    storage = _proxy(args.port)
-    logged = _LoggedWarnings()
-    logging.getLogger("optuna_optlaws").addHandler(logged)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        sampler, pruner = make_components(TEST_LAW, args.seed)
-        study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler, pruner=pruner)
-        run_study(study, args.n_trials)
-    found = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught] + logged.messages
-    print(json.dumps({"warnings": found}))
+    # as Optuna's docs run it; until terminated
+    optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(args.url), host=HOST, port=args.port)
     return 0
 
 

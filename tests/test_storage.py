@@ -12,7 +12,6 @@ import pickle
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,8 +30,10 @@ from _study_helpers import (
     report_steps,
     run_study,
     schedule_objective,
+    start_worker,
     study_record,
     synth_loss,
+    worker_output,
 )
 from optuna.trial import TrialState
 
@@ -41,7 +42,6 @@ from optuna_optlaws._study_state import _MEMORY, LAW_KEY_PREFIX, LawStore
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-HELPER = str(Path(__file__).with_name("_study_helpers.py"))
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BAD = Schedule.constant(4e-4, TOTAL_STEPS, 30)
 
@@ -56,18 +56,6 @@ def db_dir(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
     else:
         yield tmp_path
-
-
-def _worker(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, HELPER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _wait(proc: subprocess.Popen[str], timeout: float = 240) -> str:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
-    return out
 
 
 def _running_bad_trial(url: str, study_name: str, n_reports: int = 12) -> int:
@@ -137,21 +125,21 @@ def test_restarted_worker_makes_the_same_decisions(db_dir: Path) -> None:
         optuna.create_study(storage=url, study_name="s")
     n = 8
     _in_process(urls[1], n // 2)
-    restarted = _worker("run", urls[1], "s", str(n - n // 2))
+    restarted = start_worker("run", urls[1], "s", str(n - n // 2))
     _in_process(urls[0], n)
-    _wait(restarted)
+    worker_output(restarted)
     records = [study_record(optuna.load_study(study_name="s", storage=u)) for u in urls]
     assert len(records[0]) == n
     assert records[0] == records[1]
     assert sum("optlaws_pred_final" in r["attrs"] for r in records[0]) >= 4  # the law was at work
     # and this process and a fresh one judge the same new running trial alike
     numbers = [_running_bad_trial(u, "s") for u in urls]
-    out_fresh = _worker("check", urls[1], "s", str(numbers[1]))
+    out_fresh = start_worker("check", urls[1], "s", str(numbers[1]))
     _, pruner = make_components(TEST_LAW, 0)
     here = check_trial(optuna.load_study(study_name="s", storage=urls[0]), pruner, numbers[0])
     # (whether the law prunes this trial depends on the sampled runs: the pruner does not prune a
     # peak LR outside the complete runs' range; what is checked is that both workers agree)
-    assert json.loads(_wait(out_fresh)) == json.loads(json.dumps(here)) and "optlaws_pred_lo" in here["attrs"]
+    assert json.loads(worker_output(out_fresh)) == json.loads(json.dumps(here)) and "optlaws_pred_lo" in here["attrs"]
 
 
 def test_a_pickled_sampler_and_pruner_go_on_in_another_process(db_dir: Path) -> None:
@@ -166,9 +154,9 @@ def test_a_pickled_sampler_and_pruner_go_on_in_another_process(db_dir: Path) -> 
     run_study(study, 4)
     pickled = db_dir / "components.pkl"
     pickled.write_bytes(pickle.dumps((sampler, pruner)))
-    other = _worker("run", urls[1], "s", "4", "--pickled", str(pickled))
+    other = start_worker("run", urls[1], "s", "4", "--pickled", str(pickled))
     _in_process(urls[0], 8)
-    _wait(other)
+    worker_output(other)
     records = [study_record(optuna.load_study(study_name="s", storage=u)) for u in urls]
     assert len(records[1]) == 8 and records[0] == records[1]
     assert sum("optlaws_pred_final" in r["attrs"] for r in records[1][4:]) >= 2  # the copy's law at work
@@ -255,9 +243,9 @@ def _two_workers_share_the_law_and_agree(spec: str, name: str) -> None:
     fresh process and this one judge a running trial alike."""
     optuna.create_study(storage=open_storage(spec), study_name=name)
     t0 = time.time()
-    workers = [_worker("run", spec, name, "5", "--seed", str(seed)) for seed in (0, 1)]
+    workers = [start_worker("run", spec, name, "5", "--seed", str(seed)) for seed in (0, 1)]
     for w in workers:
-        _wait(w)
+        worker_output(w)
     study = optuna.load_study(study_name=name, storage=open_storage(spec))
     trials = study.get_trials()
     assert len(trials) == 10 and all(t.state.is_finished() for t in trials), time.time() - t0
@@ -269,7 +257,7 @@ def _two_workers_share_the_law_and_agree(spec: str, name: str) -> None:
     # near its end (29 of 31 reports), so that the decision does not hinge on how far the
     # law, fitted on whatever the two workers happened to run, extrapolates to its schedule
     number = _running_bad_trial(spec, name, n_reports=29)
-    fresh = json.loads(_wait(_worker("check", spec, name, str(number))))
+    fresh = json.loads(worker_output(start_worker("check", spec, name, str(number))))
     _, pruner = make_components(TEST_LAW, 0)
     here = check_trial(optuna.load_study(study_name=name, storage=open_storage(spec)), pruner, number)
     # (whether the law prunes it depends on the runs the workers sampled: the pruner does not
