@@ -32,6 +32,8 @@ _LAZY = {
     "LandscapeLaw": "optuna_optlaws.divergence.landscape",
     "detect_divergence": "optuna_optlaws.divergence.online",
     "add_logged_runs": "optuna_optlaws.logged_runs",
+    "set_parent_run": "optuna_optlaws.parent_run",
+    "get_parent_run": "optuna_optlaws.parent_run",
 }
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from optuna_optlaws.laws.multipower import MultiPowerLaw
     from optuna_optlaws.laws.optlaw import OptLaw
     from optuna_optlaws.logged_runs import add_logged_runs
+    from optuna_optlaws.parent_run import get_parent_run, set_parent_run
     from optuna_optlaws.pruner import OptLawsPruner
     from optuna_optlaws.sampler import OptLawsSampler
     from optuna_optlaws.trial_schedule import get_schedule, set_schedule, suggest_schedule
@@ -69,10 +72,12 @@ __all__ = [
     "Schedule",
     "add_logged_runs",
     "detect_divergence",
+    "get_parent_run",
     "get_schedule",
     "load_law",
     "publish_dashboard",
     "read_curves_csv",
+    "set_parent_run",
     "set_schedule",
     "suggest_schedule",
 ]

@@ -42,6 +42,8 @@ from optuna_optlaws.curves import Curve
 from optuna_optlaws.divergence.online import DivergenceSignal, detect_divergence
 from optuna_optlaws.laws import Law, Prediction, load_law, make_law
 from optuna_optlaws.laws._base import _json_default
+from optuna_optlaws.laws.optlaw import PRIOR_SD, OptLaw, transfer_prior
+from optuna_optlaws.parent_run import ContinuedRunsLaw, ParentRun, get_parent_run
 from optuna_optlaws.schedules import Schedule
 from optuna_optlaws.trial_schedule import MODEL_SIZE_KEY, SCHEDULE_KEY, TOKENS_PER_STEP_KEY
 
@@ -238,8 +240,8 @@ class LawState:
 
 
 _MEMORY: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], _Fit]] = weakref.WeakKeyDictionary()
-"""storage -> {(study id, law name): the stored fit as last seen}: parsed laws cached in
-this process."""
+"""storage -> {(study id, stored fit's key): the stored fit as last seen}: parsed laws
+cached in this process."""
 
 
 def resolve_prior(prior: str | Path | Law | None, where: str) -> Law | None:
@@ -249,6 +251,23 @@ def resolve_prior(prior: str | Path | Law | None, where: str) -> Law | None:
     law = prior if isinstance(prior, Law) else load_law(str(prior))
     if not law.is_fitted:
         raise InputError(f"{where}: prior law {law.name!r} is not fitted")
+    return law
+
+
+def resolve_transfer_prior(
+    prior: str | Path | Law | None, sd: float, law_name: str, where: str
+) -> Law | None:
+    """A ``transfer_prior=`` argument (a law file path or a fitted Opt-Law) as a fitted
+    law, checked with its ``sd`` (:func:`~optuna_optlaws.laws.optlaw.transfer_prior`)."""
+    if prior is None:
+        return None
+    if law_name != OptLaw.name:
+        raise InputError(f"{where}: a transfer prior works with law='optlaw' only, not {law_name!r}")
+    law = prior if isinstance(prior, Law) else load_law(str(prior))
+    try:
+        transfer_prior(law, sd)  # InputError unless a fitted Opt-Law and sd > 0
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
     return law
 
 
@@ -286,6 +305,8 @@ class LawStore:
         law_name: str,
         *,
         prior: Law | None = None,
+        transfer_prior: Law | None = None,
+        transfer_prior_sd: float = PRIOR_SD,
         min_complete: int = 3,
         refit_growth: float = 0.25,
         max_points: int = 128,
@@ -293,6 +314,12 @@ class LawStore:
     ) -> None:
         self.law_name = law_name
         self.prior = prior
+        self.transfer_prior = transfer_prior
+        self.transfer_prior_sd = transfer_prior_sd
+        self._key = LAW_KEY_PREFIX + law_name
+        if transfer_prior is not None:
+            text = json.dumps(transfer_prior.to_dict(), sort_keys=True, default=_json_default) + repr(transfer_prior_sd)
+            self._key += "+prior:" + hashlib.sha1(text.encode()).hexdigest()[:12]
         self.min_complete = min_complete
         self.refit_growth = refit_growth
         self.max_points = max_points
@@ -303,8 +330,10 @@ class LawStore:
 
     @property
     def key(self) -> str:
-        """The study system attribute holding the stored fit."""
-        return LAW_KEY_PREFIX + self.law_name
+        """The study system attribute holding the stored fit: ``optlaws:law:<name>``, with
+        a hash of the transfer prior and its sd after it when there is one (a sampler and a
+        pruner with the same law and transfer prior share one stored fit)."""
+        return self._key
 
     def get(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> LawState:
         """The law to use now for ``study`` whose trials are ``trials``; fits and stores it
@@ -316,32 +345,62 @@ class LawStore:
         summary = DataSummary.of(trials)
         if summary.n_complete < self.min_complete:
             return self._fallback(None)
+        parent, note = self._parent(study)
         storage, study_id = study._storage, study._study_id
         memory = _MEMORY.setdefault(storage, {})
-        fit = memory.get((study_id, self.law_name))
+        fit = memory.get((study_id, self.key))
         if fit is not None and not self._changed(fit, summary):
-            return self._state_of(fit, None)
-        note = None
+            return self._state_of(fit, note)
         stored = storage.get_study_system_attrs(study_id).get(self.key)
         if stored is not None:
             try:
-                fit = self._parse(stored, fit)
+                fit = self._parse(stored, fit, parent)
             except Exception as exc:  # a corrupt stored law must never stop the study
-                note = f"stored law {self.key!r} is corrupt ({_short(exc)}); refitted"
+                note = _join(note, f"stored law {self.key!r} is corrupt ({_short(exc)}); refitted")
                 _log.warning(note)
                 fit = None
             else:
-                memory[(study_id, self.law_name)] = fit
+                memory[(study_id, self.key)] = fit
                 if not self._changed(fit, summary):
-                    return self._state_of(fit, None)
-        fit = self._fit_and_store(study, trials, summary)
-        memory[(study_id, self.law_name)] = fit
+                    return self._state_of(fit, note)
+        fit = self._fit_and_store(study, trials, summary, parent)
+        memory[(study_id, self.key)] = fit
         state = self._state_of(fit, note)
         state.refitted = True
         return state
 
     # ------------------------------------------------------------------ internals
-    def _parse(self, stored: Any, cached: _Fit | None) -> _Fit:
+    @property
+    def continues_runs(self) -> bool:
+        """Whether this store's law predicts runs continued from a parent's state."""
+        return self.law_name == "optlaw"
+
+    def _parent(self, study: optuna.Study) -> tuple[ParentRun | None, str | None]:
+        """The run the study's trials continue (:func:`~optuna_optlaws.parent_run.set_parent_run`),
+        when this store's law can continue runs; a note when the stored parent is corrupt."""
+        if not self.continues_runs:
+            return None, None
+        try:
+            return get_parent_run(study), None
+        except InputError as exc:
+            note = f"{exc}; trials fitted as runs from scratch"
+            _log.warning(note)
+            return None, note
+
+    def _new_law(self) -> Law:
+        """An unfitted law of this store's kind (with the transfer prior, if any)."""
+        if self.transfer_prior is None:
+            return make_law(self.law_name)
+        return OptLaw(prior=self.transfer_prior, prior_sd=self.transfer_prior_sd)
+
+    @staticmethod
+    def _seen_as(law: Law | None, parent: ParentRun | None) -> Law | None:
+        """The fitted law as the study's checks see it (every run continuing ``parent``)."""
+        if law is None or parent is None:
+            return law
+        return ContinuedRunsLaw(law, parent) if isinstance(law, OptLaw) else law
+
+    def _parse(self, stored: Any, cached: _Fit | None, parent: ParentRun | None) -> _Fit:
         if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), str):
             raise InputError("not a stored fit")
         fp = stored["fingerprint"]
@@ -356,7 +415,7 @@ class LawStore:
         law = None if text is None else Law.from_dict(json.loads(text), where=self.key)
         if law is not None and not law.is_fitted:
             raise InputError("stored law is not fitted")
-        return _Fit(fp, finished, points, law, str(stored.get("error", "")))
+        return _Fit(fp, finished, points, self._seen_as(law, parent), str(stored.get("error", "")))
 
     def _changed(self, fit: _Fit, summary: DataSummary) -> bool:
         """Whether the data moved enough since ``fit`` to refit: ``refit_growth`` more
@@ -380,8 +439,12 @@ class LawStore:
             return LawState(self.prior, "prior", note=note)
         return LawState(None, "none", note=note)
 
-    def _fit_and_store(self, study: optuna.Study, trials: Sequence[FrozenTrial], summary: DataSummary) -> _Fit:
+    def _fit_and_store(
+        self, study: optuna.Study, trials: Sequence[FrozenTrial], summary: DataSummary, parent: ParentRun | None
+    ) -> _Fit:
         curves = [c for c in (trial_curve(t, self.max_points) for t in trials if t.state in CURVE_STATES) if c]
+        if parent is not None:
+            curves = [parent.curve, *(parent.continued(c) for c in curves)]
         record: dict[str, Any] = {
             "fingerprint": summary.fingerprint,
             "finished": list(summary.finished),
@@ -393,7 +456,7 @@ class LawStore:
         law: Law | None = None
         error = ""
         try:
-            law = make_law(self.law_name).fit(curves, seed=self.seed)
+            law = self._new_law().fit(curves, seed=self.seed)
             record["law"] = json.dumps(law.to_dict(), separators=(",", ":"), default=_json_default)
         except Exception as exc:  # a failed fit must never stop the study
             law = None
@@ -404,7 +467,7 @@ class LawStore:
         self.fit_seconds += elapsed
         record["fit_seconds"] = round(elapsed, 4)
         study._storage.set_study_system_attr(study._study_id, self.key, record)
-        return _Fit(summary.fingerprint, summary.finished, summary.points, law, error)
+        return _Fit(summary.fingerprint, summary.finished, summary.points, self._seen_as(law, parent), error)
 
 
 @dataclass(frozen=True)
@@ -417,6 +480,10 @@ class _Fit:
     points: int
     law: Law | None
     error: str = ""
+
+
+def _join(first: str | None, second: str) -> str:
+    return second if first is None else f"{first}; {second}"
 
 
 def _short(exc: BaseException) -> str:

@@ -36,6 +36,12 @@ and asks ``fallback`` (if given).
 State lives in the study's storage (the fitted law under the study system attribute
 ``optlaws:law:<law>``, refitted only when the data changed meaningfully), so every worker
 and a restarted one take the same decisions.
+
+Fine-tuning and continual pre-training: in a study whose trials all continue one
+pretrained run (declared with :func:`~optuna_optlaws.set_parent_run`), the Opt-Law is
+fitted on that run and the trials, each trial predicted from the parent's state; a law
+fitted on the same model's pretraining sweep (``transfer_prior=``) lends the study's
+fits what a few trials cannot show, how the model responds to the LR.
 """
 
 from __future__ import annotations
@@ -54,8 +60,16 @@ from optuna.trial import FrozenTrial
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._decision import Decision, Gates, Seen, check
 from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, with_notes
-from optuna_optlaws._study_state import LawState, LawStore, PicklesWithoutMemos, resolve_prior, trial_schedule
+from optuna_optlaws._study_state import (
+    LawState,
+    LawStore,
+    PicklesWithoutMemos,
+    resolve_prior,
+    resolve_transfer_prior,
+    trial_schedule,
+)
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
+from optuna_optlaws.laws.optlaw import PRIOR_SD
 
 if TYPE_CHECKING:
     from optuna_optlaws.laws import Law
@@ -74,6 +88,14 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
             ``"momentum"``).
         prior: A fitted law (a :class:`~optuna_optlaws.laws.Law` or a law file path) used
             until the study has ``n_min_trials`` COMPLETE curves of its own.
+        transfer_prior: An Opt-Law fitted on the same model and optimiser elsewhere (a
+            law file path or an :class:`~optuna_optlaws.OptLaw`; e.g. ``optlaws fit`` on the
+            pretraining sweep, before a fine-tuning or continual pre-training study): the
+            study's own fits are drawn towards its parameters, all but the loss floors, each
+            with standard deviation ``transfer_prior_sd`` (internal coordinates, about 20%
+            of a positive parameter at 0.2), so a few trials inherit how the model responds
+            to the LR (``OptLaw(prior=...)``; ``law="optlaw"`` only).
+        transfer_prior_sd: See ``transfer_prior``.
         margin: Nats the predicted lower end must exceed the frontier by before pruning.
         tolerance: Nats of final loss you accept to lose to the best run in exchange for
             compute (a regret tolerance, e.g. ``0.01`` nats is 0.5% of a loss of 2). A trial
@@ -126,6 +148,8 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
         law: str = DEFAULT_LAW,
         *,
         prior: str | Path | Law | None = None,
+        transfer_prior: str | Path | Law | None = None,
+        transfer_prior_sd: float = PRIOR_SD,
         margin: float = DEFAULT_MARGIN,
         tolerance: float = 0.0,
         min_reports: int = 3,
@@ -169,6 +193,10 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
         self._store = LawStore(
             law,
             prior=resolve_prior(prior, "OptLawsPruner(prior=...)"),
+            transfer_prior=resolve_transfer_prior(
+                transfer_prior, transfer_prior_sd, law, "OptLawsPruner(transfer_prior=...)"
+            ),
+            transfer_prior_sd=float(transfer_prior_sd),
             min_complete=n_min_trials,
             refit_growth=float(refit_growth),
             max_points=max_fit_points,

@@ -39,8 +39,16 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws._sampler._acquisition import ACQUISITIONS, Proposal, propose, startup_point
 from optuna_optlaws._sampler._residual import observations
 from optuna_optlaws._sampler._space import ScheduleSpace
-from optuna_optlaws._study_state import LawStore, PicklesWithoutMemos, readable_schedule, resolve_prior, trial_sizes
+from optuna_optlaws._study_state import (
+    LawStore,
+    PicklesWithoutMemos,
+    readable_schedule,
+    resolve_prior,
+    resolve_transfer_prior,
+    trial_sizes,
+)
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
+from optuna_optlaws.laws.optlaw import PRIOR_SD
 from optuna_optlaws.trial_schedule import SPACE_KEY, STUDY_SPACE_PREFIX
 
 if TYPE_CHECKING:
@@ -64,6 +72,14 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         prior: A fitted law (a :class:`~optuna_optlaws.laws.Law` or a law file path),
             used to propose schedules until the study has ``n_startup_trials`` COMPLETE
             curves of its own.
+        transfer_prior: An Opt-Law fitted on the same model and optimiser elsewhere (a
+            law file path or an :class:`~optuna_optlaws.OptLaw`; e.g. ``optlaws fit`` on the
+            pretraining sweep, before a fine-tuning or continual pre-training study): the
+            study's own fits are drawn towards its parameters, all but the loss floors, each
+            with standard deviation ``transfer_prior_sd`` (internal coordinates, about 20%
+            of a positive parameter at 0.2), so a few trials inherit how the model responds
+            to the LR (``OptLaw(prior=...)``; ``law="optlaw"`` only).
+        transfer_prior_sd: See ``transfer_prior``.
         inner_sampler: Sampler for every parameter that is not a schedule parameter
             (default: ``TPESampler(seed=seed)``).
         n_startup_trials: COMPLETE curves the study needs before its own law proposes
@@ -95,6 +111,8 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         law: str = DEFAULT_LAW,
         *,
         prior: str | Path | Law | None = None,
+        transfer_prior: str | Path | Law | None = None,
+        transfer_prior_sd: float = PRIOR_SD,
         inner_sampler: BaseSampler | None = None,
         n_startup_trials: int = 4,
         n_candidates: int = 256,
@@ -124,6 +142,10 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         self._store = LawStore(
             law,
             prior=resolve_prior(prior, "OptLawsSampler(prior=...)"),
+            transfer_prior=resolve_transfer_prior(
+                transfer_prior, transfer_prior_sd, law, "OptLawsSampler(transfer_prior=...)"
+            ),
+            transfer_prior_sd=float(transfer_prior_sd),
             min_complete=n_startup_trials,
             refit_growth=float(refit_growth),
             max_points=max_fit_points,

@@ -216,6 +216,8 @@ def test_cli_rejects_unknown_pruner(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("optlaws:min_reports=0", "min_reports='0' must be an int >= 1"),
         ("optlaws:min_reports=2.5", "min_reports='2.5' must be an int >= 1"),
         ("optlaws:min_fraction=1.5", "min_fraction='1.5' must lie in [0, 1]"),
+        ("optlaws:transfer_prior=no/such/law.json", "transfer_prior='no/such/law.json' is not a law file"),
+        ("optlaws:transfer_prior_sd=0", "transfer_prior_sd='0' must be a number > 0"),
     ],
 )
 def test_cli_rejects_bad_pruner_arguments(
@@ -279,3 +281,82 @@ def test_pruner_calibration_tables_on_synthetic_runs() -> None:
         assert int(row[3]) == 2  # one held-out run per draw
         assert 0.0 <= float(row[4]) <= 1.0 and 0.0 <= float(row[5]) <= 1.0
         assert float(row[7]) > 0
+
+
+def _finetune_subset(tmp_path: Path, n: int = 4) -> tuple[Path, list[Curve]]:
+    """The fine-tuning curves' parent, ``n`` of its continued runs and one run from scratch."""
+    root = Path(__file__).resolve().parent.parent
+    curves = read_curves_csv(root / "studies" / "finetune" / "curves.csv")
+    keep = [c for c in curves if c.resume_from is None] + [c for c in curves if c.resume_from][:n]
+    path = tmp_path / "ft.csv"
+    write_curves_csv(path, keep)
+    return path, keep
+
+
+def test_continued_runs_replay_as_studies_that_continue_their_parent(tmp_path: Path) -> None:
+    """A curves file of continued runs replays those runs, each study declaring their
+    parent run (``set_parent_run``); the parent and runs from scratch are left out;
+    ``--no-parent`` replays the same runs as runs from scratch."""
+    pytest.importorskip("optuna_optlaws.pruner")
+    from optuna_optlaws.benchmarks.replay import split_parent
+    from optuna_optlaws.parent_run import get_parent_run
+
+    path, curves = _finetune_subset(tmp_path)
+    runs, parent, left = split_parent(curves)
+    assert parent is not None and parent.run_id == "pre" and parent.resume_step == 599
+    assert [c.run_id for c in runs] == [c.run_id for c in curves if c.resume_from]
+    assert set(left) == {c.run_id for c in curves if c.resume_from is None} and "pre" in left
+    scratch, none, _ = split_parent(curves, from_scratch=True)
+    assert none is None and all(c.resume_from is None for c in scratch)
+
+    group = group_curves(runs, parent=parent)[0]
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    replay_order(group, [0, 1, 2, 3], make_pruner("none", group), storage=url, study_name="r")
+    got = get_parent_run(optuna.load_study(study_name="r", storage=url))
+    assert got is not None and got.run_id == "pre"
+
+    out = tmp_path / "out"
+    assert main(["replay", str(path), "--pruner", "none", "--orders", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["parent"] == {"run": "pre", "resume_step": 599} and "pre" in data["left_out"]
+    assert len(data["groups"][0]["runs"]) == 4
+    assert "Every run continues run pre from its step 599" in (out / "README.md").read_text()
+    assert main(["replay", str(path), "--pruner", "none", "--orders", "1", "--no-parent", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["parent"] is None and data["continued_from_scratch"]
+    readme = (out / "README.md").read_text()
+    assert "--no-parent" in readme and "replayed as runs from scratch" in readme
+
+
+def test_continued_runs_of_several_parents_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    _, curves = _finetune_subset(tmp_path)
+    pre = next(c for c in curves if c.run_id == "pre")
+    other = [*curves, replace(pre, run_id="pre2"), replace(curves[-1], run_id="x", resume_from="pre2")]
+    path = tmp_path / "two.csv"
+    write_curves_csv(path, other)
+    assert main(["replay", str(path), "--pruner", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "must all resume from one run at one step" in err and len(err.splitlines()) == 1
+    orphan = [c for c in curves if c.run_id != "pre"]
+    path = tmp_path / "orphan.csv"
+    write_curves_csv(path, orphan)
+    assert main(["replay", str(path), "--pruner", "none"]) == 2
+    assert "resume from 'pre', which is not in the curves file" in capsys.readouterr().err
+
+
+def test_a_transfer_prior_reaches_the_replayed_pruner(tmp_path: Path) -> None:
+    pytest.importorskip("optuna_optlaws.pruner")
+    from optuna_optlaws.laws.optlaw import OptLaw
+
+    _, curves = _finetune_subset(tmp_path)
+    law = tmp_path / "prior.json"
+    OptLaw(loco=False).fit([c for c in curves if c.run_id == "pre"]).save(law)
+    group = group_curves(_synthetic())[0]
+    pruner = make_pruner(f"optlaws:transfer_prior={law},transfer_prior_sd=0.3", group)
+    store = pruner.law_store  # type: ignore[attr-defined]
+    assert store.transfer_prior is not None and store.transfer_prior_sd == 0.3
+    assert pruner_settings(f"optlaws:transfer_prior={law}") == (
+        f"OptLawsPruner(transfer_prior={law}) (other arguments default)"
+    )

@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help=f"pruners to compare, any of {', '.join(PRUNERS)} (default: all; optlaws left out with a "
         "warning when it is not available); optlaws:tolerance=NATS[,margin=NATS] sets OptLawsPruner's "
-        "regret tolerance and margin",
+        "regret tolerance and margin (also final_noise, min_reports, min_fraction, transfer_prior=LAW.json, "
+        "transfer_prior_sd)",
     )
     p.add_argument("--orders", type=int, default=20, help="random trial orders per group (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trial orders (default 0)")
@@ -46,6 +47,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report-every", type=int, default=None, metavar="STEPS",
                    help="report grid spacing in steps (default: the median logged spacing)")
     p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. sqlite:///replay.db (default: in memory)")
+    p.add_argument("--no-parent", action="store_true",
+                   help="replay the continued runs of a curves file (resume_from) as runs from scratch, without "
+                   "declaring their parent run to the studies (default: each study continues the parent)")
     p.add_argument("--out", default=None, metavar="DIR", help="write README.md and results.json into DIR")
     p.set_defaults(handler=_run)
 
@@ -106,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         group_by=group_by,
         report_every=args.report_every,
         storage=args.storage,
+        from_scratch=args.no_parent,
     )
     results["curves"] = args.curves
     results["report_every"] = args.report_every
@@ -155,5 +160,7 @@ def _command(args: argparse.Namespace, pruners: list[str]) -> str:
         parts += ["--report-every", str(args.report_every)]
     if args.storage:
         parts += ["--storage", args.storage]
+    if args.no_parent:
+        parts.append("--no-parent")
     parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)

@@ -28,7 +28,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
 from optuna_optlaws.curves import Curve
+from optuna_optlaws.parent_run import ParentRun
 
 if TYPE_CHECKING:
     import optuna
@@ -53,12 +54,17 @@ OPTLAWS_GATES = ("min_reports", "min_fraction")
 """The evidence gates of :class:`~optuna_optlaws.OptLawsPruner` a replay may set:
 ``min_reports`` (an int >= 1) and ``min_fraction`` (of the schedule, in [0, 1])."""
 
-OPTLAWS_OPTIONS = OPTLAWS_NATS + OPTLAWS_GATES
+OPTLAWS_TRANSFER = ("transfer_prior", "transfer_prior_sd")
+"""The transfer prior of :class:`~optuna_optlaws.OptLawsPruner`: ``transfer_prior`` a law
+file (written by ``optlaws fit``), ``transfer_prior_sd`` a number > 0."""
+
+OPTLAWS_OPTIONS = OPTLAWS_NATS + OPTLAWS_GATES + OPTLAWS_TRANSFER
 """Every argument of :class:`~optuna_optlaws.OptLawsPruner` a replay may set."""
 
 _OPTION_RANGES: dict[str, tuple[Callable[[float], bool], Callable[[float], Any], str]] = {
     "min_reports": (lambda x: x >= 1 and x == int(x), int, "must be an int >= 1"),
     "min_fraction": (lambda x: 0.0 <= x <= 1.0, float, "must lie in [0, 1]"),
+    "transfer_prior_sd": (lambda x: x > 0, float, "must be a number > 0"),
 }
 """Per option: whether a value is in range, its type, and what the error says; every other
 option is a number of nats >= 0."""
@@ -73,7 +79,7 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
 
     Raises :class:`InputError` naming the spec when the name or an argument is unknown or a
     value is out of its range (nats >= 0; ``min_reports`` an int >= 1; ``min_fraction``
-    in [0, 1])."""
+    in [0, 1]; ``transfer_prior`` an existing file, ``transfer_prior_sd`` > 0)."""
     name, _, rest = spec.partition(":")
     if name not in PRUNERS:
         raise InputError(f"replay: unknown pruner {spec!r}; known: {', '.join(PRUNERS)}")
@@ -87,6 +93,11 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
         if key not in OPTLAWS_OPTIONS or not eq:
             raise InputError(f"replay: pruner {spec!r}: {item!r} is not key=value with key in {OPTLAWS_OPTIONS}")
         if key == "final_noise" and value == "auto":
+            kwargs[key] = value
+            continue
+        if key == "transfer_prior":
+            if not Path(value).is_file():
+                raise InputError(f"replay: pruner {spec!r}: transfer_prior={value!r} is not a law file")
             kwargs[key] = value
             continue
         in_range, kind, what = _OPTION_RANGES.get(key, _NATS_RANGE)
@@ -128,6 +139,8 @@ class ReplayGroup:
     label: str
     curves: tuple[Curve, ...]
     report_steps: NDArray[np.int64]
+    parent: ParentRun | None = None
+    """The run every run of the group continues (set on each study), if any."""
 
     @property
     def horizon(self) -> int:
@@ -184,18 +197,48 @@ def _report_grid(curves: Sequence[Curve], report_every: int | None) -> NDArray[n
     return np.arange(start, end + 1, report_every, dtype=np.int64)
 
 
+def split_parent(
+    curves: Sequence[Curve], *, from_scratch: bool = False
+) -> tuple[list[Curve], ParentRun | None, list[str]]:
+    """The runs to replay, the run they continue, and the runs left out, for a curves file
+    with continued runs (``resume_from``): those runs are replayed as trials of studies
+    whose parent run (:func:`~optuna_optlaws.set_parent_run`) is the one they continue; the
+    parent and every other run trained from scratch are left out. A file without continued
+    runs is replayed whole. ``from_scratch``: the continued runs are replayed as runs from
+    scratch, without a parent (to measure what the parent buys).
+
+    InputError unless every continued run resumes from the same run of the file at the
+    same step."""
+    cont = [c for c in curves if c.resume_from is not None]
+    if not cont:
+        return list(curves), None, []
+    starts = {(c.resume_from, c.resume_step) for c in cont}
+    if len(starts) > 1:
+        shown = ", ".join(f"{p} at step {k}" for p, k in sorted(starts, key=str))
+        raise InputError(f"replay: the continued runs must all resume from one run at one step, found {shown}")
+    ((parent_id, resume_step),) = starts
+    by_id = {c.run_id: c for c in curves}
+    if parent_id not in by_id:
+        raise InputError(f"replay: the continued runs resume from {parent_id!r}, which is not in the curves file")
+    left_out = [c.run_id for c in curves if c.resume_from is None]
+    if from_scratch:
+        return [replace(c, resume_from=None, resume_step=None) for c in cont], None, left_out
+    return cont, ParentRun(by_id[str(parent_id)], int(resume_step or 0)), left_out
+
+
 def group_curves(
     curves: Sequence[Curve],
     by: Sequence[str] = GROUP_KEYS,
     *,
     report_every: int | None = None,
     min_runs: int = 2,
+    parent: ParentRun | None = None,
 ) -> list[ReplayGroup]:
     """Split runs into groups of comparable runs (same horizon and/or model size).
 
     Horizons within 10% of each other count as one (the MPL runs end between 23,905 and
     23,937 steps). Groups with fewer than ``min_runs`` runs are left out: nothing can be
-    pruned in a study of one trial."""
+    pruned in a study of one trial. ``parent``: the run every one of ``curves`` continues."""
     for k in by:
         if k not in GROUP_KEYS:
             raise InputError(f"replay: unknown --group-by key {k!r}; use {', '.join(GROUP_KEYS)} or none")
@@ -228,7 +271,7 @@ def group_curves(
         if "horizon" in by:
             parts.append(f"T~{max(c.schedule.total_steps for c in members) / 1000:.1f}k")
         label = " ".join(parts) or "all runs"
-        groups.append(ReplayGroup(label, tuple(members), _report_grid(members, report_every)))
+        groups.append(ReplayGroup(label, tuple(members), _report_grid(members, report_every), parent))
     if not groups:
         grouped = ", ".join(by) or "none"
         raise InputError(f"replay: no group has {min_runs} or more runs to compare (grouped by {grouped})")
@@ -343,6 +386,10 @@ def replay_order(
         sampler=optuna.samplers.RandomSampler(seed=seed),
         pruner=pruner,
     )
+    if group.parent is not None:
+        from optuna_optlaws.parent_run import set_parent_run
+
+        set_parent_run(study, group.parent.curve, resume_step=group.parent.resume_step)
     attach = _attach_schedule()
     n = len(group.curves)
     trained = [0] * n
@@ -484,19 +531,21 @@ def run_replay(
     report_every: int | None = None,
     storage: str | None = None,
     progress: bool | None = None,
+    from_scratch: bool = False,
 ) -> dict[str, Any]:
     """Replay ``curves`` under each pruner and return the results (JSON-ready).
 
     ``orders``: trial orders per group (fewer when a group has fewer permutations);
     ``storage``: an Optuna storage URL (default: in memory), every study named
-    ``replay-<pruner>-<group>-<order>``."""
+    ``replay-<pruner>-<group>-<order>``. Continued runs: see :func:`split_parent`."""
     import optuna
 
     for name in pruners:
         parse_pruner(name)
     if orders < 1:
         raise InputError(f"replay: --orders must be >= 1, got {orders}")
-    groups = group_curves(curves, group_by, report_every=report_every)
+    curves, parent, left_out = split_parent(curves, from_scratch=from_scratch)
+    groups = group_curves(curves, group_by, report_every=report_every, parent=parent)
     plan = [(g, trial_orders(len(g.curves), orders, seed + gi)) for gi, g in enumerate(groups)]
     n_studies = sum(len(o) for _, o in plan) * len(pruners)
     bar = Progress("replay", n_studies, enabled=progress)
@@ -507,6 +556,9 @@ def run_replay(
         "orders_requested": orders,
         "seed": seed,
         "group_by": list(group_by),
+        "parent": None if parent is None else {"run": parent.run_id, "resume_step": parent.resume_step},
+        "continued_from_scratch": bool(from_scratch and left_out),
+        "left_out": left_out,
         "groups": [
             {
                 "group": g.label,
@@ -732,7 +784,7 @@ Groups (grouped by {', '.join(results['group_by']) or 'none'}; each group report
 linearly interpolated between a run's logged points where its logs are off that grid):
 
 {groups}
-
+{_lineage_line(results)}
 {format_table(results)}
 
 {target_line(results)}
@@ -748,6 +800,20 @@ Pruner settings (T: the group's horizon in steps):
 {format_group_table(results)}
 """
     (out / "README.md").write_text(text)
+
+
+def _lineage_line(results: dict[str, Any]) -> str:
+    """What the README says about continued runs (empty for runs trained from scratch)."""
+    parent, left = results.get("parent"), results.get("left_out") or []
+    skipped = f" Left out (trained from scratch): {', '.join(left)}." if left else ""
+    if parent:
+        return (f"\nEvery run continues run {parent['run']} from its step {parent['resume_step']}: each study "
+                "declares it with `set_parent_run`, so the law predicts the trials from the parent's state."
+                f"{skipped}\n")
+    if results.get("continued_from_scratch"):
+        return (f"\nThe continued runs are replayed as runs from scratch (`--no-parent`): no study declares "
+                f"their parent run.{skipped}\n")
+    return ""
 
 
 def _finite_or_none(obj: Any) -> Any:

@@ -76,10 +76,13 @@ def loss_final(
     batch: dyn.GridBatch,
     kern: FloatArray,
     model_size: float | None,
+    resume_area: float | None = None,
 ) -> FloatArray:
     """Final loss (nats) of the candidates of ``batch`` under parameter sets ``thetas``: ``(P, C)``.
 
-    ``kern``: :func:`~._optlaw_dynamics.final_kernel` of the batch."""
+    ``kern``: :func:`~._optlaw_dynamics.final_kernel` of the batch. ``resume_area``: when
+    every candidate is a run continued from the same parent state, the LR area before
+    their resume (area units): adds the data-shift excess when ``terms`` has one."""
     out = np.empty((thetas.shape[0], batch.area.shape[1]))
     esc_target = escape_target(batch.eta) if terms.escape else None
     for i, theta in enumerate(thetas):
@@ -98,6 +101,8 @@ def loss_final(
         if terms.warmup and p["k_warm"] > 0:
             target = instability_target(batch.eta, batch.s_mid, p["s_edge"])
             loss = loss + p["k_warm"] * _final_excess(batch, p["kappa_warm"], target)
+        if terms.shift and resume_area is not None:
+            loss = loss + shift_excess(p, batch.s_final - resume_area)
         out[i] = loss
     return out
 

@@ -228,6 +228,7 @@ class OptLaw(Law):
         """Fit on the finite losses of ``curves`` after each curve's warmup; returns ``self``."""
         where = f"fit {self.name}"
         given = list(curves)
+        parents = frozenset(c.resume_from for c in given if c.resume_from is not None)
         curves, offsets = resolve_lineage_offsets(given, where)
         self.lineage = {c.run_id: c.schedule for c in curves}
         self.lineage_offsets = {rid: off for rid, off in offsets.items() if off}
@@ -263,12 +264,12 @@ class OptLaw(Law):
         for form in forms:
             terms = replace(base, size_form=form, area_max=area_max)
             if not self._members:
-                post, info = self._fit_form(terms, prepared, log_y, groups, seed, where)
+                post, info = self._fit_form(terms, prepared, log_y, groups, seed, where, parents=parents)
                 if terms.fast and self.loco and self.prior is None:
                     # the fast excess adds three parameters: keep it only when it predicts
                     # left-out runs better (on a few runs it can fit them and extrapolate worse)
                     slow = replace(terms, fast=False)
-                    post_s, info_s = self._fit_form(slow, prepared, log_y, groups, seed, where)
+                    post_s, info_s = self._fit_form(slow, prepared, log_y, groups, seed, where, parents=parents)
                     # left-out error (log-loss rms) of each: discrepancy and point noise together
                     err, err_s = math.hypot(post.model_sd, post.noise), math.hypot(post_s.model_sd, post_s.noise)
                     info["fast_choice"] = {"with": err, "without": err_s}
@@ -302,10 +303,12 @@ class OptLaw(Law):
         seed: int,
         where: str,
         warm: Mapping[str, float] | None = None,
+        parents: frozenset[str] = frozenset(),
     ) -> tuple[Posterior, dict[str, Any]]:
         """Fit one size form on prepared curves; its posterior and diagnostics. ``warm``:
         parameters of the ``power`` form to start the ``entropy`` form from (then one
-        random start and no LOCO refits: the caller shares the first form's discrepancy)."""
+        random start and no LOCO refits: the caller shares the first form's discrepancy).
+        ``parents``: ids of the runs that fitted runs continue."""
         space = terms.space()
         problem = fit_problem(
             terms, [c for c, _, _ in prepared], [g for _, g, _ in prepared], log_y, self.lineage_offsets
@@ -324,7 +327,10 @@ class OptLaw(Law):
         if self.loco and warm is None:
             res_fn: Any = problem.residuals
             jac_fn: Any = problem.jacobian
-            fold_groups = groups
+            # a run that fitted runs continue is their context, not a run like those the
+            # law will be asked about: every fold keeps it (group -1)
+            kept = [i for i, (c, _, _) in enumerate(prepared) if c.run_id in parents]
+            fold_groups = np.where(np.isin(groups, kept), -1, groups)
             bound = None if self.prior is None else self.prior.bind(space, scale)
             if bound is not None:
                 res_fn, jac_fn = bound.wrap(space, res_fn, jac_fn)
@@ -434,11 +440,33 @@ class OptLaw(Law):
         model_size: float | None = None,
         tokens_per_step: float | None = None,
         observed: Curve | None = None,
+        resume_from: str | None = None,
+        resume_step: int = 0,
     ) -> Prediction:
         """Loss (nats) of ``schedule`` at ``steps`` (default its last step) with a central
-        90% interval; conditioned on the run's own prefix ``observed`` when given."""
-        return self._predict(schedule, steps, model_size=model_size, tokens_per_step=tokens_per_step,
-                             observed=observed)
+        90% interval; conditioned on the run's own prefix ``observed`` when given.
+
+        ``resume_from``: the run continues that known run (a fitted run or one registered
+        with :meth:`add_lineage`) from its state after its step ``resume_step``;
+        ``schedule``, ``steps`` and ``observed`` count the run's own steps from 0."""
+        if resume_from is None:
+            return self._predict(schedule, steps, model_size=model_size, tokens_per_step=tokens_per_step,
+                                 observed=observed)
+        return self._predict_continued(schedule, steps, resume_from, resume_step, "the run", model_size=model_size,
+                                       tokens_per_step=tokens_per_step, observed=observed)
+
+    def _predict_continued(
+        self, schedule: Schedule, steps: ArrayLike | None, parent_id: str, resume_step: int, run_id: str, *,
+        model_size: float | None, tokens_per_step: float | None, observed: Curve | None,
+    ) -> Prediction:
+        """:meth:`predict` of run ``run_id`` continued from ``parent_id`` (for messages)."""
+        sched, offset = self._continued(schedule, parent_id, resume_step, run_id)
+        st = check_steps(steps, schedule, where=f"predict {self.name}")
+        shifted = None
+        if observed is not None:
+            shifted = replace(observed, schedule=sched, steps=observed.steps + offset, resume_from=None)
+        return self._predict(sched, st + offset, model_size=model_size, tokens_per_step=tokens_per_step,
+                             observed=shifted, resume_at=offset)
 
     def _predict(
         self,
@@ -502,23 +530,24 @@ class OptLaw(Law):
         must be a fitted run or registered with :meth:`add_lineage`."""
         if curve.resume_from is None:
             return super().predict_curve(curve, observed=observed)
-        parent = self.lineage.get(curve.resume_from)
+        return self._predict_continued(
+            curve.schedule, curve.steps, curve.resume_from, int(curve.resume_step or 0), curve.run_id,
+            model_size=curve.model_size, tokens_per_step=curve.tokens_per_step, observed=observed,
+        )
+
+    def _continued(self, schedule: Schedule, parent_id: str, resume_step: int, run_id: str) -> tuple[Schedule, int]:
+        """The whole-history schedule of a run that follows ``schedule`` (its own steps
+        from 0) after step ``resume_step`` of the known run ``parent_id``, and the
+        whole-history step of its own step 0."""
+        parent = self.lineage.get(parent_id)
         if parent is None:
             raise InputError(
-                f"predict {self.name}: run {curve.run_id!r} resumes from {curve.resume_from!r}, which the law "
+                f"predict {self.name}: run {run_id!r} resumes from {parent_id!r}, which the law "
                 "does not know; fit on it or register it with add_lineage()"
             )
-        sched, offset = continued(
-            parent, int(curve.resume_step or 0), curve.schedule,
-            parent_offset=self.lineage_offsets.get(curve.resume_from, 0), where=f"predict {self.name}",
-            run_id=curve.run_id, parent_id=curve.resume_from,
-        )
-        shifted = None
-        if observed is not None:
-            shifted = replace(observed, schedule=sched, steps=observed.steps + offset, resume_from=None)
-        return self._predict(
-            sched, curve.steps + offset, model_size=curve.model_size, tokens_per_step=curve.tokens_per_step,
-            observed=shifted, resume_at=offset,
+        return continued(
+            parent, resume_step, schedule, parent_offset=self.lineage_offsets.get(parent_id, 0),
+            where=f"predict {self.name}", run_id=run_id, parent_id=parent_id,
         )
 
     def predict_final(
@@ -527,19 +556,29 @@ class OptLaw(Law):
         *,
         model_size: float | None = None,
         tokens_per_step: float | None = None,
+        resume_from: str | None = None,
+        resume_step: int = 0,
     ) -> Prediction:
-        """Predicted final loss of many schedules at once (vectorised over schedules)."""
+        """Predicted final loss of many schedules at once (vectorised over schedules).
+
+        ``resume_from``: every schedule is a run continued from that known run (a fitted
+        run or one registered with :meth:`add_lineage`) after its step ``resume_step``."""
         terms = self._check_predict(model_size, tokens_per_step)
         if len(schedules) == 0:
             empty = np.zeros(0)
             return Prediction(empty, empty.copy(), empty.copy())
+        s_resume = None
+        if resume_from is not None:
+            whole = [self._continued(s, resume_from, resume_step, f"schedule {i}") for i, s in enumerate(schedules)]
+            schedules = [w for w, _ in whole]
+            s_resume = resume_area(schedules[0], whole[0][1], terms.eta_ref)
         grids = [dyn.chunk_grid(s, np.array([s.total_steps - 1]), eta_ref=terms.eta_ref) for s in schedules]
         batch = dyn.stack_grids(grids)
         kern = dyn.final_kernel(batch, dyn.KAPPA)
         preds = []
         for m_terms, post in self._members:
             thetas, h = fd_thetas(post)
-            loss = loss_final(m_terms, post.space, thetas, batch, kern, model_size).T  # (C, p+1)
+            loss = loss_final(m_terms, post.space, thetas, batch, kern, model_size, s_resume).T  # (C, p+1)
             pred_m = self._interval(post, loss[:, 0], log_jac(loss, h, post))
             preds.append(self._widen(pred_m, batch.s_final, m_terms, post))
         return self._mix(preds)
