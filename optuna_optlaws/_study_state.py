@@ -43,7 +43,7 @@ from optuna_optlaws.divergence.online import DivergenceSignal, detect_divergence
 from optuna_optlaws.laws import Law, Prediction, load_law, make_law
 from optuna_optlaws.laws._base import _json_default
 from optuna_optlaws.laws.optlaw import PRIOR_SD, OptLaw, transfer_prior
-from optuna_optlaws.parent_run import ContinuedRunsLaw, ParentRun, get_parent_run
+from optuna_optlaws.parent_run import ContinuedRunsLaw, ParentRun, fit_curves, get_parent_run, seen_by_study
 from optuna_optlaws.schedules import Schedule
 from optuna_optlaws.trial_schedule import MODEL_SIZE_KEY, SCHEDULE_KEY, TOKENS_PER_STEP_KEY
 
@@ -370,15 +370,10 @@ class LawStore:
         return state
 
     # ------------------------------------------------------------------ internals
-    @property
-    def continues_runs(self) -> bool:
-        """Whether this store's law predicts runs continued from a parent's state."""
-        return self.law_name == "optlaw"
-
     def _parent(self, study: optuna.Study) -> tuple[ParentRun | None, str | None]:
         """The run the study's trials continue (:func:`~optuna_optlaws.parent_run.set_parent_run`),
         when this store's law can continue runs; a note when the stored parent is corrupt."""
-        if not self.continues_runs:
+        if self.law_name != ContinuedRunsLaw.name:  # laws without parent state fit trials from step 0
             return None, None
         try:
             return get_parent_run(study), None
@@ -392,13 +387,6 @@ class LawStore:
         if self.transfer_prior is None:
             return make_law(self.law_name)
         return OptLaw(prior=self.transfer_prior, prior_sd=self.transfer_prior_sd)
-
-    @staticmethod
-    def _seen_as(law: Law | None, parent: ParentRun | None) -> Law | None:
-        """The fitted law as the study's checks see it (every run continuing ``parent``)."""
-        if law is None or parent is None:
-            return law
-        return ContinuedRunsLaw(law, parent) if isinstance(law, OptLaw) else law
 
     def _parse(self, stored: Any, cached: _Fit | None, parent: ParentRun | None) -> _Fit:
         if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), str):
@@ -415,7 +403,8 @@ class LawStore:
         law = None if text is None else Law.from_dict(json.loads(text), where=self.key)
         if law is not None and not law.is_fitted:
             raise InputError("stored law is not fitted")
-        return _Fit(fp, finished, points, self._seen_as(law, parent), str(stored.get("error", "")))
+        seen = None if law is None else seen_by_study(law, parent)
+        return _Fit(fp, finished, points, seen, str(stored.get("error", "")))
 
     def _changed(self, fit: _Fit, summary: DataSummary) -> bool:
         """Whether the data moved enough since ``fit`` to refit: ``refit_growth`` more
@@ -443,8 +432,7 @@ class LawStore:
         self, study: optuna.Study, trials: Sequence[FrozenTrial], summary: DataSummary, parent: ParentRun | None
     ) -> _Fit:
         curves = [c for c in (trial_curve(t, self.max_points) for t in trials if t.state in CURVE_STATES) if c]
-        if parent is not None:
-            curves = [parent.curve, *(parent.continued(c) for c in curves)]
+        curves = fit_curves(parent, curves, self.law_name)
         record: dict[str, Any] = {
             "fingerprint": summary.fingerprint,
             "finished": list(summary.finished),
@@ -467,7 +455,8 @@ class LawStore:
         self.fit_seconds += elapsed
         record["fit_seconds"] = round(elapsed, 4)
         study._storage.set_study_system_attr(study._study_id, self.key, record)
-        return _Fit(summary.fingerprint, summary.finished, summary.points, self._seen_as(law, parent), error)
+        seen = None if law is None else seen_by_study(law, parent)
+        return _Fit(summary.fingerprint, summary.finished, summary.points, seen, error)
 
 
 @dataclass(frozen=True)

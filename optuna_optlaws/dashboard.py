@@ -74,12 +74,20 @@ def resolve_law(study: optuna.Study, law: Law | None, trials: Sequence[TrialCurv
 
     An unfitted ``law`` is fitted on the study's trials; with no ``law`` the study's cached
     law is used, else a new default law is fitted on the trials."""
+    from optuna_optlaws.parent_run import fit_curves, get_parent_run, seen_by_study
+
+    try:
+        parent = get_parent_run(study)
+    except InputError:
+        parent = None
+    continuing = "" if parent is None else f", each trial continuing run {parent.run_id!r}"
     if law is not None and law.is_fitted:
-        return law, f"law {law.name!r} passed in"
+        return seen_by_study(law, parent), f"law {law.name!r} passed in{continuing}"
     if law is None:
         cached = _study_law(study)
         if cached is not None:
-            return cached, f"law {cached.name!r} stored in the study by the pruner/sampler"
+            return (seen_by_study(cached, parent),
+                    f"law {cached.name!r} stored in the study by the pruner/sampler{continuing}")
     curves = [t.curve for t in trials if int(sum(t.curve.finite)) >= MIN_FIT_POINTS]
     if not curves:
         return None, "no law: no trial has reported enough losses yet"
@@ -91,10 +99,10 @@ def resolve_law(study: optuna.Study, law: Law | None, trials: Sequence[TrialCurv
         except (ModuleNotFoundError, InputError) as exc:
             return None, f"no law: the default law is not available ({exc})"
     try:
-        law.fit(curves)
+        law.fit(fit_curves(parent, curves, law.name))
     except (InputError, ValueError, FloatingPointError) as exc:
         return None, f"no law: fitting {law.name!r} failed ({exc})"
-    return law, f"law {law.name!r} fitted on {len(curves)} trials"
+    return seen_by_study(law, parent), f"law {law.name!r} fitted on {len(curves)} trials{continuing}"
 
 
 def _trial_note(t: TrialCurve) -> str | None:

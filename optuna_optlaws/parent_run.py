@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
     from optuna_optlaws.laws.optlaw import OptLaw
 
-__all__ = ["PARENT_KEY", "ContinuedRunsLaw", "ParentRun", "get_parent_run", "set_parent_run"]
+__all__ = [
+    "PARENT_KEY", "ContinuedRunsLaw", "ParentRun", "fit_curves", "get_parent_run", "seen_by_study", "set_parent_run"
+]
 
 PARENT_KEY = "optlaws:parent"
 """Study system attribute: the run every trial of the study continues (see :func:`set_parent_run`)."""
@@ -253,3 +255,20 @@ class ContinuedRunsLaw(Law):
         """As the wrapped law."""
         self.base.check_sizes(model_size, where)
 
+
+
+def fit_curves(parent: ParentRun | None, curves: Sequence[Curve], law_name: str) -> list[Curve]:
+    """What a law of ``law_name`` is fitted on for a study's trial ``curves``: with a
+    parent and the Opt-Law, the parent's curve and every trial as a run continuing it;
+    otherwise the trials' own curves (laws without parent state fit them from step 0)."""
+    if parent is None or law_name != ContinuedRunsLaw.name:
+        return list(curves)
+    return [parent.curve, *(parent.continued(c) for c in curves)]
+
+
+def seen_by_study(law: Law, parent: ParentRun | None) -> Law:
+    """A fitted law as a study with ``parent`` sees it: an Opt-Law then predicts every
+    schedule as a run continuing the parent (:class:`ContinuedRunsLaw`)."""
+    from optuna_optlaws.laws.optlaw import OptLaw
+
+    return ContinuedRunsLaw(law, parent) if parent is not None and isinstance(law, OptLaw) else law

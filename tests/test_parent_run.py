@@ -250,3 +250,22 @@ def test_a_parent_run_stays_in_every_left_out_fold(finetune: tuple[Curve, list[C
     half = float(np.median(pred.hi - pred.lo)) / 2
     assert coverage >= 0.8
     assert half < 0.06
+
+
+def test_the_dashboard_draws_trials_as_continued_runs(finetune: tuple[Curve, list[Curve]]) -> None:
+    """The dashboard's law (stored by the pruner, or fitted by the dashboard itself) is
+    the study's: it predicts each trial as a run continuing the parent."""
+    from optuna_optlaws._dashboard._trials import trial_curves
+    from optuna_optlaws.dashboard import resolve_law
+
+    parent, cands = finetune
+    study = _study(pruner=OptLawsPruner())
+    set_parent_run(study, parent)
+    for c in cands[:4]:
+        _complete(study, c)
+    trials = trial_curves(study)
+    law, note = resolve_law(study, None, trials)
+    assert isinstance(law, ContinuedRunsLaw) and "stored in the study" in note and "continuing run 'pre'" in note
+    fresh, note = resolve_law(study, OptLaw(), trials)
+    assert isinstance(fresh, ContinuedRunsLaw) and "fitted on 4 trials, each trial continuing run 'pre'" in note
+    assert "pre" in fresh.base.lineage
