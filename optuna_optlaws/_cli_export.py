@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ class Exported:
     no_report: list[int] = field(default_factory=list)
     past_end: dict[int, int] = field(default_factory=dict)
     """Trial number -> reports at or past its schedule's last step, left out."""
+    parent: str | None = None
+    """The run every trial continues (a study with a parent run): the first of ``curves``,
+    every other one continuing it (``resume_from``, ``resume_step``)."""
 
 
 def parse_states(text: str) -> list[str]:
@@ -119,6 +122,7 @@ def study_curves(storage: str, study_name: str | None, states: Sequence[str]) ->
     import optuna
 
     from optuna_optlaws._study_state import raw_points, readable_schedule, trial_sizes
+    from optuna_optlaws.parent_run import get_parent_run
 
     rdb, names = open_storage(storage_url(storage), storage)
     study_name = choose_study(storage, names, study_name)
@@ -142,6 +146,11 @@ def study_curves(storage: str, study_name: str | None, states: Sequence[str]) ->
         out.curves.append(
             Curve(f"trial_{trial.number}", knotted(schedule), steps, losses, model_size=n, tokens_per_step=tps)
         )
+    parent = get_parent_run(study)
+    if parent is not None and out.curves:
+        out.parent = parent.run_id
+        head = replace(parent.curve, schedule=knotted(parent.curve.schedule))
+        out.curves = [head, *(parent.continued(c) for c in out.curves)]
     return study_name, out
 
 
@@ -184,10 +193,13 @@ def _run_export(args: argparse.Namespace) -> int:
             "to export (schedules come from suggest_schedule or set_schedule)"
         )
     write_curves_csv(args.out, got.curves)
-    reports = sum(int(c.steps.size) for c in got.curves)
-    diverged = sum(int(np.sum(~np.isfinite(c.losses))) for c in got.curves)
+    runs = got.curves[1:] if got.parent is not None else got.curves
+    reports = sum(int(c.steps.size) for c in runs)
+    diverged = sum(int(np.sum(~np.isfinite(c.losses))) for c in runs)
     print(f"study: {name}")
-    print(f"exported: {len(got.curves)} trials ({', '.join(states)}), {reports} reports"
+    if got.parent is not None:
+        print(f"parent: {got.parent} (written first; every trial continues it)")
+    print(f"exported: {len(runs)} trials ({', '.join(states)}), {reports} reports"
           + (f", {diverged} of them NaN or inf" if diverged else ""))
     if got.no_schedule:
         print(f"skipped (no readable schedule): trials {listed(got.no_schedule)}")

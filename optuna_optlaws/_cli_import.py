@@ -15,7 +15,9 @@ def register(subparsers: Any) -> None:
         help="add logged runs (a curves file) to an Optuna study as finished trials",
         description="Add each run of a curves file to an Optuna study as a finished trial (complete when its "
         "losses reach the schedule's last step, pruned otherwise) with its schedule, sizes and losses, so the "
-        "study's OptLawsSampler and OptLawsPruner learn from it. Runs already added are skipped.",
+        "study's OptLawsSampler and OptLawsPruner learn from it. Runs already added are skipped. Continued runs "
+        "(resume_from) join a study whose trials continue their parent: the file's parent run becomes the "
+        "parent of a study without one (set_parent_run).",
     )
     p.add_argument("curves", metavar="CURVES.csv", help="curves file (interface.md, section 1)")
     p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL (sqlite:///x.db, postgresql://...) "
@@ -47,6 +49,11 @@ def _run_import(args: argparse.Namespace) -> int:
     study = optuna.load_study(study_name=name, storage=rdb)
     added = add_logged_runs(study, curves)
     print(f"study: {name}" + (" (created)" if created else ""))
+    if added.parent is not None:
+        how = "set as the study's parent run" if added.parent_set else "the study's parent run"
+        print(f"parent: {added.parent} ({how}; every trial continues it)")
+    if added.not_continuing:
+        print(f"left out (not continuing {added.parent}): {listed(added.not_continuing)}")
     print(f"added: {len(added.complete)} complete and {len(added.pruned)} pruned trials from {args.curves}")
     if added.pruned:
         print(f"pruned (losses end before the schedule's last step, or NaN/inf): {listed(list(added.pruned))}")

@@ -133,8 +133,8 @@ def test_bad_input_is_one_line_and_adds_nothing(tmp_path: Path, capsys: pytest.C
         "cont,0,0.0005,2.5,base,99\ncont,49,0.0005,2.4,base,99\n"
     )
     db = tmp_path / "s.db"
-    code, _, err = run_main(capsys, "import", str(curves), str(db), "--study", "s")
-    assert_one_line_error(code, err, "'cont'", "continues run 'base'")
+    code, _, err = run_main(capsys, "import", str(curves), str(db), "--study", "s", "--runs", "cont")
+    assert_one_line_error(code, err, "continue 'base'", "neither in the file nor the parent run")
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials == []
     optuna.create_study(storage=f"sqlite:///{db}", study_name="acc", direction="maximize")
     code, _, err = run_main(capsys, "import", str(curves), str(db), "--study", "acc", "--runs", "base")
@@ -145,3 +145,72 @@ def test_bad_input_is_one_line_and_adds_nothing(tmp_path: Path, capsys: pytest.C
     assert_one_line_error(code, err, "no folder")
     code, _, err = run_main(capsys, "import", str(tmp_path / "none.csv"), str(db), "--study", "s")
     assert_one_line_error(code, err, "none.csv")
+
+
+def test_continued_runs_join_a_study_that_continues_their_parent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fine-tuning sweep's log imports into a study whose trials continue its parent:
+    the parent becomes the study's parent run (not a trial), runs from scratch are left
+    out, and the study's law then predicts new trials from the parent's state."""
+    from optuna_optlaws import get_parent_run
+
+    root = Path(__file__).resolve().parent.parent
+    finetune = root / "studies" / "finetune" / "curves.csv"
+    db = tmp_path / "ft.db"
+    code, out, _ = run_main(capsys, "import", str(finetune), str(db), "--study", "ft")
+    assert code == 0
+    assert "parent: pre (set as the study's parent run; every trial continues it)" in out
+    assert "added: 21 complete and 0 pruned trials" in out
+    assert "left out (not continuing pre): scratch_cos_p3e-3" in out
+    study = optuna.load_study(study_name="ft", storage=f"sqlite:///{db}")
+    parent = get_parent_run(study)
+    assert parent is not None and parent.run_id == "pre" and parent.resume_step == 599
+    assert "pre" not in {t.user_attrs[RUN_ID_ATTR] for t in study.trials}
+    code, out, _ = run_main(capsys, "import", str(finetune), str(db), "--study", "ft")
+    assert code == 0 and "(the study's parent run;" in out and "skipped (already in the study)" in out
+
+    # runs from scratch first: continued runs cannot join them
+    scratch = tmp_path / "scratch.csv"
+    scratch.write_text("run_id,step,lr,loss\nr,0,0.001,3.0\nr,99,0.001,2.5\n")
+    assert run_main(capsys, "import", str(scratch), str(db), "--study", "plain")[0] == 0
+    code, _, err = run_main(capsys, "import", str(finetune), str(db), "--study", "plain")
+    assert_one_line_error(code, err, "continue 'pre'", "already holds runs from scratch")
+    # a parent other than the study's
+    other = tmp_path / "other.csv"
+    other.write_text(
+        "run_id,step,lr,loss,resume_from,resume_step\n"
+        "base,0,0.001,3.0,,\nbase,99,0.001,2.5,,\n"
+        "cont,0,0.0005,2.5,base,99\ncont,49,0.0005,2.4,base,99\n"
+        "cont2,0,0.0005,2.5,base,50\ncont2,49,0.0005,2.4,base,50\n"
+    )
+    code, _, err = run_main(capsys, "import", str(other), str(db), "--study", "ft", "--runs", "base,cont")
+    assert_one_line_error(code, err, "continue 'base' at step 99", "continue 'pre' at step 599")
+    code, _, err = run_main(capsys, "import", str(other), str(db), "--study", "new")
+    assert_one_line_error(code, err, "several runs or steps", "'base' at step 50")
+    assert len(optuna.load_study(study_name="ft", storage=f"sqlite:///{db}").trials) == 21
+
+
+def test_a_study_with_a_parent_exports_and_imports_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``optlaws export`` writes the parent first and every trial continuing it; importing
+    that file into a new study gives the same parent and trials."""
+    from optuna_optlaws import get_parent_run
+    from optuna_optlaws.curves import read_curves_csv
+
+    root = Path(__file__).resolve().parent.parent
+    db = tmp_path / "ft.db"
+    assert run_main(capsys, "import", str(root / "studies" / "finetune" / "curves.csv"), str(db), "--study", "a",
+                    "--runs", "pre,ft_const_p1e-3,ft_cos_p3e-3,ft_wsd_p1e-4")[0] == 0
+    out_csv = tmp_path / "out.csv"
+    code, out, _ = run_main(capsys, "export", str(db), "--study", "a", "--out", str(out_csv))
+    assert code == 0 and "parent: pre (written first; every trial continues it)" in out and "exported: 3 trials" in out
+    curves = read_curves_csv(out_csv)
+    assert curves[0].run_id == "pre" and curves[0].resume_from is None
+    assert all(c.resume_from == "pre" and c.resume_step == 599 for c in curves[1:])
+    assert run_main(capsys, "import", str(out_csv), str(db), "--study", "b")[0] == 0
+    a = optuna.load_study(study_name="a", storage=f"sqlite:///{db}")
+    b = optuna.load_study(study_name="b", storage=f"sqlite:///{db}")
+    pa, pb = get_parent_run(a), get_parent_run(b)
+    assert pa is not None and pb is not None and pb.resume_step == pa.resume_step
+    assert pb.curve.schedule.lrs().tolist() == pytest.approx(pa.curve.schedule.lrs().tolist(), rel=1e-12)
+    assert sorted(t.value for t in b.trials) == sorted(t.value for t in a.trials)

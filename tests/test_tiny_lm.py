@@ -170,3 +170,55 @@ def test_steps_until_counts_steps_in_trial_order_up_to_the_first_good_complete_t
     assert study_mod.steps_until(trace, 1.99) == 1875
     assert study_mod.steps_until(trace, 1.9) is None
     assert study_mod.steps_until([], 2.0) is None
+
+
+def test_finetune_study_runs_end_to_end_with_the_parent_set(tmp_path: Path) -> None:
+    """``finetune_study.py`` on a toy model (parent 40 steps, trials 30 steps, 4 per arm):
+    it writes the report, results.json and the SQLite file; the optlaws arm's study
+    continues the parent ``pre``, its law is fitted on the parent's curve too, its trials
+    carry schedules; a second call resumes the stored studies up to ``--trials``."""
+    import json
+
+    from optuna_optlaws import get_parent_run, get_schedule
+
+    spec = importlib.util.spec_from_file_location("tiny_lm_finetune_study", EXAMPLE / "finetune_study.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tiny_lm_finetune_study"] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "ft"
+    common = ["--tiny", "--pre-steps", "40", "--steps", "30", "--train-bytes", "20000", "--out", str(out)]
+    assert mod.main([*common, "--trials", "4"]) == 0
+    db = out / "finetune_study.db"
+    assert db.is_file()
+    report = (out / "README.md").read_text()
+    assert "Written by `examples/tiny_lm/finetune_study.py`" in report and "--trials 4" in report
+    for arm in ("optlaws", "tpe-median", "tpe"):
+        assert f"| {arm} | 4 |" in report
+    assert "- optlaws: best " in report and "x its optimizer steps" in report
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"optlaws", "tpe-median", "tpe"}
+    assert results["meta"]["optlaws"]["parent"]["run_id"] == "pre"
+    storage = f"sqlite:///{db}"
+    study = optuna.load_study(study_name="finetune-optlaws", storage=storage)
+    parent = get_parent_run(study)
+    assert parent is not None and parent.run_id == "pre" and parent.resume_step == 39
+    assert parent.curve.schedule.total_steps == 40
+    assert len(study.trials) == 4
+    for t in study.trials:
+        schedule = get_schedule(t)
+        assert schedule is not None and schedule.total_steps == 30
+        assert t.intermediate_values and min(t.intermediate_values) == 2  # steps from 0, every 3 steps
+    # the law the sampler and pruner share was fitted on the parent's curve and the trials
+    fits = [v for k, v in study._storage.get_study_system_attrs(study._study_id).items()
+            if k.startswith("optlaws:law:optlaw+prior:")]
+    assert fits and fits[0]["law"] is not None
+    assert json.loads(fits[0]["law"])["fitted_on"][0]["run_id"] == "pre"
+    # the baselines have no parent
+    assert get_parent_run(optuna.load_study(study_name="finetune-tpe", storage=storage)) is None
+    # resuming: the same parent again is a no-op, the arm goes on to --trials
+    assert mod.main([*common, "--trials", "5", "--arm", "optlaws"]) == 0
+    study = optuna.load_study(study_name="finetune-optlaws", storage=storage)
+    assert len(study.trials) == 5 and get_parent_run(study) is not None
+    report = (out / "README.md").read_text()
+    assert "| optlaws | 5 |" in report and "| tpe | 4 |" in report  # arms stored earlier are kept
