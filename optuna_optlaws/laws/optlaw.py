@@ -334,7 +334,7 @@ class OptLaw(Law):
             bound = None if self.prior is None else self.prior.bind(space, scale)
             if bound is not None:
                 res_fn, jac_fn = bound.wrap(space, res_fn, jac_fn)
-                fold_groups = bound.folds_groups(groups)
+                fold_groups = bound.folds_groups(fold_groups)
             folds = loco_folds(res_fn, jac_fn, fold_groups, self.loco_folds)
             result.posterior.model_sd = loco_discrepancy(
                 space, result.theta, folds,
