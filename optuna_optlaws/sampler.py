@@ -73,13 +73,10 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
             used to propose schedules until the study has ``n_startup_trials`` COMPLETE
             curves of its own.
         transfer_prior: An Opt-Law fitted on the same model and optimiser elsewhere (a
-            law file path or an :class:`~optuna_optlaws.OptLaw`; e.g. ``optlaws fit`` on the
-            pretraining sweep, before a fine-tuning or continual pre-training study): the
-            study's own fits are drawn towards its parameters, all but the loss floors, each
-            with standard deviation ``transfer_prior_sd`` (internal coordinates, about 20%
-            of a positive parameter at 0.2), so a few trials inherit how the model responds
-            to the LR (``OptLaw(prior=...)``; ``law="optlaw"`` only).
-        transfer_prior_sd: See ``transfer_prior``.
+            law file path or an :class:`~optuna_optlaws.OptLaw`: the pretraining sweep,
+            before fine-tuning) that the study's own fits are drawn towards; as in
+            :class:`~optuna_optlaws.OptLawsPruner`, with which it shares the stored fit.
+        transfer_prior_sd: See :class:`~optuna_optlaws.OptLawsPruner`.
         inner_sampler: Sampler for every parameter that is not a schedule parameter
             (default: ``TPESampler(seed=seed)``).
         n_startup_trials: COMPLETE curves the study needs before its own law proposes
