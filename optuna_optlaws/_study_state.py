@@ -316,6 +316,9 @@ class LawStore:
         self.prior = prior
         self.transfer_prior = transfer_prior
         self.transfer_prior_sd = transfer_prior_sd
+        self._corrupt_parent_logged: set[int] = set()
+        """Studies whose corrupt parent record was logged (once each; every trial's
+        record says it)."""
         self._key = LAW_KEY_PREFIX + law_name
         if transfer_prior is not None:
             text = json.dumps(transfer_prior.to_dict(), sort_keys=True, default=_json_default) + repr(transfer_prior_sd)
@@ -379,7 +382,9 @@ class LawStore:
             return get_parent_run(study), None
         except InputError as exc:
             note = f"{exc}; trials fitted as runs from scratch"
-            _log.warning(note)
+            if study._study_id not in self._corrupt_parent_logged:
+                self._corrupt_parent_logged.add(study._study_id)
+                _log.warning(note)
             return None, note
 
     def _new_law(self) -> Law:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from conftest import LoggedRecords
 
 from optuna_optlaws import InputError, OptLaw, OptLawsPruner, OptLawsSampler, set_parent_run, set_schedule
 from optuna_optlaws._study_state import LAW_KEY_PREFIX, LawStore
@@ -144,7 +145,9 @@ def test_the_study_law_continues_the_parent(finetune: tuple[Curve, list[Curve]])
     assert not math.isclose(running.user_attrs["optlaws_pred_final"], float(fresh.mean[0]), rel_tol=1e-4)
 
 
-def test_a_corrupt_parent_is_noted_and_the_trials_fitted_from_scratch(finetune: tuple[Curve, list[Curve]]) -> None:
+def test_a_corrupt_parent_is_noted_and_the_trials_fitted_from_scratch(
+    finetune: tuple[Curve, list[Curve]], logged: LoggedRecords
+) -> None:
     parent, cands = finetune
     study = _study(pruner=OptLawsPruner(law="momentum"))
     set_parent_run(study, parent)
@@ -156,6 +159,8 @@ def test_a_corrupt_parent_is_noted_and_the_trials_fitted_from_scratch(finetune: 
     for c in cands[:3]:
         _complete(study, c)
     state = store.get(study, study.get_trials(deepcopy=False))
+    store.get(study, study.get_trials(deepcopy=False))
+    assert len(logged.messages("is corrupt")) == 1  # logged once, noted on every check
     assert state.note is not None and f"study attribute {PARENT_KEY!r} is corrupt" in state.note
     assert "fitted as runs from scratch" in state.note
     assert state.law is not None and not isinstance(state.law, ContinuedRunsLaw)
