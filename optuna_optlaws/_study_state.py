@@ -38,7 +38,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._errors import InputError
-from optuna_optlaws.curves import Curve
+from optuna_optlaws.curves import Curve, evenly_spaced
 from optuna_optlaws.divergence.online import DivergenceSignal, detect_divergence
 from optuna_optlaws.laws import Law, Prediction, load_law, make_law
 from optuna_optlaws.laws._base import _json_default
@@ -159,7 +159,7 @@ def trial_curve(trial: FrozenTrial, max_points: int | None = None) -> Curve | No
     if steps.size == 0:
         return None
     if max_points is not None and steps.size > max_points:
-        idx = np.unique(np.linspace(0, steps.size - 1, max_points).round().astype(np.int64))
+        idx = evenly_spaced(steps.size, max_points)
         steps, losses = steps[idx], losses[idx]
     n, tps = trial_sizes(trial)
     return Curve(f"trial_{trial.number}", schedule, steps, losses, model_size=n, tokens_per_step=tps)

@@ -86,6 +86,14 @@ class Curve:
         return replace(self, steps=self.steps[keep], losses=self.losses[keep])
 
 
+def evenly_spaced(n: int, most: int) -> NDArray[np.int64]:
+    """Indices of at most ``most`` of ``n`` points, evenly spread, the first and the last
+    always kept (how a long curve is thinned)."""
+    if n <= most:
+        return np.arange(n, dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, n - 1, most)).astype(np.int64))
+
+
 def _parse_float(text: str, where: str, column: str) -> float | None:
     text = text.strip()
     if text == "":

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from optuna_optlaws._errors import InputError
-from optuna_optlaws.curves import Curve
+from optuna_optlaws.curves import Curve, evenly_spaced
 from optuna_optlaws.laws import Law, Prediction
 from optuna_optlaws.schedules import Schedule
 
@@ -146,7 +146,7 @@ def set_parent_run(
     ok = parent.finite
     steps, losses = parent.steps[ok], parent.losses[ok]
     if steps.size > max_points:
-        idx = np.unique(np.linspace(0, steps.size - 1, max_points).round().astype(np.int64))
+        idx = evenly_spaced(steps.size, max_points)
         steps, losses = steps[idx], losses[idx]
     record = ParentRun(replace(parent, steps=steps, losses=losses, batch_size=None), int(step)).to_record()
     storage, study_id = study._storage, study._study_id

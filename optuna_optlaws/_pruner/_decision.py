@@ -30,7 +30,7 @@ from optuna_optlaws._pruner._calibration import (
 )
 from optuna_optlaws._pruner._frontier import FAR_ABOVE, Frontier, area_at, frontier, group_floor, has_evidence
 from optuna_optlaws._study_state import LawState, group_key, raw_points, trial_sizes, usable_points
-from optuna_optlaws.curves import Curve
+from optuna_optlaws.curves import Curve, evenly_spaced
 from optuna_optlaws.divergence.online import detect_divergence
 from optuna_optlaws.schedules import Schedule
 
@@ -255,7 +255,7 @@ def law_prefix(steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.nd
     recent = steps >= (1.0 - RECENT_FRACTION) * float(steps[-1])
     early = np.flatnonzero(~recent)
     if early.size > EARLY_POINTS:
-        early = early[np.unique(np.linspace(0, early.size - 1, EARLY_POINTS).round().astype(np.int64))]
+        early = early[evenly_spaced(early.size, EARLY_POINTS)]
     keep = np.concatenate([early, np.flatnonzero(recent)])
     return steps[keep], losses[keep]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from optuna_optlaws.curves import Curve
+from optuna_optlaws.curves import Curve, evenly_spaced
 from optuna_optlaws.laws import _optlaw_dynamics as dyn
 from optuna_optlaws.laws._optlaw_terms import Terms, Theta, escape_target, held_power, instability_target
 from optuna_optlaws.schedules import Schedule
@@ -259,7 +259,7 @@ def fit_points(
     keep = steps >= transient_end(curve.schedule, transient)
     steps, losses = steps[keep], losses[keep]
     if steps.size > most:
-        idx = np.unique(np.round(np.linspace(0, steps.size - 1, most)).astype(np.int64))
+        idx = evenly_spaced(steps.size, most)
         steps, losses = steps[idx], losses[idx]
     return steps, losses
 
@@ -294,7 +294,7 @@ def loco_folds(
     folds = []
     uniq = np.unique(groups[groups >= 0])
     if uniq.size > most:
-        uniq = uniq[np.unique(np.round(np.linspace(0, uniq.size - 1, most)).astype(np.int64))]
+        uniq = uniq[evenly_spaced(uniq.size, most)]
     masks = [(groups != g, _late(np.flatnonzero(groups == g))) for g in uniq]
     if uniq.size == 1:
         late = _late(np.flatnonzero(groups >= 0))
