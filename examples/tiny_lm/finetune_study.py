@@ -68,15 +68,22 @@ from optuna_optlaws import (
     Schedule,
     get_parent_run,
     set_parent_run,
-    suggest_schedule,
 )
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import Law, load_law
-from optuna_optlaws.torch import LossReporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual import pre_schedule
-from study import STEPS_ATTR, steps_until, summarize, target_met, training_config
+from study import (
+    STEPS_ATTR,
+    SearchSpace,
+    arm_table,
+    make_objective,
+    steps_until,
+    summarize,
+    target_met,
+    training_config,
+)
 from tinylm import (
     TinyLMConfig,
     TrainResult,
@@ -85,7 +92,6 @@ from tinylm import (
     default_device,
     loss_of_state,
     pretrained,
-    train,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,23 +115,10 @@ LAW_KEY_PREFIX = "optlaws:law:"
 """Study system attributes holding the stored law fits of the OptLaws arm."""
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """The fine-tuning schedule search space (every trial: ``steps`` optimizer steps)."""
-
-    families: tuple[str, ...] = ("cosine", "wsd", "linear", "constant")
-    peak_lr: tuple[float, float] = (1e-4, 3e-3)
-    """Peak LR range (log-uniform)."""
-    warmup_fraction: tuple[float, float] = (0.0, 0.2)
-    """Warmup range as a fraction of the run: 0 to 60 steps of a 300-step run."""
-    cooldown_fraction: tuple[float, float] = (0.05, 0.5)
-    """WSD: fraction of the steps spent in the cooldown."""
-    final_lr_ratio: tuple[float, float] = (0.0, 0.1)
-    """Cosine, linear, WSD: final LR / peak LR."""
-
-    def warmup_steps(self, steps: int) -> tuple[int, int]:
-        """The warmup range in optimizer steps for a ``steps``-step run."""
-        return int(self.warmup_fraction[0] * steps), int(self.warmup_fraction[1] * steps)
+FT_SPACE = SearchSpace(peak_lr=(1e-4, 3e-3), warmup_fraction=(0.0, 0.2))
+"""The fine-tuning schedule search space: peak LR 1e-4 to 3e-3 (log-uniform), warmup 0 to
+20% of the run (0 to 60 steps of a 300-step run); families, cooldown and final LR as in
+``study.py``."""
 
 
 @dataclass(frozen=True)
@@ -189,47 +182,6 @@ def recorded_grid_best(ft_cfg: TinyLMConfig, steps: int, path: Path = RECORDED_R
         return None
     run_id = min(same, key=lambda k: same[k]["final_loss"])
     return {"run_id": run_id, "final_loss": same[run_id]["final_loss"], "runs": len(same)}
-
-
-def make_objective(setup: Setup, steps: int, space: SearchSpace, device: torch.device) -> Any:
-    """The study's objective: one fine-tuning run of ``steps`` optimizer steps from the
-    parent's final weights; returns the final held-out loss (nats/byte), NaN (FAIL) when
-    the run diverged."""
-    cfg = setup.ft_cfg
-    n_params = count_parameters(cfg)
-
-    def objective(trial: optuna.Trial) -> float:
-        schedule = suggest_schedule(
-            trial,
-            families=space.families,
-            peak_lr=space.peak_lr,
-            warmup_steps=space.warmup_steps(steps),
-            cooldown_fraction=space.cooldown_fraction,
-            final_lr_ratio=space.final_lr_ratio,
-            total_steps=steps,
-            model_size=n_params,
-            tokens_per_step=cfg.tokens_per_step,
-        )
-        reporter = LossReporter(trial, every=cfg.eval_every, total_steps=schedule.total_steps)
-        trained = 0
-
-        def on_eval(step: int, loss: float) -> None:
-            nonlocal trained
-            trained = step + 1
-            reporter.step(loss, step)
-
-        try:
-            res = train(schedule, cfg, init_state=setup.pre_state, on_eval=on_eval, device=device)
-        finally:
-            trial.set_user_attr(STEPS_ATTR, trained)
-        assert not isinstance(res, tuple)
-        trial.set_user_attr("train_seconds", round(res.seconds, 2))
-        if res.diverged:
-            trial.set_user_attr("diverged", True)
-            return math.nan  # recorded as FAIL: a diverged run has no final loss
-        return res.final_loss
-
-    return objective
 
 
 def make_study(
@@ -358,16 +310,8 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
         f"declared with `set_parent_run` (resume step {meta['parent']['resume_step']}). `tpe-median`: TPE + "
         f"MedianPruner(n_startup_trials=5, n_warmup_steps={meta['steps'] // 10}). `tpe`: TPE, no pruning.",
         "",
-        "| arm | trials | complete | pruned | failed | best final loss | best trial | optimizer steps trained "
-        "| steps until best | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *arm_table(results),
     ]
-    for arm, r in results.items():
-        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
-        lines.append(
-            f"| {arm} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {best} | "
-            f"{r['best_trial']} | {r['steps_trained']} | {r['steps_to_best']} | {r['seconds']:.0f} |"
-        )
     lines.append("")
     grid = meta.get("recorded_grid_best")
     if grid:
@@ -477,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = build_setup(args.pre_steps, args.steps, args.train_bytes, args.train_seed, args.tiny)
     prior_path = None if args.transfer_prior.lower() == "none" else Path(args.transfer_prior)
     prior = None if prior_path is None else load_law(prior_path)
-    space = SearchSpace()
-    objective = make_objective(setup, args.steps, space, device)
+    space = FT_SPACE
+    objective = make_objective(args.steps, setup.ft_cfg, space, device, init_state=setup.pre_state)
     command = "python examples/tiny_lm/finetune_study.py" + (" " + shlex.join(argv) if argv else "")
     caught: Counter[str] = Counter()
     results: dict[str, dict[str, Any]] = {}

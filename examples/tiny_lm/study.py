@@ -112,11 +112,23 @@ class SearchSpace:
     cooldown_fraction: tuple[float, float] = (0.05, 0.5)
     final_lr_ratio: tuple[float, float] = (0.0, 0.1)
 
+    def warmup_steps(self, steps: int) -> tuple[int, int]:
+        """The warmup range in optimizer steps for a ``steps``-step run."""
+        return int(self.warmup_fraction[0] * steps), int(self.warmup_fraction[1] * steps)
 
-def make_objective(steps: int, cfg: TinyLMConfig, space: SearchSpace, device: torch.device) -> Any:
-    """The study's objective: one training run of ``steps`` optimizer steps."""
+
+def make_objective(
+    steps: int,
+    cfg: TinyLMConfig,
+    space: SearchSpace,
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> Any:
+    """The study's objective: one training run of ``steps`` optimizer steps, from random
+    weights or from ``init_state`` (a pretrained model's, for a fine-tuning study);
+    returns the final held-out loss (nats/byte), NaN (FAIL) when the run diverged."""
     n_params = count_parameters(cfg)
-    warmup = (int(space.warmup_fraction[0] * steps), int(space.warmup_fraction[1] * steps))
+    warmup = space.warmup_steps(steps)
 
     def objective(trial: optuna.Trial) -> float:
         schedule = suggest_schedule(
@@ -139,7 +151,7 @@ def make_objective(steps: int, cfg: TinyLMConfig, space: SearchSpace, device: to
             reporter.step(loss, step)
 
         try:
-            res = train(schedule, trial_config(cfg, trial), on_eval=on_eval, device=device)
+            res = train(schedule, trial_config(cfg, trial), on_eval=on_eval, device=device, init_state=init_state)
         finally:
             trial.set_user_attr(STEPS_ATTR, trained)
         assert not isinstance(res, tuple)
@@ -255,6 +267,23 @@ def steps_until(trace: list[list[Any]], target: float) -> int | None:
     return None
 
 
+def arm_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's table of arms (lines of markdown): trials by state, best final loss
+    (nats/byte), optimizer steps trained and until the best, wall seconds."""
+    lines = [
+        "| arm | trials | complete | pruned | failed | best final loss | best trial | optimizer steps trained "
+        "| steps until best | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, r in results.items():
+        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
+        lines.append(
+            f"| {arm} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {best} | "
+            f"{r['best_trial']} | {r['steps_trained']} | {r['steps_to_best']} | {r['seconds']:.0f} |"
+        )
+    return lines
+
+
 def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
     """``README.md`` of the study folder (and ``summary.json``), from the stored studies."""
     lines = [
@@ -273,16 +302,8 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
         + ", ".join(f"{k}={v}" for k, v in meta["space"].items())
         + f". Sampler seed {meta['seed']}. Machine: {meta['machine']}.",
         "",
-        "| arm | trials | complete | pruned | failed | best final loss | best trial | optimizer steps trained "
-        "| steps until best | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *arm_table(results),
     ]
-    for arm, r in results.items():
-        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
-        lines.append(
-            f"| {arm} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {best} | "
-            f"{r['best_trial']} | {r['steps_trained']} | {r['steps_to_best']} | {r['seconds']:.0f} |"
-        )
     lines += ["", "Commands that produced each arm:", ""]
     lines += [f"- {arm}: `{r['command']}`" for arm, r in results.items()]
     lines.append("")
