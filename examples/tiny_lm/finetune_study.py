@@ -77,6 +77,7 @@ from continual import pre_schedule
 from study import (
     STEPS_ATTR,
     SearchSpace,
+    arm_choices,
     arm_table,
     make_objective,
     steps_until,
@@ -362,13 +363,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
     caught = meta.get("warnings") or {}
     lines += ["Warnings raised during the run (Python warnings, `optuna_optlaws` log records; count):", ""]
     lines += [f"- {n} x {msg}" for msg, n in sorted(caught.items())] or ["- none"]
-    lines += ["", "Trials per schedule family:", ""]
-    for arm, r in results.items():
-        lines.append(f"- {arm}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.get("families", {}).items())))
-    lines += ["", "Best parameters per arm:", ""]
-    for arm, r in results.items():
-        lines.append(f"- {arm}: `{json.dumps(r['best_params'], sort_keys=True)}`")
-    lines.append("")
+    lines += ["", *arm_choices(results)]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "arms": results}, indent=1), encoding="utf-8")
     path = out_dir / "README.md"

@@ -284,6 +284,17 @@ def arm_table(results: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def arm_choices(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's lists of what each arm chose: trials per schedule family, best parameters."""
+    lines = ["Trials per schedule family:", ""]
+    for arm, r in results.items():
+        fams = ", ".join(f"{k} {v}" for k, v in sorted(r.get("families", {}).items()))
+        lines.append(f"- {arm}: {fams}")
+    lines += ["", "Best parameters per arm:", ""]
+    lines += [f"- {arm}: `{json.dumps(r['best_params'], sort_keys=True)}`" for arm, r in results.items()]
+    return [*lines, ""]
+
+
 def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
     """``README.md`` of the study folder (and ``summary.json``), from the stored studies."""
     lines = [
@@ -341,15 +352,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
             "seed is fixed, so schedules are compared on the same initialisation and batch order.",
             "",
         ]
-    lines += ["Trials per schedule family:", ""]
-    for arm, r in results.items():
-        fams = ", ".join(f"{k} {v}" for k, v in sorted(r.get("families", {}).items()))
-        lines.append(f"- {arm}: {fams}")
-    lines.append("")
-    lines += ["Best parameters per arm:", ""]
-    for arm, r in results.items():
-        lines.append(f"- {arm}: `{json.dumps(r['best_params'], sort_keys=True)}`")
-    lines.append("")
+    lines += arm_choices(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps({"meta": meta, "arms": results}, indent=1), encoding="utf-8")
     path = out_dir / "README.md"
