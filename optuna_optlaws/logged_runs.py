@@ -122,6 +122,8 @@ def _parent_of(
     """The parent run (and resume step) to set on ``study`` before adding ``curves``:
     ``None`` when they hold no continued run or the study's parent is theirs; InputError
     when their continued runs cannot join the study."""
+    from optuna_optlaws.parent_run import has_reports
+
     starts = {(c.resume_from, c.resume_step) for c in curves if c.resume_from is not None}
     if not starts:
         return None
@@ -141,7 +143,7 @@ def _parent_of(
     if not found:
         raise InputError(f"the runs continue {parent_id!r}, which is neither in the file nor the parent run of "
                          f"study {study.study_name!r}; add the parent's curve to the file")
-    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+    if has_reports(study):
         raise InputError(f"the runs continue {parent_id!r}, but study {study.study_name!r} already holds runs "
                          "from scratch; add them to a new study")
     return found[0], int(resume_step or 0)

@@ -158,7 +158,7 @@ def set_parent_run(
             f"set_parent_run: study {study.study_name!r} already continues run "
             f"{stored.get('run_id') if isinstance(stored, dict) else '?'!r}; a study's parent is set once"
         )
-    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+    if has_reports(study):
         raise InputError(
             f"set_parent_run: study {study.study_name!r} already has trials with reports; set the parent run "
             "before the first trial"
@@ -182,12 +182,13 @@ def get_parent_run(study: optuna.Study) -> ParentRun | None:
         return seen[study_id]
     stored = storage.get_study_system_attrs(study_id).get(PARENT_KEY)
     parent = None if stored is None else ParentRun.from_record(stored)
-    if parent is not None or _has_reports(study):
+    if parent is not None or has_reports(study):
         seen[study_id] = parent
     return parent
 
 
-def _has_reports(study: optuna.Study) -> bool:
+def has_reports(study: optuna.Study) -> bool:
+    """Whether a trial of ``study`` has reported (after which its parent run is fixed)."""
     return any(t.intermediate_values for t in study.get_trials(deepcopy=False))
 
 
