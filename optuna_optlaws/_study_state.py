@@ -43,7 +43,14 @@ from optuna_optlaws.divergence.online import DivergenceSignal, detect_divergence
 from optuna_optlaws.laws import Law, Prediction, load_law, make_law
 from optuna_optlaws.laws._base import _json_default
 from optuna_optlaws.laws.optlaw import PRIOR_SD, OptLaw, transfer_prior
-from optuna_optlaws.parent_run import ContinuedRunsLaw, ParentRun, fit_curves, get_parent_run, seen_by_study
+from optuna_optlaws.parent_run import (
+    ContinuedRunsLaw,
+    ParentRun,
+    fit_curves,
+    get_parent_run,
+    prior_seen_by_study,
+    seen_by_study,
+)
 from optuna_optlaws.schedules import Schedule
 from optuna_optlaws.trial_schedule import MODEL_SIZE_KEY, SCHEDULE_KEY, TOKENS_PER_STEP_KEY
 
@@ -346,14 +353,14 @@ class LawStore:
         now call for a refit (every worker applies the same rule to the same data, so
         until then the stored fit cannot have changed, short of corruption)."""
         summary = DataSummary.of(trials)
-        if summary.n_complete < self.min_complete:
-            return self._fallback(None)
         parent, note = self._parent(study)
+        if summary.n_complete < self.min_complete:
+            return self._fallback(note, parent)
         storage, study_id = study._storage, study._study_id
         memory = _MEMORY.setdefault(storage, {})
         fit = memory.get((study_id, self.key))
         if fit is not None and not self._changed(fit, summary):
-            return self._state_of(fit, note)
+            return self._state_of(fit, note, parent)
         stored = storage.get_study_system_attrs(study_id).get(self.key)
         if stored is not None:
             try:
@@ -365,10 +372,10 @@ class LawStore:
             else:
                 memory[(study_id, self.key)] = fit
                 if not self._changed(fit, summary):
-                    return self._state_of(fit, note)
+                    return self._state_of(fit, note, parent)
         fit = self._fit_and_store(study, trials, summary, parent)
         memory[(study_id, self.key)] = fit
-        state = self._state_of(fit, note)
+        state = self._state_of(fit, note, parent)
         state.refitted = True
         return state
 
@@ -423,14 +430,15 @@ class LawStore:
                 return True
         return summary.points >= (1.0 + self.refit_growth) * fit.points and summary.points > fit.points
 
-    def _state_of(self, fit: _Fit, note: str | None) -> LawState:
+    def _state_of(self, fit: _Fit, note: str | None, parent: ParentRun | None) -> LawState:
         if fit.law is None:  # a failed fit on this data: not retried until the data change
-            return self._fallback(note or f"law fit failed: {fit.error or '?'}")
+            return self._fallback(_join(note, f"law fit failed: {fit.error or '?'}"), parent)
         return LawState(fit.law, "study", fit.fingerprint, note)
 
-    def _fallback(self, note: str | None) -> LawState:
+    def _fallback(self, note: str | None, parent: ParentRun | None) -> LawState:
+        """The user's prior law (as a study with ``parent`` sees it), or no law."""
         if self.prior is not None:
-            return LawState(self.prior, "prior", note=note)
+            return LawState(prior_seen_by_study(self.prior, parent), "prior", note=note)
         return LawState(None, "none", note=note)
 
     def _fit_and_store(

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from optuna_optlaws.laws.optlaw import OptLaw
 
 __all__ = [
-    "PARENT_KEY", "ContinuedRunsLaw", "ParentRun", "fit_curves", "get_parent_run", "seen_by_study", "set_parent_run"
+    "PARENT_KEY", "ContinuedRunsLaw", "ParentRun", "fit_curves", "get_parent_run", "prior_seen_by_study",
+    "seen_by_study", "set_parent_run",
 ]
 
 PARENT_KEY = "optlaws:parent"
@@ -273,3 +274,29 @@ def seen_by_study(law: Law, parent: ParentRun | None) -> Law:
     from optuna_optlaws.laws.optlaw import OptLaw
 
     return ContinuedRunsLaw(law, parent) if parent is not None and isinstance(law, OptLaw) else law
+
+
+_PRIORS_SEEN: weakref.WeakKeyDictionary[Law, tuple[ParentRun, Law]] = weakref.WeakKeyDictionary()
+"""prior law -> (the parent it was last registered with, the law continuing it)."""
+
+
+def prior_seen_by_study(prior: Law, parent: ParentRun | None) -> Law:
+    """A law fitted elsewhere (a sampler's ``prior=``, which has never seen this study's
+    parent) as a study with ``parent`` sees it: an Opt-Law then predicts every schedule
+    as a run continuing the parent, from the state the parent's schedule leaves under the
+    prior's own parameters (a copy of the prior with the parent registered as lineage,
+    :meth:`~optuna_optlaws.laws.optlaw.OptLaw.add_lineage`; a prior run of the same id is
+    replaced). Other laws, or no parent: ``prior`` itself (runs from their own step 0)."""
+    from optuna_optlaws.laws.optlaw import OptLaw
+
+    if parent is None or not isinstance(prior, OptLaw):
+        return prior
+    cached = _PRIORS_SEEN.get(prior)
+    if cached is not None and cached[0] is parent:
+        return cached[1]
+    copy = Law.from_dict(prior.to_dict())
+    assert isinstance(copy, OptLaw)
+    copy.add_lineage([Curve(parent.run_id, parent.curve.schedule)])
+    seen = ContinuedRunsLaw(copy, parent)
+    _PRIORS_SEEN[prior] = (parent, seen)
+    return seen

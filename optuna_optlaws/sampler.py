@@ -71,7 +71,9 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
             ``"momentum"``).
         prior: A fitted law (a :class:`~optuna_optlaws.laws.Law` or a law file path),
             used to propose schedules until the study has ``n_startup_trials`` COMPLETE
-            curves of its own.
+            curves of its own. In a study with a parent run (:func:`~optuna_optlaws.
+            set_parent_run`) an Opt-Law prior predicts each schedule as a run continuing
+            the parent (:func:`~optuna_optlaws.parent_run.prior_seen_by_study`).
         transfer_prior: An Opt-Law fitted on the same model and optimiser elsewhere (a
             law file path or an :class:`~optuna_optlaws.OptLaw`: the pretraining sweep,
             before fine-tuning) that the study's own fits are drawn towards; as in

@@ -240,6 +240,38 @@ def test_the_sampler_proposes_continued_schedules(finetune: tuple[Curve, list[Cu
     assert isinstance(state.law, ContinuedRunsLaw)
 
 
+def test_the_sampler_prior_predicts_runs_continuing_the_parent() -> None:
+    """Before the study has complete trials, the sampler's ``prior=`` law (fitted on
+    runs from scratch elsewhere) predicts each schedule as a run continuing the study's
+    parent from the state the parent's schedule leaves; the prior itself is untouched.
+    On the continual pre-training runs that is what makes the prior's level right."""
+    from optuna_optlaws.laws import load_law
+
+    curves = read_curves_csv(ROOT / "studies" / "continual" / "curves.csv")
+    parent = next(c for c in curves if c.run_id == "pre")
+    cands = [c for c in curves if c.resume_from == "pre"]
+    prior = load_law(ROOT / "studies" / "curves" / "tiny_lm_600_law.json")
+    assert isinstance(prior, OptLaw)
+    lineage_before = dict(prior.lineage)
+    sampler = OptLawsSampler(prior=prior, seed=0)
+    plain = _study(sampler=sampler)
+    assert sampler._store.get(plain, []).law is prior  # no parent: runs from scratch
+    study = _study(sampler=sampler)
+    set_parent_run(study, parent)
+    state = sampler._store.get(study, [])
+    assert state.source == "prior" and isinstance(state.law, ContinuedRunsLaw)
+    assert sampler._store.get(study, []).law is state.law  # registered once per parent
+    assert prior.lineage == lineage_before
+    kw = {"model_size": parent.model_size, "tokens_per_step": parent.tokens_per_step}
+    schedules = [c.schedule for c in cands]
+    truth = np.array([c.final_loss for c in cands])
+    continued = state.law.predict_final(schedules, **kw).mean
+    one = state.law.predict(cands[0].schedule, **kw).mean[0]
+    assert math.isclose(one, continued[0], rel_tol=1e-9)
+    scratch = prior.predict_final(schedules, **kw).mean
+    assert np.mean(np.abs(continued - truth)) < 0.5 * np.mean(np.abs(scratch - truth))
+
+
 @pytest.mark.parametrize("with_prior", [False, True])
 def test_a_parent_run_stays_in_every_left_out_fold(finetune: tuple[Curve, list[Curve]], with_prior: bool) -> None:
     """The model discrepancy is measured by leaving out runs like those the law predicts
