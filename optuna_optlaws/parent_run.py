@@ -106,7 +106,7 @@ class ParentRun:
             return cls(curve, int(record["resume_step"]))
         except InputError as exc:
             raise InputError(f"{where} is corrupt ({exc})") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"{where} is corrupt ({type(exc).__name__}: {exc})") from None
 
 

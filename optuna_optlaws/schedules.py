@@ -44,7 +44,7 @@ _FORMAT_VERSION = 1
 def _check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)):
         raise InputError(f"schedule parameter {name}={value!r} is not a number of steps")
-    if float(value) != int(value):
+    if not math.isfinite(value) or float(value) != int(value):
         raise InputError(f"schedule parameter {name}={value!r} is not a whole number of steps")
     ivalue = int(value)
     if ivalue < 0 or (ivalue == 0 and not allow_zero):
@@ -390,8 +390,6 @@ class Schedule:
                 f"schedule JSON has format_version {version}, newer than this optuna-optlaws "
                 f"understands ({_FORMAT_VERSION}); upgrade optuna-optlaws"
             )
-        if family == "knots":
-            return cls.from_knots(params["steps"], params["lrs"])
         builders = {
             "constant": cls.constant,
             "cosine": cls.cosine,
@@ -400,12 +398,17 @@ class Schedule:
             "step": cls.step,
             "inverse_sqrt": cls.inverse_sqrt,
         }
-        if family not in builders:
+        if family != "knots" and family not in builders:
             raise InputError(f"schedule JSON has unknown family {family!r}; known: {FAMILIES}")
         try:
+            if family == "knots":
+                return cls.from_knots(params["steps"], params["lrs"])
             return builders[family](total_steps=total, **params)  # type: ignore[operator]
-        except TypeError as exc:
-            raise InputError(f"schedule JSON for family {family!r} has bad params: {exc}") from None
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            what = f"{type(exc).__name__}: {exc}"
+            raise InputError(f"schedule JSON for family {family!r} has bad params ({what})") from None
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:

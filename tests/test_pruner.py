@@ -163,6 +163,40 @@ def test_bad_reports_are_recorded_and_never_prune() -> None:
     assert _run(study, GOOD)[0] == "COMPLETE"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"family":"wsd","format_version":1,"total_steps":NaN,"params":{"peak_lr":0.003}}',
+        '{"family":"wsd","format_version":1,"total_steps":600,"params":{"peak_lr":0.003,"cooldown_fraction":"x"}}',
+        '{"family":"step","format_version":1,"total_steps":600,"params":{"peak_lr":0.003,"milestones":["a"]}}',
+        '{"family":"knots","format_version":1,"total_steps":600,"params":{"steps":[0,599]}}',
+    ],
+)
+def test_a_trial_with_a_corrupt_stored_schedule_stops_nothing(text: str) -> None:
+    """A trial whose stored schedule attribute is corrupt (hand-edited storage, another
+    tool's JSON) is never pruned on the law, says why on itself, and neither that trial
+    nor the study's other trials, nor the sampler's next suggestion, fail on it."""
+    from optuna_optlaws import OptLawsSampler, suggest_schedule
+    from optuna_optlaws._study_state import SCHEDULE_KEY
+
+    study = _study_with_good_trials(_pruner())
+    study.sampler = OptLawsSampler(law=TEST_LAW, n_startup_trials=3, seed=0)
+    trial = study.ask()
+    study._storage.set_trial_system_attr(trial._trial_id, SCHEDULE_KEY, text)
+    steps = report_steps()
+    for step, loss in zip(steps.tolist(), synth_loss(BAD, steps).tolist(), strict=True):
+        trial.report(loss, step)
+        assert trial.should_prune() is False
+    study.tell(trial, 3.0)
+    note = study.trials[-1].user_attrs[WARNING]
+    assert "stored schedule is corrupt" in note and PRUNE_REASON not in study.trials[-1].user_attrs
+    assert _run(study, GOOD3)[0] == "COMPLETE"  # the study's other trials are still judged by the law
+    assert PRED_FINAL in study.trials[-1].user_attrs
+    nxt = study.ask()
+    sched = suggest_schedule(nxt, total_steps=TOTAL_STEPS, families=("cosine",), peak_lr=(1e-3, 1e-2))
+    assert sched.total_steps == TOTAL_STEPS
+
+
 @pytest.mark.parametrize("corruption", ["not json", "wrong params"])
 def test_corrupt_stored_law_is_refitted_and_recorded(corruption: str) -> None:
     pruner = _pruner()
