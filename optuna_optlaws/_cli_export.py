@@ -19,21 +19,10 @@ from typing import Any
 import numpy as np
 
 from optuna_optlaws._errors import InputError
-from optuna_optlaws.curves import Curve, write_curves_csv
-from optuna_optlaws.schedules import Schedule
+from optuna_optlaws.curves import Curve, knotted, write_curves_csv
 
 STATES = ("complete", "pruned", "fail", "running")
 """Trial states ``--states`` accepts (Optuna's, lower case)."""
-
-MAX_KNOTS = 2000
-"""Evenly spaced ``lr`` knots per run (besides the schedule's own breakpoints) that the
-export starts from: a 600-step schedule is written step by step."""
-
-KNOT_TOLERANCE = 1e-5
-"""The curves reader interpolates the LR linearly between rows; knots are added where
-that would miss the schedule's LR by more than this fraction of its peak (a ``1-sqrt``
-cooldown's start, which no even grid follows)."""
-
 
 def register(subparsers: Any) -> None:
     """Add ``export`` to the ``optlaws`` parser."""
@@ -152,36 +141,6 @@ def study_curves(storage: str, study_name: str | None, states: Sequence[str]) ->
         head = replace(parent.curve, schedule=knotted(parent.curve.schedule))
         out.curves = [head, *(parent.continued(c) for c in out.curves)]
     return study_name, out
-
-
-def knotted(schedule: Schedule) -> Schedule:
-    """``schedule`` as LR knots the curves file can hold: its breakpoints (the integer
-    steps either side of each), :data:`MAX_KNOTS` evenly spaced steps, the last step (a
-    curves file's run ends at its last row), and wherever linear interpolation between
-    those would miss its LR at some step by more than :data:`KNOT_TOLERANCE` of its peak,
-    the worst such step of each gap, until none does."""
-    total = schedule.total_steps
-    last = total - 1
-    brk = np.asarray(schedule.breakpoints(), dtype=np.float64)
-    steps = np.concatenate([
-        np.floor(brk), np.ceil(brk), np.round(np.linspace(0.0, last, min(total, MAX_KNOTS))),
-    ])
-    knots = np.unique(np.clip(steps, 0, last)).astype(np.int64)
-    exact = schedule.lrs()
-    tol = KNOT_TOLERANCE * max(float(np.max(exact)), 1e-300)
-    every = np.arange(total)
-    while True:
-        miss = np.abs(np.interp(every, knots, exact[knots]) - exact)
-        bad = np.flatnonzero(miss > tol)
-        if bad.size == 0:
-            break
-        gap = np.searchsorted(knots, bad)  # each bad step lies strictly inside one gap
-        worst: dict[int, int] = {}
-        for g, step in zip(gap.tolist(), bad.tolist(), strict=True):
-            if g not in worst or miss[step] > miss[worst[g]]:
-                worst[g] = step
-        knots = np.union1d(knots, np.fromiter(worst.values(), dtype=np.int64))
-    return Schedule.from_knots(knots, exact[knots])
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -25,6 +25,15 @@ from optuna_optlaws.schedules import Schedule
 REQUIRED_COLUMNS = ("run_id", "step")
 RUN_CONSTANT_COLUMNS = ("model_size", "tokens_per_step", "batch_size")
 
+MAX_KNOTS = 2000
+"""Evenly spaced ``lr`` knots per run (besides the schedule's own breakpoints) that
+:func:`knotted` starts from: a 600-step schedule is written step by step."""
+
+KNOT_TOLERANCE = 1e-5
+"""The curves reader interpolates the LR linearly between rows; knots are added where
+that would miss the schedule's LR by more than this fraction of its peak (a ``1-sqrt``
+cooldown's start, which no even grid follows)."""
+
 
 @dataclass(frozen=True)
 class Curve:
@@ -246,7 +255,9 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
 def write_curves_csv(path: str | Path, curves: Sequence[Curve]) -> None:
     """Write curves in the long format: one knot row per schedule knot (lr, no loss) and
     one row per observation (lr at that step and loss); ``resume_from``/``resume_step``
-    columns are added when any curve continues another run."""
+    columns are added when any curve continues another run. A family schedule (cosine,
+    WSD, ...) is written as :func:`knotted` knots, so the file reads back with its length
+    and its LR at every step (within :data:`KNOT_TOLERANCE` of its peak)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     resumed = any(c.resume_from for c in curves)
@@ -259,12 +270,40 @@ def write_curves_csv(path: str | Path, curves: Sequence[Curve]) -> None:
             if resumed:
                 tail += [c.resume_from or "", "" if c.resume_step is None else str(c.resume_step)]
             obs = set(c.steps.tolist())
-            knot_steps = c.schedule.breakpoints()
-            if c.schedule.family == "knots":
-                knot_steps = np.asarray(c.schedule.params["steps"], dtype=np.float64)
-            for s in knot_steps:
+            knots = c.schedule if c.schedule.family == "knots" else knotted(c.schedule)
+            for s in np.asarray(knots.params["steps"], dtype=np.float64):
                 if int(s) == s and int(s) not in obs and s < c.schedule.total_steps:
                     w.writerow([c.run_id, int(s), repr(float(c.schedule.lr_at([s])[0])), "", *tail])
             lrs = c.schedule.lr_at(c.steps.astype(np.float64))
             for s, lr, loss in zip(c.steps.tolist(), lrs.tolist(), c.losses.tolist(), strict=True):
                 w.writerow([c.run_id, s, repr(lr), repr(loss), *tail])
+
+
+def knotted(schedule: Schedule) -> Schedule:
+    """``schedule`` as LR knots the curves file can hold: its breakpoints (the integer
+    steps either side of each), :data:`MAX_KNOTS` evenly spaced steps, the last step (a
+    curves file's run ends at its last row), and wherever linear interpolation between
+    those would miss its LR at some step by more than :data:`KNOT_TOLERANCE` of its peak,
+    the worst such step of each gap, until none does."""
+    total = schedule.total_steps
+    last = total - 1
+    brk = np.asarray(schedule.breakpoints(), dtype=np.float64)
+    steps = np.concatenate([
+        np.floor(brk), np.ceil(brk), np.round(np.linspace(0.0, last, min(total, MAX_KNOTS))),
+    ])
+    knots = np.unique(np.clip(steps, 0, last)).astype(np.int64)
+    exact = schedule.lrs()
+    tol = KNOT_TOLERANCE * max(float(np.max(exact)), 1e-300)
+    every = np.arange(total)
+    while True:
+        miss = np.abs(np.interp(every, knots, exact[knots]) - exact)
+        bad = np.flatnonzero(miss > tol)
+        if bad.size == 0:
+            break
+        gap = np.searchsorted(knots, bad)  # each bad step lies strictly inside one gap
+        worst: dict[int, int] = {}
+        for g, step in zip(gap.tolist(), bad.tolist(), strict=True):
+            if g not in worst or miss[step] > miss[worst[g]]:
+                worst[g] = step
+        knots = np.union1d(knots, np.fromiter(worst.values(), dtype=np.int64))
+    return Schedule.from_knots(knots, exact[knots])

@@ -170,6 +170,24 @@ def test_write_then_read_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.schedule.lr_at(grid), sched.lr_at(grid), rtol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "sched",
+    [Schedule.cosine(3e-3, 1000, 50, 3e-5), Schedule.wsd(1e-3, 1000, 20, 0.0, 0.3, cooldown="1-sqrt")],
+)
+def test_a_family_schedule_reads_back_whole_after_its_last_observation(tmp_path: Path, sched: Schedule) -> None:
+    """A run observed only up to step 900 of its 1000-step cosine or WSD schedule reads
+    back with its 1000 steps and its LR at every one of them (not linear after the last
+    observation, not ending there)."""
+    from optuna_optlaws.curves import KNOT_TOLERANCE
+
+    steps = np.arange(0, 901, 100)
+    path = tmp_path / "c.csv"
+    write_curves_csv(path, [Curve("c", sched, steps, 3.0 - 1e-3 * steps)])
+    (back,) = read_curves_csv(path)
+    assert back.schedule.total_steps == 1000
+    assert float(np.max(np.abs(back.schedule.lrs() - sched.lrs()))) <= KNOT_TOLERANCE * sched.peak_lr
+
+
 def test_vendored_mpl_data(mpl_csv: Path) -> None:
     curves = read_curves_csv(mpl_csv)
     assert len(curves) == 27

@@ -11,7 +11,7 @@ import pytest
 from test_cli import assert_one_line_error, run_main
 
 from optuna_optlaws import Schedule, read_curves_csv, set_schedule
-from optuna_optlaws._cli_export import KNOT_TOLERANCE, MAX_KNOTS, knotted
+from optuna_optlaws.curves import KNOT_TOLERANCE, MAX_KNOTS, knotted
 
 N, TPS = 1.2e5, 1024.0
 SCHEDULES = {

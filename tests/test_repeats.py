@@ -12,9 +12,8 @@ from scipy import stats
 from test_cli import assert_one_line_error, run_main
 
 from optuna_optlaws import Schedule, set_schedule
-from optuna_optlaws._cli_export import knotted
 from optuna_optlaws._repeats import repeat_key, repeat_noise
-from optuna_optlaws.curves import Curve, write_curves_csv
+from optuna_optlaws.curves import Curve, knotted, write_curves_csv
 
 COS = Schedule.cosine(3e-3, 200, 20, 3e-4)
 WSD = Schedule.wsd(2e-3, 200, 20, 0.0, 0.2)
