@@ -88,6 +88,14 @@ def _as_float(loss: Any) -> float:
     return float(loss)
 
 
+def _non_finite_without_sync(loss: Any) -> bool:
+    """Whether ``loss`` is NaN or inf, when that can be told without waiting for a device:
+    a Python number or a CPU tensor (``False`` for a tensor on an accelerator)."""
+    if isinstance(loss, torch.Tensor):
+        return loss.device.type == "cpu" and not bool(torch.isfinite(loss.detach()).all())
+    return isinstance(loss, (int, float)) and not math.isfinite(loss)
+
+
 class LossReporter:
     """Reports a training run's loss to Optuna every ``every`` optimizer steps, and raises
     ``optuna.TrialPruned`` as soon as the trial's pruner says so.
@@ -97,9 +105,11 @@ class LossReporter:
     ``(step + 1) % every == 0`` (so after ``every``, ``2 * every``, ... steps) and at the
     last step of the run (``total_steps - 1``; ``total_steps`` defaults to the trial's
     attached schedule's), then asks ``trial.should_prune()`` (except after the last step:
-    the run is finished, pruning it would save nothing). A non-finite loss is
-    reported at once, whatever the step, so a diverging run is seen immediately (Optuna
-    stores it as NaN/inf and a schedule-aware pruner prunes it).
+    the run is finished, pruning it would save nothing). A non-finite loss (a float, or
+    a tensor on the CPU) is reported at once, whatever the step, so a diverging run is
+    seen immediately (Optuna stores it as NaN/inf and a schedule-aware pruner prunes it);
+    a tensor on an accelerator is read only at the steps a report is due (reading it
+    waits for the device), so its NaN is reported at the next of them.
 
     In a multi-objective study, where Optuna keeps no intermediate values, the first
     report warns and logs that nothing is reported, and training goes on.
@@ -166,10 +176,8 @@ class LossReporter:
             )
             warnings.warn(message, stacklevel=2)
             _log.warning(message)
-        if self.due(step):
+        if self.due(step) or _non_finite_without_sync(loss):
             value = _as_float(loss)
-        elif isinstance(loss, (int, float)) and not math.isfinite(loss):
-            value = float(loss)
         else:
             return False
         try:

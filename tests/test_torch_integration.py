@@ -125,6 +125,9 @@ def test_reporter_reports_non_finite_loss_at_once_and_rejects_bad_every() -> Non
     assert reporter.step(1.0, 3) is False
     assert reporter.step(math.nan, 4) is True
     assert reporter.last_reported is not None and reporter.last_reported[0] == 4
+    assert reporter.step(torch.tensor(2.0), 5) is False  # a finite tensor waits for its step
+    assert reporter.step(torch.tensor([1.0, math.inf]), 6) is True  # a CPU tensor's inf does not
+    assert reporter.last_reported[0] == 6 and math.isinf(reporter.last_reported[1])
     with pytest.raises(ValueError):
         LossReporter(trial, every=0, total_steps=10)
 
