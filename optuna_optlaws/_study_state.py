@@ -172,11 +172,16 @@ def trial_curve(trial: FrozenTrial, max_points: int | None = None) -> Curve | No
     return Curve(f"trial_{trial.number}", schedule, steps, losses, model_size=n, tokens_per_step=tps)
 
 
+_UNPREDICTABLE_LOGGED: set[str] = set()
+"""Kinds of error :func:`conditioned_final` has logged (once each per process)."""
+
+
 def conditioned_final(law: Law, observed: Curve) -> Prediction | None:
     """``law``'s prediction (nats, with its interval) of the loss at the last step of
     ``observed``'s schedule, conditioned on the points of ``observed``; ``None`` when the
-    law cannot predict it (any error: a finished or pruned run is then just left out) or
-    predicts a non-finite value."""
+    law cannot predict it (any error: a finished or pruned run is then just left out; an
+    error other than an :class:`InputError` is logged once per kind) or predicts a
+    non-finite value."""
     try:
         pred = law.predict(
             observed.schedule,
@@ -185,7 +190,14 @@ def conditioned_final(law: Law, observed: Curve) -> Prediction | None:
             tokens_per_step=observed.tokens_per_step,
             observed=observed,
         )
-    except Exception:
+    except InputError:
+        return None
+    except Exception as exc:  # a run the law cannot predict must never stop the study
+        kind = type(exc).__name__
+        if kind not in _UNPREDICTABLE_LOGGED:
+            _UNPREDICTABLE_LOGGED.add(kind)
+            _log.warning(f"law {law.name!r} cannot predict run {observed.run_id!r} ({_short(exc)}); such runs are "
+                         "left out of the calibration and the sampler's residuals")
         return None
     ok = all(math.isfinite(float(v[0])) for v in (pred.mean, pred.lo, pred.hi))
     return pred if ok else None

@@ -260,7 +260,10 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
                 min_improvement=self._min_improvement,
             )
         except Exception as exc:  # a law that cannot score must never lose the trial
-            self._warn_once("predict", f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points")
+            self._warn_once(
+                f"predict:{type(exc).__name__}",
+                f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points",
+            )
             return startup_point(space, self._seed, trial.number)
 
     def _check_report_steps(self, trial: FrozenTrial) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 from _study_helpers import TEST_LAW, TOTAL_STEPS, report_steps, synth_loss
+from conftest import LoggedRecords
 from optuna.trial import FrozenTrial
 
 from optuna_optlaws import InputError, OptLawsPruner, Schedule, set_schedule
@@ -610,3 +611,30 @@ def test_evidence_counts_only_reports_past_the_laws_initial_transient() -> None:
     assert has_evidence(np.array([100, 110, 120]), Schedule.constant(3e-3, 1000, 0), 3, 0.1)  # first 10%
     assert not has_evidence(np.array([90, 110, 120]), Schedule.constant(3e-3, 1000, 0), 3, 0.1)
     assert not has_evidence(np.array([], dtype=np.int64), long_warmup, 1, 0.0)
+
+
+def test_a_law_that_fails_on_a_run_is_left_out_and_logged_once(logged: LoggedRecords) -> None:
+    """``conditioned_final`` (calibration residuals, the sampler's residuals) leaves out a
+    run the law cannot predict: an InputError (sizes it cannot extrapolate to) quietly,
+    any other error logged once per kind, so a bug there cannot silently switch
+    calibration off."""
+    from optuna_optlaws import _study_state
+    from optuna_optlaws._study_state import conditioned_final
+
+    class Failing:
+        name = "failing"
+
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def predict(self, *args: Any, **kwargs: Any) -> Any:
+            raise self.exc
+
+    steps = report_steps()
+    curve = Curve("c", GOOD, steps, synth_loss(GOOD, steps))
+    _study_state._UNPREDICTABLE_LOGGED.discard("ZeroDivisionError")
+    assert conditioned_final(Failing(InputError("no extrapolation")), curve) is None  # type: ignore[arg-type]
+    for _ in range(2):
+        assert conditioned_final(Failing(ZeroDivisionError("bug")), curve) is None  # type: ignore[arg-type]
+    assert len(logged.messages("cannot predict run 'c'")) == 1
+    assert logged.messages("no extrapolation") == []
