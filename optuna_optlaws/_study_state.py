@@ -342,6 +342,8 @@ class LawStore:
         if transfer_prior is not None:
             text = json.dumps(transfer_prior.to_dict(), sort_keys=True, default=_json_default) + repr(transfer_prior_sd)
             self._key += "+prior:" + hashlib.sha1(text.encode()).hexdigest()[:12]
+        if seed != 0:  # a fit under another seed is another fit: not shared with seed 0's
+            self._key += f":seed{seed}"
         self.min_complete = min_complete
         self.refit_growth = refit_growth
         self.max_points = max_points
@@ -353,8 +355,9 @@ class LawStore:
     @property
     def key(self) -> str:
         """The study system attribute holding the stored fit: ``optlaws:law:<name>``, with
-        a hash of the transfer prior and its sd after it when there is one (a sampler and a
-        pruner with the same law and transfer prior share one stored fit)."""
+        a hash of the transfer prior and its sd after it when there is one, and the fit's
+        seed when it is not 0 (a sampler and a pruner with the same law, transfer prior and
+        fit seed share one stored fit)."""
         return self._key
 
     def get(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> LawState:

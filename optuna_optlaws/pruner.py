@@ -4,7 +4,13 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
 ``trial.should_prune()``, the pruner
 
 1. prunes a diverging run at once (NaN/inf loss, a spike, a sustained rise: see
-   :func:`optuna_optlaws.divergence.online.detect_divergence`), with its reason;
+   :func:`optuna_optlaws.divergence.online.detect_divergence`), with its reason, and a
+   run that never trains: after ``min_reports`` reports, its recent loss is
+   :data:`~optuna_optlaws._pruner._frontier.FAR_ABOVE` times the lowest loss that
+   ``n_min_trials`` COMPLETE trials of its group had reached by the same LR area (too
+   high a peak LR from the first step, which the curve alone cannot tell from a slow
+   start). These two rules act at any report, the last one included: a diverged run is
+   marked PRUNED, not COMPLETE;
 2. otherwise, once the trial has enough evidence (``min_reports`` reports past the law's
    initial transient, its warmup and first 10% of steps, and ``min_fraction`` of its
    schedule), predicts its final loss with the study's fitted law
@@ -121,7 +127,9 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
         record_tol: The prediction attributes are rewritten only when one of them moved by
             more than this many nats since they were last written (each write is a storage
             transaction); on pruning they are always written. ``0`` writes every change.
-        seed: Seed of the law's fit (the same on every worker).
+        seed: Seed of the law's fit (the same on every worker). The sampler fits with
+            seed 0, so with another seed the pruner fits and stores its own law (study
+            attribute ``optlaws:law:<name>:seed<seed>``) rather than sharing the sampler's.
         final_noise: Run-to-run noise of a final loss (nats, a standard deviation: what
             training one schedule again with another seed moves it by; on the tiny LM
             0.01-0.02, studies/tiny_lm/noise.md). The calibrated interval is never

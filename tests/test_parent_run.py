@@ -180,6 +180,7 @@ def test_transfer_prior_fits_are_stored_apart_and_shared(
     assert pruner.law_store.key == sampler._store.key
     assert pruner.law_store.key.startswith(LAW_KEY_PREFIX + "optlaw+prior:")
     assert plain.law_store.key == LAW_KEY_PREFIX + "optlaw"
+    assert OptLawsPruner(seed=3).law_store.key == LAW_KEY_PREFIX + "optlaw:seed3"  # not the sampler's fit
     assert OptLawsPruner(transfer_prior=prior, transfer_prior_sd=0.2).law_store.key != pruner.law_store.key
 
     study = _study(pruner=pruner)
