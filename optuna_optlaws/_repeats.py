@@ -21,7 +21,6 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from optuna_optlaws.schedules import Schedule
 
@@ -55,6 +54,8 @@ class RepeatNoise:
             raise ValueError(f"level={level!r} must lie in (0, 1)")
         if self.df == 0:
             return math.nan, math.nan
+        from scipy import stats  # lazy: scipy.stats costs a third of a second to import
+
         tail = 0.5 * (1.0 - level)
         ss = self.df * self.sd**2
         return (

@@ -26,6 +26,14 @@ def test_law_core_imports_without_torch_or_optuna() -> None:
     assert "plotly" not in mods
 
 
+def test_the_sampler_and_pruner_import_without_torch_or_scipy_stats() -> None:
+    """What a study script imports to plug in: scipy.stats (a third of a second) and
+    torch load only when used."""
+    mods = _imported_after("from optuna_optlaws import OptLawsPruner, OptLawsSampler, suggest_schedule")
+    assert "torch" not in mods
+    assert "scipy.stats" not in mods
+
+
 @pytest.mark.parametrize(
     "name",
     ["OptLaw", "OptLawsSampler", "OptLawsPruner", "suggest_schedule", "set_schedule", "get_schedule",

@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
-from scipy import stats
 
 from optuna_optlaws._pruner._frontier import complete_in_group, completed_final
 from optuna_optlaws._repeats import RepeatNoise, repeat_key, repeat_noise
@@ -367,4 +366,6 @@ _MAX_MODELS = 4096
 
 @functools.lru_cache(maxsize=256)
 def _t_quantile(level: float, df: int) -> float:
+    from scipy import stats  # lazy: scipy.stats costs a third of a second to import
+
     return float(stats.t.ppf(0.5 + level / 2.0, df=df))
