@@ -22,7 +22,6 @@ trials that carry a schedule). This module is the one place that
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -52,7 +51,7 @@ from optuna_optlaws.parent_run import (
     seen_by_study,
 )
 from optuna_optlaws.schedules import Schedule
-from optuna_optlaws.trial_schedule import MODEL_SIZE_KEY, SCHEDULE_KEY, TOKENS_PER_STEP_KEY
+from optuna_optlaws.trial_schedule import SCHEDULE_KEY, stored_schedule, stored_sizes
 
 LAW_KEY_PREFIX = "optlaws:law:"
 """Study system attribute ``optlaws:law:<law name>``: the stored fit (see :class:`LawStore`)."""
@@ -64,20 +63,9 @@ _log = optuna.logging.get_logger(__name__)
 
 
 # ---------------------------------------------------------------------- trials -> curves
-@functools.lru_cache(maxsize=4096)
-def parse_schedule(text: str) -> Schedule:
-    """The schedule stored as JSON on a trial (parsed once per distinct JSON string)."""
-    return Schedule.from_json(text)
-
-
 def trial_schedule(trial: FrozenTrial) -> Schedule | None:
     """The trial's schedule, or ``None`` without one; :class:`InputError` when corrupt."""
-    text = trial.system_attrs.get(SCHEDULE_KEY)
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise InputError(f"trial {trial.number}: stored schedule is not a JSON string")
-    return parse_schedule(text)
+    return stored_schedule(trial.system_attrs, trial.number)
 
 
 def readable_schedule(trial: FrozenTrial) -> Schedule | None:
@@ -91,12 +79,7 @@ def readable_schedule(trial: FrozenTrial) -> Schedule | None:
 
 def trial_sizes(trial: FrozenTrial) -> tuple[float | None, float | None]:
     """``(model_size, tokens_per_step)`` stored with the trial's schedule."""
-    attrs = trial.system_attrs
-    n, tps = attrs.get(MODEL_SIZE_KEY), attrs.get(TOKENS_PER_STEP_KEY)
-    return (
-        float(n) if isinstance(n, (int, float)) else None,
-        float(tps) if isinstance(tps, (int, float)) else None,
-    )
+    return stored_sizes(trial.system_attrs)
 
 
 GROUP_D_TOLERANCE = 0.02

@@ -18,10 +18,11 @@ any other parameter::
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -184,22 +185,37 @@ def get_schedule(trial: BaseTrial | FrozenTrial) -> Schedule | None:
     """The schedule attached to ``trial`` (a live trial or a ``FrozenTrial``), or ``None``.
 
     Raises :class:`InputError` when the stored schedule is corrupt."""
-    text = _system_attrs(trial).get(SCHEDULE_KEY)
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise InputError(f"trial {trial.number}: stored schedule is not a JSON string")
-    return Schedule.from_json(text)
+    return stored_schedule(_system_attrs(trial), trial.number)
 
 
 def get_sizes(trial: BaseTrial | FrozenTrial) -> tuple[float | None, float | None]:
     """``(model_size, tokens_per_step)`` stored with the trial's schedule (``None`` if unset)."""
-    attrs = _system_attrs(trial)
-    out: list[float | None] = []
-    for key in (MODEL_SIZE_KEY, TOKENS_PER_STEP_KEY):
-        value = attrs.get(key)
-        out.append(float(value) if isinstance(value, (int, float)) else None)
-    return out[0], out[1]
+    return stored_sizes(_system_attrs(trial))
+
+
+def stored_schedule(attrs: Mapping[str, Any], number: int) -> Schedule | None:
+    """The schedule in trial ``number``'s system attributes ``attrs``, or ``None``;
+    :class:`InputError` when it is corrupt. Each distinct JSON text is parsed once."""
+    text = attrs.get(SCHEDULE_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InputError(f"trial {number}: stored schedule is not a JSON string")
+    return _parse_schedule(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_schedule(text: str) -> Schedule:
+    return Schedule.from_json(text)
+
+
+def stored_sizes(attrs: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """``(model_size, tokens_per_step)`` in a trial's system attributes ``attrs``."""
+    n, tps = attrs.get(MODEL_SIZE_KEY), attrs.get(TOKENS_PER_STEP_KEY)
+    return (
+        float(n) if isinstance(n, (int, float)) else None,
+        float(tps) if isinstance(tps, (int, float)) else None,
+    )
 
 
 def get_space(trial: BaseTrial | FrozenTrial) -> ScheduleSpace | None:

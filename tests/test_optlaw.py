@@ -33,7 +33,7 @@ def _law_with_terms(terms: Terms, values: dict[str, float]) -> OptLaw:
     law = OptLaw()
     post = Posterior(space=space, z=space.to_internal(theta), cov=np.eye(space.size) * 1e-12, noise=1e-4)
     law._members = [(terms, post)]
-    law._terms, law._space, law.posterior = terms, space, post
+    law._terms, law.posterior = terms, post
     return law
 
 

@@ -125,11 +125,6 @@ def _features_cached(schedule: Schedule, n: int) -> ScheduleFeatures:
     return ScheduleFeatures(eta=eta, s1=s1, warmup_end=warmup_end, change_steps=change)
 
 
-def clear_cache() -> None:
-    """Forget all cached schedule features."""
-    _features_cached.cache_clear()
-
-
 @dataclass(frozen=True)
 class Observations:
     """The finite observations of several curves, concatenated."""

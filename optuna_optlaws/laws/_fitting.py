@@ -353,7 +353,6 @@ class FitResult:
     success: bool
     autocorr: float
     """Lag-1 autocorrelation of residuals along curves (used to inflate the covariance)."""
-    start_costs: list[float] = field(default_factory=list)
     at_bounds: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Parameters whose optimum sits on a bound of their :class:`Param`, by name:
     ``{"side": "lower" | "upper", "bound": value}`` (natural units; :func:`on_bounds`):
@@ -587,7 +586,6 @@ def fit_least_squares(
         seconds=time.perf_counter() - t0,
         success=bool(best.success),
         autocorr=rho,
-        start_costs=costs,
         at_bounds=on_bounds(space, best.x),
     )
 

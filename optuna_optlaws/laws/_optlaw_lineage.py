@@ -113,12 +113,6 @@ def resolve_lineage_offsets(
     return [resolve(c) for c in curves], starts
 
 
-def resolve_lineage(curves: Sequence[Curve], where: str) -> list[Curve]:
-    """Curves with every continued run (``resume_from``) rewritten on its whole-history
-    schedule and steps; its parent must be among ``curves``."""
-    return resolve_lineage_offsets(curves, where)[0]
-
-
 def _thinned(schedule: Schedule) -> Schedule:
     """The same schedule with logged knots that lie exactly on the line through their
     neighbours removed (constant and linear stretches shrink to their ends)."""

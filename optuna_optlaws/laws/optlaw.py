@@ -102,7 +102,6 @@ from optuna_optlaws.laws._base import Law, Prediction, z_quantile
 from optuna_optlaws.laws._features import check_steps, observations
 from optuna_optlaws.laws._fitting import (
     ParamPrior,
-    ParamSpace,
     Posterior,
     condition_on_prefix,
     fit_least_squares,
@@ -209,7 +208,6 @@ class OptLaw(Law):
         self.max_nfev = int(max_nfev)
         self.loco = bool(loco)
         self._terms: Terms | None = None
-        self._space: ParamSpace | None = None
         self._members: list[tuple[Terms, Posterior]] = []
         """The fitted size forms (one, or ``power`` and ``entropy`` when fitted on
         several sizes): predictions mix them with equal weights."""
@@ -287,7 +285,6 @@ class OptLaw(Law):
             self._members.append((terms, post))
             infos.append({**info, "size_form": form, "params": post.space.as_dict(post.theta)})
         self._terms, self.posterior = self._members[0]
-        self._space = self.posterior.space
         self._record_fitted_on(given)
         self.fit_info = {**infos[0], "terms": base.to_state(), "members": infos}
         if self.prior is not None:
@@ -616,7 +613,6 @@ class OptLaw(Law):
             raise ValueError("no fitted members")
         self._members = members
         self._terms, self.posterior = members[0]
-        self._space = self.posterior.space
         self.lineage = lineage_from_state(state.get("lineage"))
         self.lineage_offsets = offsets_from_state(state.get("lineage_offsets"))
 
