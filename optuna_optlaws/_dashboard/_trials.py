@@ -6,20 +6,17 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING
+from optuna_optlaws._pruner._frontier import PRUNE_REASON, WARNING, recorded_prediction
 from optuna_optlaws.curves import Curve
 
 if TYPE_CHECKING:
     import optuna
 
-PRED_ATTRS = (PRED_FINAL, PRED_LO, PRED_HI)
-"""User attributes where the pruner records its latest predicted final loss (nats)."""
-
 
 @dataclass(frozen=True)
 class TrialCurve:
     """One trial with an attached schedule: its reported losses as a :class:`Curve`
-    (run id ``trial <number>``), its state name, final value and the pruner's record."""
+    (run id ``trial_<number>``), its state name, final value and the pruner's record."""
 
     number: int
     trial_id: int
@@ -60,8 +57,7 @@ def trial_curves(study: optuna.Study) -> list[TrialCurve]:
         curve = trial_curve(t)
         if curve is None:
             continue
-        preds = [_float_or_none(t.user_attrs.get(k)) for k in PRED_ATTRS]
-        pred = (preds[0], preds[1], preds[2]) if all(p is not None for p in preds) else None
+        pred = recorded_prediction(t)
         reason = t.user_attrs.get(PRUNE_REASON)
         warning = t.user_attrs.get(WARNING)
         out.append(
@@ -71,7 +67,7 @@ def trial_curves(study: optuna.Study) -> list[TrialCurve]:
                 state=t.state.name,
                 curve=curve,
                 value=_float_or_none(t.value) if t.values is not None and len(t.values) == 1 else None,
-                pred_final=pred,  # type: ignore[arg-type]
+                pred_final=pred,
                 prune_reason=None if reason is None else str(reason),
                 warning=None if warning is None else str(warning),
             )

@@ -35,6 +35,20 @@ PRUNE_REASON = "optlaws_prune_reason"
 WARNING = "optlaws_warning"
 """User attributes the pruner writes (plain floats; the reason and warning are text)."""
 
+
+
+def recorded_prediction(trial: FrozenTrial) -> tuple[float, float, float] | None:
+    """The pruner's latest prediction of ``trial``'s final loss recorded on it: ``(mean, lo,
+    hi)`` in nats, or ``None`` unless all three attributes are finite numbers."""
+    values: list[float] = []
+    for key in (PRED_FINAL, PRED_LO, PRED_HI):
+        v = trial.user_attrs.get(key)
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            return None
+        values.append(float(v))
+    return values[0], values[1], values[2]
+
+
 MAX_WARNING_CHARS = 2000
 """The warning attribute keeps its last this many characters."""
 

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO
+from optuna_optlaws._pruner._frontier import recorded_prediction
 from optuna_optlaws._residual_gp import FloatArray
 from optuna_optlaws._study_state import (
     conditioned_final,
@@ -115,9 +115,9 @@ the law object, not its ``id``, which a refitted law could reuse)."""
 
 def _pruned_final(storage: Any, trial: FrozenTrial, law: Law) -> Prediction | None:
     """The final loss (nats, with its interval) a PRUNED trial would have reached."""
-    vals = [trial.user_attrs.get(k) for k in (PRED_FINAL, PRED_LO, PRED_HI)]
-    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-        return Prediction(*(np.array([float(v)]) for v in vals))  # type: ignore[arg-type]
+    recorded = recorded_prediction(trial)
+    if recorded is not None:
+        return Prediction(*(np.array([v]) for v in recorded))
     cache = _CONDITIONED.setdefault(storage, weakref.WeakKeyDictionary()).setdefault(law, {})
     key = trial._trial_id
     if key in cache:
