@@ -264,7 +264,7 @@ def fit_points(
     return steps, losses
 
 
-def point_noise(log_y: FloatArray, groups: NDArray[np.int64]) -> float:
+def log_point_noise(log_y: FloatArray, groups: NDArray[np.int64]) -> float:
     """Robust per-point noise of the fitted log-losses (log-loss units): per curve the
     scaled median absolute deviation of second differences over ``sqrt(6)`` (a smooth
     curve's second differences are its noise's), median over curves; 0 when no curve has

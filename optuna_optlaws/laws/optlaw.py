@@ -108,7 +108,7 @@ from optuna_optlaws.laws._fitting import (
     loco_discrepancy,
     predictive,
 )
-from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, fit_points, loco_folds, point_noise
+from optuna_optlaws.laws._optlaw_fit import HUBER_EFFICIENCY, fit_points, loco_folds, log_point_noise
 from optuna_optlaws.laws._optlaw_lineage import (
     continued,
     fit_problem,
@@ -174,7 +174,7 @@ class OptLaw(Law):
 
     huber_delta: float | None = None
     """Huber scale on log-loss residuals (nats); ``None``: ``HUBER_EFFICIENCY`` times the
-    fitted points' own noise (:func:`~._optlaw_fit.point_noise`), at least ``min_huber``."""
+    fitted points' own noise (:func:`~._optlaw_fit.log_point_noise`), at least ``min_huber``."""
     min_huber: float = 5e-5
     """Floor of the automatic Huber scale (nats), for noiseless (synthetic) curves."""
     total_fit_points: int = 900
@@ -343,7 +343,7 @@ class OptLaw(Law):
         """The Huber scale (nats of log-loss) for fitted points ``log_y`` of curves ``groups``."""
         if self.huber_delta is not None:
             return float(self.huber_delta)
-        return max(self.min_huber, HUBER_EFFICIENCY * point_noise(log_y, groups))
+        return max(self.min_huber, HUBER_EFFICIENCY * log_point_noise(log_y, groups))
 
     # ------------------------------------------------------------------ prediction
     @property
