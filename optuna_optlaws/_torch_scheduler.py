@@ -101,8 +101,10 @@ class ScheduleLR(LRScheduler):
     gets ``schedule.lr_at(step)``, and every other group keeps its ratio to that group
     (a group built with a tenth of the LR, for layer-wise LR decay or for embeddings,
     gets a tenth of the schedule's LR at every step). When all groups start with the same
-    LR, as they do by default, each gets the schedule's LR exactly. ``scale`` multiplies
-    every group's LR (a second optimizer that plays the schedule at another LR).
+    LR, as they do by default, each gets the schedule's LR exactly. A group added to the
+    optimizer later (unfreezing layers) keeps the ratio of the LR it was added with to
+    that largest initial LR. ``scale`` multiplies every group's LR (a second optimizer
+    that plays the schedule at another LR).
 
     After construction the optimizer holds step 0's LR; after the ``t``-th call of
     :meth:`step` it holds step ``t``'s. Call :meth:`step` once after every
@@ -130,8 +132,10 @@ class ScheduleLR(LRScheduler):
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
         initial = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
-        top = max(initial, default=0.0)
-        self.group_scales = [scale * (lr / top if top > 0 else 1.0) for lr in initial]
+        self.top_initial_lr = max(initial, default=0.0)
+        """The largest initial LR of the groups at construction (the one the schedule plays)."""
+        self.scale = float(scale)
+        self.group_scales = [self._group_scale(lr) for lr in initial]
         super().__init__(optimizer, last_epoch=last_step)
         self._step_rate = _StepRate()  # after super().__init__: its initial step() is not counted
         self._step_rate.watch(self, optimizer)
@@ -143,9 +147,17 @@ class ScheduleLR(LRScheduler):
             _log.warning(OVERSTEP_MESSAGE)
         super().step(epoch)
 
+    def _group_scale(self, initial_lr: float) -> float:
+        top = self.top_initial_lr
+        return self.scale * (initial_lr / top if top > 0 else 1.0)
+
     def get_lr(self) -> list[float]:  # type: ignore[override]
+        groups = self.optimizer.param_groups
+        for group in groups[len(self.group_scales) :]:  # added since (unfreezing layers): ratio as if built with
+            group.setdefault("initial_lr", group["lr"])
+            self.group_scales.append(self._group_scale(float(group["initial_lr"])))
         lr = float(self.schedule.lr_at(np.array([float(self.last_epoch)]))[0])
-        return [lr * scale for scale in self.group_scales]
+        return [lr * scale for scale in self.group_scales[: len(groups)]]
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

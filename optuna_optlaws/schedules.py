@@ -428,9 +428,13 @@ class Schedule:
         LR."""
         from optuna_optlaws._torch_scheduler import ScheduleLR
 
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        try:
+            value = float(scale)  # a numpy scalar or a 0-d tensor too
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(scale, (bool, str, bytes)) or not (math.isfinite(value) and value > 0):
             raise InputError(f"Schedule.to_torch: scale={scale!r} must be a finite number > 0")
-        return ScheduleLR(optimizer, self, last_step=last_step, scale=float(scale))
+        return ScheduleLR(optimizer, self, last_step=last_step, scale=value)
 
     def __hash__(self) -> int:
         return hash(self.to_json())

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from optuna_optlaws._trial_notes import add_notes
 from optuna_optlaws.schedules import Schedule
 
 if TYPE_CHECKING:
@@ -90,10 +92,10 @@ def _as_float(loss: Any) -> float:
 
 def _non_finite_without_sync(loss: Any) -> bool:
     """Whether ``loss`` is NaN or inf, when that can be told without waiting for a device:
-    a Python number or a CPU tensor (``False`` for a tensor on an accelerator)."""
+    a number (Python's or numpy's) or a CPU tensor (``False`` for a tensor on an accelerator)."""
     if isinstance(loss, torch.Tensor):
         return loss.device.type == "cpu" and not bool(torch.isfinite(loss.detach()).all())
-    return isinstance(loss, (int, float)) and not math.isfinite(loss)
+    return isinstance(loss, numbers.Real) and not math.isfinite(float(loss))  # numpy scalars too
 
 
 class LossReporter:
@@ -176,6 +178,11 @@ class LossReporter:
             )
             warnings.warn(message, stacklevel=2)
             _log.warning(message)
+            note = f"step {step} reported past the schedule's last step {self.total_steps - 1} (a 1-based step?)"
+            try:
+                add_notes(self.trial, [note])
+            except Exception as exc:  # noting it must never stop the training
+                _log.warning(f"LossReporter: could not record the note on the trial ({exc})")
         if self.due(step) or _non_finite_without_sync(loss):
             value = _as_float(loss)
         else:

@@ -31,6 +31,7 @@ from optuna.trial import BaseTrial, FrozenTrial
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._sampler._space import ScheduleSpace
+from optuna_optlaws._trial_notes import add_notes
 from optuna_optlaws.schedules import Schedule
 
 SCHEDULE_KEY = "optlaws:schedule"
@@ -142,11 +143,7 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
                 why = " ".join(str(exc).split())
                 notes.append(f"enqueued {pname}={fixed.pop(pname)!r} ignored ({why}): the sampler chose it")
     if notes:
-        from optuna_optlaws._pruner._frontier import WARNING, with_notes  # where the pruner's notes go too
-
-        text = with_notes(stored.user_attrs.get(WARNING), notes)
-        if text is not None:
-            stored.set_user_attr(WARNING, text)
+        add_notes(stored, notes)
         warnings.warn(f"suggest_schedule: trial {stored.number}: {'; '.join(notes)}", stacklevel=3)
 
 

@@ -128,6 +128,7 @@ def test_reporter_reports_non_finite_loss_at_once_and_rejects_bad_every() -> Non
     assert reporter.step(torch.tensor(2.0), 5) is False  # a finite tensor waits for its step
     assert reporter.step(torch.tensor([1.0, math.inf]), 6) is True  # a CPU tensor's inf does not
     assert reporter.last_reported[0] == 6 and math.isinf(reporter.last_reported[1])
+    assert reporter.step(np.float32("nan"), 7) is True  # nor a numpy scalar's NaN
     with pytest.raises(ValueError):
         LossReporter(trial, every=0, total_steps=10)
 
@@ -176,6 +177,23 @@ def test_param_groups_keep_their_ratio_to_the_largest_lr() -> None:
         torch_sched.step()
 
 
+def test_a_param_group_added_later_keeps_the_ratio_it_was_added_with() -> None:
+    """Unfreezing layers: a group added to the optimizer after the scheduler was built (with
+    a fifth of the largest initial LR) plays a fifth of the schedule from then on."""
+    sched = Schedule.cosine(0.1, 30, warmup_steps=3)
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(a.parameters(), lr=1.0)
+    torch_sched = scheduler_for(sched, opt)
+    for step in range(30):
+        if step == 10:
+            opt.add_param_group({"params": b.parameters(), "lr": 0.2})
+        opt.step()
+        torch_sched.step()
+        lr = float(sched.lr_at([step + 1])[0])
+        want = [lr] if step < 10 else [lr, 0.2 * lr]
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(want, rel=1e-12)
+
+
 def test_a_checkpoint_of_the_scheduler_loads_with_weights_only_and_resumes(tmp_path: Path) -> None:
     """``torch.save`` of the scheduler's state loads with ``torch.load``'s default
     (``weights_only=True``), and a scheduler that loads it goes on from the saved step; one
@@ -216,7 +234,11 @@ def test_scale_plays_the_schedule_at_another_lr_and_rejects_nonsense() -> None:
         assert opt.param_groups[0]["lr"] == pytest.approx(0.3 * float(sched.lr_at([step])[0]), rel=1e-12)
         opt.step()
         scaled.step()
-    for bad in (0.0, -1.0, float("nan")):
+    for number in (np.float32(2.0), torch.tensor(2.0)):  # numpy and torch scalars are numbers too
+        other = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+        scheduler_for(sched, other, scale=number)  # type: ignore[arg-type]
+        assert other.param_groups[0]["lr"] == pytest.approx(2.0 * float(sched.lr_at([0])[0]), rel=1e-6)
+    for bad in (0.0, -1.0, float("nan"), True, "2"):
         with pytest.raises(ValueError, match="scale"):
             scheduler_for(sched, torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0), scale=bad)
 
@@ -280,6 +302,8 @@ def test_reporter_warns_once_on_a_step_past_the_schedules_end_and_still_reports_
     assert [r.getMessage() for r in logged.records] == [str(caught[0].message)]
     study.tell(trial, 0.05)
     assert sorted(study.trials[1].intermediate_values) == [20, 21]  # not dropped
+    assert "step 20 reported past the schedule's last step 19" in study.trials[1].user_attrs["optlaws_warning"]
+    assert "optlaws_warning" not in study.trials[0].user_attrs
 
 
 def test_a_multi_objective_study_trains_and_says_its_losses_are_not_reported(logged: LoggedRecords) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._study_state import group_key, raw_points, readable_schedule, same_group, trial_sizes
+from optuna_optlaws._trial_notes import WARNING, with_notes  # noqa: F401 (re-exported: the pruner's attributes)
 from optuna_optlaws.laws._features import schedule_features
 from optuna_optlaws.laws._optlaw_fit import transient_end
 from optuna_optlaws.schedules import Schedule
@@ -32,9 +33,8 @@ PRED_FINAL = "optlaws_pred_final"
 PRED_LO = "optlaws_pred_lo"
 PRED_HI = "optlaws_pred_hi"
 PRUNE_REASON = "optlaws_prune_reason"
-WARNING = "optlaws_warning"
-"""User attributes the pruner writes (plain floats; the reason and warning are text)."""
-
+"""User attributes the pruner writes (plain floats; the reason is text, and so is the
+warning, :data:`~optuna_optlaws._trial_notes.WARNING`)."""
 
 
 def recorded_prediction(trial: FrozenTrial) -> tuple[float, float, float] | None:
@@ -48,21 +48,6 @@ def recorded_prediction(trial: FrozenTrial) -> tuple[float, float, float] | None
         values.append(float(v))
     return values[0], values[1], values[2]
 
-
-MAX_WARNING_CHARS = 2000
-"""The warning attribute keeps its last this many characters."""
-
-
-def with_notes(stored: Any, notes: Sequence[str]) -> str | None:
-    """The text of the warning attribute after ``notes`` (short texts of bad input that was
-    ignored) are added to what it holds (``stored``), each once, ``"; "`` between them,
-    cut to its last :data:`MAX_WARNING_CHARS` characters; ``None`` when none is new."""
-    before = stored if isinstance(stored, str) else ""
-    new = [n for n in notes if n not in before]
-    if not new:
-        return None
-    text = "; ".join([before, *new] if before else new)
-    return text if len(text) <= MAX_WARNING_CHARS else "..." + text[3 - MAX_WARNING_CHARS :]
 
 _FINISHED: weakref.WeakKeyDictionary[Any, dict[int, tuple[tuple[Any, ...] | None, float]]] = (
     weakref.WeakKeyDictionary()

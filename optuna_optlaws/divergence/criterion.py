@@ -87,7 +87,10 @@ class DivergenceCriterion:
         fitted = self._check_fitted()
         warmup = table.warmup_steps
         if self.uses_warmup and warmup is None:
-            raise InputError("column warmup_steps: the criterion was fitted with warmup and needs it to predict")
+            raise InputError(
+                "column warmup_steps: the criterion was fitted on a table with warmup_steps and needs them to "
+                "predict (add the column, or fit on a table without it)"
+            )
         return _criterion.features(table.model_size, table.batch_size, table.tokens,
                                    warmup if self.uses_warmup else None, fitted.ln_s_c, fitted.w)
 
