@@ -1,4 +1,5 @@
-"""Opening the CSV files users hand us (curves files, run tables)."""
+"""Opening the files users hand us: CSV files (curves files, run tables) and JSON files
+(law and criterion files)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ def open_input_csv(path: str | Path, what: str) -> TextIO:
         return path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
+
+
+def read_input_text(path: str | Path, what: str) -> str:
+    """The text of ``path`` (UTF-8, a leading byte-order mark dropped); a one-line
+    :class:`InputError` naming ``what`` (e.g. ``"law file"``) when it cannot be read or
+    is not UTF-8 text (a SQLite database, a binary file)."""
+    path = Path(path)
+    try:
+        _check_text(path, what)
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

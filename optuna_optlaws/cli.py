@@ -2,8 +2,8 @@
 noise.
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``; this
-module only wires them and turns :class:`~optuna_optlaws.InputError` into one line on
-stderr and exit code 2.
+module only wires them and turns :class:`~optuna_optlaws.InputError`, a file it cannot
+read or write, and a bad argument into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from optuna_optlaws._errors import InputError
 
@@ -28,9 +29,18 @@ COMMAND_MODULES = (
 """Modules that each add their subcommands with ``register(subparsers)``."""
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit code 2), as every
+    other error of the command line is; ``--help`` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (subcommands from :data:`COMMAND_MODULES`)."""
-    parser = argparse.ArgumentParser(
+    """The full argument parser (subcommands from :data:`COMMAND_MODULES`; theirs are of
+    the same class, so their errors are one line too)."""
+    parser = _OneLineParser(
         prog="optlaws",
         description="Fit loss-vs-LR-schedule laws, predict and rank schedules, benchmark pruners.",
     )
@@ -63,8 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"optlaws {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
+    except OSError as exc:  # a file the command could not read or write (a folder, no permission)
+        if isinstance(exc, BrokenPipeError):
+            return 0
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"optlaws {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

@@ -23,6 +23,9 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws.schedules import Schedule
 
 REQUIRED_COLUMNS = ("run_id", "step")
+
+MAX_STEP = 10**12
+"""The largest step a curves file may hold (a trillion optimizer steps; exact as a float)."""
 RUN_CONSTANT_COLUMNS = ("model_size", "tokens_per_step", "batch_size")
 
 MAX_KNOTS = 2000
@@ -158,9 +161,11 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
                 if step is None or not math.isfinite(step):
                     raw = record[cols["step"]]
                     raise InputError(f"{where} column 'step': step must be a finite number, got {raw!r}")
-                if step < 0 or step != int(step):
+                if step < 0 or step > MAX_STEP or step != int(step):
                     raw = record[cols["step"]]
-                    raise InputError(f"{where} column 'step': step must be a whole number >= 0, got {raw!r}")
+                    raise InputError(
+                        f"{where} column 'step': step must be a whole number in [0, {MAX_STEP:.0e}], got {raw!r}"
+                    )
                 lr = _parse_float(record[cols["lr"]], where, "lr")
                 if lr is not None and (not math.isfinite(lr) or lr < 0):
                     raise InputError(f"{where} column 'lr': lr must be finite and >= 0, got {record[cols['lr']]!r}")
@@ -196,8 +201,11 @@ def read_curves_csv(path: str | Path, runs: Iterable[str] | None = None) -> list
                     rstep = None
                     if "resume_step" in cols:
                         rstep = _parse_float(record[cols["resume_step"]], where, "resume_step")
-                    if rstep is None or rstep < 0 or rstep != int(rstep):
-                        raise InputError(f"{where} column 'resume_step': a resumed run needs a whole resume_step >= 0")
+                    if rstep is None or not 0 <= rstep <= MAX_STEP or rstep != int(rstep):
+                        raise InputError(
+                            f"{where} column 'resume_step': a resumed run needs a whole resume_step in "
+                            f"[0, {MAX_STEP:.0e}]"
+                        )
                     resume[run_id] = (parent_id, int(rstep))
                     resume_line[run_id] = line
         except csv.Error as exc:

@@ -289,8 +289,9 @@ def test_fit_empty_runs(capsys: pytest.CaptureFixture[str], mpl_csv: Path, tmp_p
 
 def test_fit_unknown_law_is_a_usage_error(capsys: pytest.CaptureFixture[str], mpl_csv: Path, tmp_path: Path) -> None:
     code, _, err = run_main(capsys, "fit", str(mpl_csv), "--law", "quadratic", "--out", str(tmp_path / "l.json"))
-    assert code == 2
-    assert "quadratic" in err and "invalid choice" in err
+    assert_one_line_error(code, err, "optlaws fit", "quadratic", "invalid choice", "--help")
+    code, _, err = run_main(capsys, "divergence", "nosuch")
+    assert_one_line_error(code, err, "optlaws divergence", "nosuch")
 
 
 def test_fit_law_refuses_mixed_sizes(capsys: pytest.CaptureFixture[str], mpl_csv: Path, tmp_path: Path) -> None:
@@ -316,17 +317,32 @@ def test_fit_unwritable_out(capsys: pytest.CaptureFixture[str], mpl_csv: Path, t
         ('{"law": "momentum", "format_version": 99, "params": {}}', ["format_version 99", "refit"]),
         ('{"law": "quadratic", "format_version": 1, "params": {}}', ["unknown law 'quadratic'"]),
         ('{"law": "momentum", "format_version": 1, "params": {"theta": "x"}}', ["momentum"]),
+        ("\udcff{}", ["not UTF-8 text", "law file"]),
+        ("SQLite format 3\x00 rest", ["a SQLite database, not a law file"]),
     ],
 )
 def test_bad_law_file(
     capsys: pytest.CaptureFixture[str], write_text: WriteText, tmp_path: Path, command: str, law_text: str,
     parts: list[str]
 ) -> None:
-    law = write_text("law.json", law_text)
+    law = tmp_path / "law.json"
+    law.write_bytes(law_text.encode("utf-8", "surrogateescape"))
     sched = schedules_csv(tmp_path / "sched.csv")
     extra = ["--out", str(tmp_path / "p.csv")] if command == "predict" else []
     code, _, err = run_main(capsys, command, str(law), str(sched), *extra)
     assert_one_line_error(code, err, str(law), *parts)
+
+
+@pytest.mark.parametrize(("field", "value"), [("fitted_on", 5), ("fit_info", [1, 2])])
+def test_law_file_with_mistyped_metadata(
+    capsys: pytest.CaptureFixture[str], fitted: Path, tmp_path: Path, field: str, value: object
+) -> None:
+    data = json.loads(fitted.read_text())
+    data[field] = value
+    law = tmp_path / "law.json"
+    law.write_text(json.dumps(data))
+    code, _, err = run_main(capsys, "rank", str(law), str(schedules_csv(tmp_path / "sched.csv")))
+    assert_one_line_error(code, err, str(law), "'fitted_on' must be a list and 'fit_info' an object")
 
 
 @pytest.mark.parametrize("command", ["predict", "rank"])
@@ -372,7 +388,9 @@ def test_size_the_law_cannot_extrapolate_to(
 
 def test_missing_required_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str], mpl_csv: Path) -> None:
     code, _, err = run_main(capsys, "fit", str(mpl_csv))
-    assert code == 2 and "--out" in err
+    assert_one_line_error(code, err, "--out")
+    code, _, err = run_main(capsys)
+    assert_one_line_error(code, err, "COMMAND")
 
 
 # ---------------------------------------------------------------------- bench laws

@@ -121,6 +121,8 @@ def test_export_bad_input_is_one_line(study_db: Path, tmp_path: Path, capsys: py
     code, _, err = run_main(capsys, "export", str(study_db), "--study", "empty", "--out", out)
     assert_one_line_error(code, err, "study 'empty'", "no complete trial with a schedule")
     assert not Path(out).exists()
+    code, _, err = run_main(capsys, "export", str(study_db), "--study", "sweep", "--out", str(tmp_path))
+    assert_one_line_error(code, err, str(tmp_path), "Is a directory")
 
 
 def test_replay_reads_a_study_directly(study_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

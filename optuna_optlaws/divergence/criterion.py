@@ -192,10 +192,10 @@ class DivergenceCriterion:
     @classmethod
     def load(cls, path: str | Path) -> DivergenceCriterion:
         """Read a JSON file written by :meth:`save`."""
+        from optuna_optlaws._csvio import read_input_text
+
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            data = json.loads(read_input_text(path, "divergence criterion file"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
         return cls.from_dict(data, where=str(path))

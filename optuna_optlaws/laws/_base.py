@@ -220,18 +220,20 @@ class Law(ABC):
             law._load_state(data["params"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: law {data['law']!r} has bad parameters ({exc!r})") from None
-        law.fitted_on = list(data.get("fitted_on", []))
-        law.fit_info = dict(data.get("fit_info", {}))
+        fitted_on, fit_info = data.get("fitted_on", []), data.get("fit_info", {})
+        if not isinstance(fitted_on, list) or not isinstance(fit_info, Mapping):
+            raise InputError(f"{where}: law file's 'fitted_on' must be a list and 'fit_info' an object")
+        law.fitted_on = list(fitted_on)
+        law.fit_info = dict(fit_info)
         return law
 
     @classmethod
     def load(cls, path: str | Path) -> Law:
         """Read a law file written by :meth:`save` (or by ``optlaws fit``)."""
+        from optuna_optlaws._csvio import read_input_text
+
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read law file ({exc.strerror})") from None
+        text = read_input_text(path, "law file")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
