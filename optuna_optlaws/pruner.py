@@ -244,6 +244,8 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
                 f"trial {me.number} has no schedule (use suggest_schedule or set_schedule): "
                 "OptLawsPruner leaves such trials to its fallback pruner",
             )
+            to = "its fallback pruner" if self._fallback is not None else "no pruner (no fallback given)"
+            self._record(study, me, Decision(notes=[f"no schedule attached: not pruned by the law, left to {to}"]))
             return None
         seen = self._seen.setdefault(study._storage, {})
 

@@ -92,6 +92,9 @@ def test_without_schedule_never_prunes_by_law_and_delegates_to_fallback() -> Non
     assert sum("has no schedule" in str(w.message) for w in record) == 1  # warned once
     assert spy.calls == 2 * 16
     assert PRED_FINAL not in study.trials[-1].user_attrs
+    assert "no schedule attached: not pruned by the law, left to its fallback pruner" in study.trials[-1].user_attrs[
+        WARNING
+    ]
 
     nofallback = _study_with_good_trials(_pruner())
     nan_run = bad.copy()
@@ -99,6 +102,7 @@ def test_without_schedule_never_prunes_by_law_and_delegates_to_fallback() -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert _run(nofallback, None, nan_run)[0] == "COMPLETE"
+    assert "left to no pruner (no fallback given)" in nofallback.trials[-1].user_attrs[WARNING]
 
 
 def test_prunes_a_bad_schedule_only_after_enough_evidence_and_keeps_good_ones() -> None:
@@ -227,6 +231,24 @@ def test_corrupt_stored_law_is_refitted_and_recorded(corruption: str) -> None:
     assert pruner.law_store.n_fits == fits + 1
     fixed = storage.get_study_system_attrs(study._study_id)[key]
     assert fixed["law"] != stored["law"] and PRED_FINAL in frozen.user_attrs
+
+
+def test_a_corrupt_stored_law_the_sampler_meets_first_is_recorded_on_its_trial() -> None:
+    """With OptLawsSampler, the sampler reads the stored law before the pruner does: it
+    refits it and the trial it was proposing for says so (the pruner then reads the good fit)."""
+    from optuna_optlaws import OptLawsSampler, _study_state, suggest_schedule
+
+    study = _study_with_good_trials(_pruner())
+    study.sampler = OptLawsSampler(law=TEST_LAW, n_startup_trials=3, seed=0)
+    _run(study, GOOD2)  # the shared fit is stored
+    key = LAW_KEY_PREFIX + TEST_LAW
+    stored = dict(study._storage.get_study_system_attrs(study._study_id)[key])
+    stored["law"] = "{not json"
+    study._storage.set_study_system_attr(study._study_id, key, stored)
+    _study_state._MEMORY.clear()  # as a fresh worker would
+    trial = study.ask()
+    suggest_schedule(trial, total_steps=TOTAL_STEPS, families=("cosine",), peak_lr=(1e-3, 1e-2))
+    assert "corrupt" in study._storage.get_trial(trial._trial_id).user_attrs[WARNING]
 
 
 def test_prior_law_predicts_before_the_study_has_data(tmp_path: Path) -> None:
