@@ -12,7 +12,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 fi
 if ! "$PY" -c "import optuna_optlaws, optuna, optuna_dashboard, optuna_integration, pytest, ruff, mypy, psycopg2, selenium, grpc" >/dev/null 2>&1 \
-   || ! command -v optlaws >/dev/null 2>&1; then
+   || ! "$PY" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path('scripts'), 'optlaws')))"; then
   "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
 fi
 if [ "${1:-}" = "--test" ]; then

@@ -258,7 +258,7 @@ def test_target_line_judges_the_optlaws_row() -> None:
     line = target_line(res)
     assert "NOT met" in line and "100.0%" in line
     res["pruners"]["optlaws"].update(steps_share=0.3, best_survival=0.96)
-    assert "Targets (issue 3) met" in target_line(res)
+    assert "Targets met" in target_line(res)
 
 
 def test_pruner_calibration_tables_on_synthetic_runs() -> None:

@@ -110,6 +110,9 @@ TRANSFER_PRIOR = ROOT / "studies" / "curves" / "tiny_lm_600_law.json"
 RECORDED_CURVES = ROOT / "studies" / "finetune" / "curves.csv"
 """``finetune.py``'s curves: its ``pre`` run is checked against the parent built here."""
 RECORDED_RUNS = ROOT / "studies" / "finetune" / "runs.json"
+RECORDED_STUDY = ROOT / "studies" / "finetune_study" / "results.json"
+"""This script's recorded study: the parent's loss on the fine-tuning held-out set there
+(``pre_on_ft``) tells whether this machine's ``site_docs`` corpus is the recorded one."""
 PROPOSAL_KEY = "optlaws:proposal"
 """Trial system attribute where OptLawsSampler records how it proposed the schedule."""
 LAW_KEY_PREFIX = "optlaws:law:"
@@ -168,9 +171,22 @@ def matches_recorded(parent: Curve, path: Path = RECORDED_CURVES) -> str:
     return "yes" if same else "no"
 
 
-def recorded_grid_best(ft_cfg: TinyLMConfig, steps: int, path: Path = RECORDED_RUNS) -> dict[str, Any] | None:
+def recorded_pre_on_ft(path: Path = RECORDED_STUDY) -> float | None:
+    """The parent's loss (nats/byte) on the fine-tuning held-out set in the recorded study."""
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["meta"]["pre_on_ft"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def recorded_grid_best(
+    ft_cfg: TinyLMConfig, steps: int, pre_on_ft: float, path: Path = RECORDED_RUNS
+) -> dict[str, Any] | None:
     """The best final loss (nats/byte) among ``finetune.py``'s hand-picked fine-tuning
-    schedules from ``pre`` (its ``runs.json``, same config and steps only), or ``None``."""
+    schedules from ``pre`` (its ``runs.json``, same config and steps only), or ``None``;
+    ``{"corpus_differs": ...}`` when the parent's loss on this machine's fine-tuning corpus
+    (``pre_on_ft``) is not the recorded one: ``site_docs`` is built from the installed
+    packages, and losses on another corpus are not comparable."""
     if not path.exists():
         return None
     runs = json.loads(path.read_text(encoding="utf-8"))
@@ -181,6 +197,9 @@ def recorded_grid_best(ft_cfg: TinyLMConfig, steps: int, path: Path = RECORDED_R
     }
     if not same:
         return None
+    recorded = recorded_pre_on_ft()
+    if recorded is not None and not math.isclose(recorded, pre_on_ft, rel_tol=1e-6):
+        return {"corpus_differs": {"here": pre_on_ft, "recorded": recorded}}
     run_id = min(same, key=lambda k: same[k]["final_loss"])
     return {"run_id": run_id, "final_loss": same[run_id]["final_loss"], "runs": len(same)}
 
@@ -315,7 +334,15 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
     ]
     lines.append("")
     grid = meta.get("recorded_grid_best")
-    if grid:
+    if grid and "corpus_differs" in grid:
+        differs = grid["corpus_differs"]
+        lines += [
+            f"Not comparable with `studies/finetune*`: the parent's loss on this machine's `{FT_CORPUS}` corpus is "
+            f"{differs['here']:.4f} nats/byte, {differs['recorded']:.4f} in the recorded study (`{FT_CORPUS}` is "
+            "built from the installed packages' text files, so it differs between environments).",
+            "",
+        ]
+    elif grid:
         lines += [
             f"For scale: the best of `finetune.py`'s {grid['runs']} hand-picked fine-tuning schedules from the same "
             f"parent (`studies/finetune/runs.json`, same config) is `{grid['run_id']}`, final loss "
@@ -475,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_loss": setup.pre_result.final_loss, "matches_recorded": matches_recorded(p),
         },
         "pre_on_ft": setup.pre_on_ft,
-        "recorded_grid_best": recorded_grid_best(setup.ft_cfg, args.steps),
+        "recorded_grid_best": recorded_grid_best(setup.ft_cfg, args.steps, setup.pre_on_ft),
         "optlaws": details,
         "warnings": dict(caught),
         "tiny": args.tiny,

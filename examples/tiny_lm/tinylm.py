@@ -21,6 +21,7 @@ when present.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sysconfig
@@ -95,15 +96,31 @@ def _site_docs() -> list[Path]:
     return out
 
 
+def corpus_fingerprint(files: list[Path]) -> str:
+    """A short digest of a corpus's files (names and sizes): another Python or other
+    installed packages give another corpus, and another cache entry."""
+    digest = hashlib.sha1()
+    for p in files:
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{p.name} {size}\n".encode())
+    return digest.hexdigest()[:10]
+
+
 def load_corpus(corpus: str = "stdlib", cache_dir: Path | str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The (train, validation) byte arrays (``uint8``) of a corpus, built once and cached."""
+    """The (train, validation) byte arrays (``uint8``) of a corpus, built once per
+    :func:`corpus_fingerprint` and cached."""
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    tr_path, va_path = cache / f"{corpus}_train.npy", cache / f"{corpus}_val.npy"
+    files = corpus_files(corpus)
+    tag = corpus_fingerprint(files)
+    tr_path, va_path = cache / f"{corpus}_{tag}_train.npy", cache / f"{corpus}_{tag}_val.npy"
     if tr_path.exists() and va_path.exists():
         return np.load(tr_path), np.load(va_path)
     train_parts: list[bytes] = []
     val_parts: list[bytes] = []
-    for i, p in enumerate(corpus_files(corpus)):
+    for i, p in enumerate(files):
         try:
             data = p.read_bytes()
         except OSError:
@@ -334,12 +351,13 @@ def loss_of_state(state: dict[str, torch.Tensor], cfg: TinyLMConfig, cache_dir: 
 
 def pretrained(schedule: Schedule, cfg: TinyLMConfig, cache_dir: Path | str | None = None) -> tuple[TrainResult, dict]:
     """Train (or load from the cache) a run whose weights later runs start from: the
-    result and the final weights, cached under ``cache_dir`` keyed by schedule and config."""
-    import hashlib
+    result and the final weights, cached under ``cache_dir`` keyed by schedule, config and
+    the corpus's :func:`corpus_fingerprint`."""
     import json
 
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    key = hashlib.sha256((schedule.to_json() + json.dumps(asdict(cfg), sort_keys=True)).encode()).hexdigest()[:16]
+    text = schedule.to_json() + json.dumps(asdict(cfg), sort_keys=True) + corpus_fingerprint(corpus_files(cfg.corpus))
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = cache / f"pretrained_{key}.pt"
     if path.exists():
         saved = torch.load(path, weights_only=False)

@@ -540,8 +540,9 @@ def render(name: str, res: dict[str, Any], meta: dict[str, Any], all_subsets: in
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date_utc']}, git commit {meta['git_commit'] or 'unknown'}",
-        f"- machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs), {meta['platform']}; "
-        f"benchmark {meta['benchmark_seconds']} s in all",
+        f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}; "
+        f"benchmark {meta['benchmark_seconds']} s in all (1-minute load average at the end "
+        f"{meta['load_average_1min_at_end']})",
         f"- curves: `{res['curves']}`; parent `{res['parent']}`; {n} candidates (the runs that resume from it); "
         f"excluded (trained from scratch, neither fitted nor ranked): {', '.join(res['excluded']) or 'none'}",
         f"- grouping: each group fits on {res['group_size']} candidates and ranks the other "
