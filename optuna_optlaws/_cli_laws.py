@@ -23,6 +23,7 @@ import csv
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws._progress import Progress
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import DEFAULT_LAW, LAW_MODULES, Law, Prediction, load_law, make_law
+from optuna_optlaws.laws._optlaw_fit import transient_end
 from optuna_optlaws.laws._optlaw_lineage import check_resume_step
 from optuna_optlaws.laws.optlaw import PRIOR_SD, OptLaw
 
@@ -278,7 +280,34 @@ def _run_predict(args: argparse.Namespace) -> int:
     progress.close()
     rows = [[run_id, step, *(_finite_or_nan(v) for v in table[(run_id, step)])] for run_id, step in keys]
     _write_rows(args.out, ["run_id", "step", "pred_loss", "pred_lo", "pred_hi"], rows)
+    note = _transient_note(law, curves, steps_of)
+    if note:
+        warnings.warn(f"{args.schedules}: {note}", stacklevel=1)
     return 0
+
+
+def _transient_note(law: Law, curves: Sequence[Curve], steps_of: dict[str, list[int]]) -> str | None:
+    """A note when rows ask the Opt-Law about a run's initial transient (its warmup and
+    first 10% of steps), which the law is not fitted on (its points there are left out):
+    the predictions of those rows are extrapolations of the law's form."""
+    if not isinstance(law, OptLaw):
+        return None
+    n_rows, runs = 0, list[str]()
+    for c in curves:
+        if c.resume_from is not None:  # a continued run's own step 0 lies past its parent's transient
+            continue
+        end = transient_end(c.schedule)
+        early = sum(step < end for step in steps_of[c.run_id])
+        if early:
+            n_rows, runs = n_rows + early, [*runs, c.run_id]
+    if not n_rows:
+        return None
+    named = ", ".join(repr(r) for r in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+    return (
+        f"{n_rows} rows (run{'s' if len(runs) > 1 else ''} {named}) lie in a run's initial transient (its warmup "
+        "and first 10% of steps), "
+        "which the Opt-Law is not fitted on: their predictions are extrapolations, often far off"
+    )
 
 
 def _write_rows(out: str, header: list[str], rows: list[list[Any]]) -> None:
