@@ -28,6 +28,7 @@ parameters do not depend on the LR scale of the data; ``kappa`` is per area unit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,15 @@ class ChunkGrid:
     def s_target(self) -> FloatArray:
         """Cumulative area at each target step (area units)."""
         return np.asarray(self.s_end[self.target_chunk], dtype=np.float64)
+
+    @functools.cached_property
+    def relax_distance(self) -> FloatArray:
+        """``D[o, k]``: area from the end of chunk ``k`` to target ``o`` (``inf`` for chunks
+        after the target), the part of :func:`relaxation_kernel` that no rate changes:
+        computed once per grid (a fit evaluates the kernel at many rates)."""
+        d = self.s_target[:, None] - self.s_end[None, :]
+        after = np.arange(self.area.size)[None, :] > self.target_chunk[:, None]
+        return np.asarray(np.where(after, np.inf, np.maximum(d, 0.0)), dtype=np.float64)
 
 
 def _jump_steps(schedule: Schedule, max_knots: int = _MAX_KNOT_BREAKS) -> NDArray[np.float64]:
@@ -161,12 +171,8 @@ def noise_target(
 def relaxation_kernel(grid: ChunkGrid, kappa: FloatArray) -> FloatArray:
     """``K[j, o, k]``: weight of chunk ``k``'s target in mode ``j``'s state at target ``o``
     (zero for chunks after the target). ``state = K @ target`` reproduces :func:`simulate`."""
-    so = grid.s_target
-    d = so[:, None] - grid.s_end[None, :]
-    after = np.arange(grid.area.size)[None, :] > grid.target_chunk[:, None]
-    d = np.where(after, np.inf, np.maximum(d, 0.0))
     gain = -np.expm1(-kappa[:, None] * grid.area[None, :])
-    return np.asarray(np.exp(-kappa[:, None, None] * d[None]) * gain[:, None, :], dtype=np.float64)
+    return np.asarray(np.exp(-kappa[:, None, None] * grid.relax_distance[None]) * gain[:, None, :], dtype=np.float64)
 
 
 @dataclass(frozen=True)
