@@ -209,10 +209,13 @@ def simulate(area: FloatArray, target: FloatArray, weights: FloatArray, kappa: F
     ``area``: chunk areas ``(M,)``; ``target``: equilibrium per chunk ``(M, P)``;
     ``weights``: mode shares ``(P, J)``; ``kappa``: rates ``(J,)`` or ``(P, J)``.
     Returns the weighted excess after every chunk, ``(M, P)``, starting from zero."""
-    kap = np.broadcast_to(np.asarray(kappa, dtype=np.float64), weights.shape)
-    decay = np.exp(-area[:, None, None] * kap[None])
+    kappa = np.asarray(kappa, dtype=np.float64)
+    if kappa.ndim == 1:  # the same rates for every parameter set: one exp per (chunk, mode), copied out
+        decay = np.repeat(np.exp(-area[:, None] * kappa[None])[:, None, :], weights.shape[0], axis=1)
+    else:
+        decay = np.exp(-area[:, None, None] * np.broadcast_to(kappa, weights.shape)[None])
     inject = (1.0 - decay) * target[:, :, None]
-    states = np.empty(decay.shape)
+    states = np.empty((area.size, *weights.shape))
     n = np.zeros(weights.shape)
     for k in range(area.size):
         np.multiply(n, decay[k], out=n)
