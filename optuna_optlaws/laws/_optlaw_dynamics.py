@@ -209,19 +209,41 @@ def simulate(area: FloatArray, target: FloatArray, weights: FloatArray, kappa: F
     ``area``: chunk areas ``(M,)``; ``target``: equilibrium per chunk ``(M, P)``;
     ``weights``: mode shares ``(P, J)``; ``kappa``: rates ``(J,)`` or ``(P, J)``.
     Returns the weighted excess after every chunk, ``(M, P)``, starting from zero."""
-    kappa = np.asarray(kappa, dtype=np.float64)
-    if kappa.ndim == 1:  # the same rates for every parameter set: one exp per (chunk, mode), copied out
-        decay = np.repeat(np.exp(-area[:, None] * kappa[None])[:, None, :], weights.shape[0], axis=1)
-    else:
-        decay = np.exp(-area[:, None, None] * np.broadcast_to(kappa, weights.shape)[None])
-    inject = (1.0 - decay) * target[:, :, None]
-    states = np.empty((area.size, *weights.shape))
-    n = np.zeros(weights.shape)
-    for k in range(area.size):
-        np.multiply(n, decay[k], out=n)
-        n += inject[k]
-        states[k] = n
-    return np.asarray(np.einsum("mpj,pj->mp", states, weights), dtype=np.float64)
+    return simulate_many(area, [(target, weights, kappa)])[0]
+
+
+def simulate_many(
+    area: FloatArray, systems: Sequence[tuple[FloatArray, FloatArray, FloatArray]]
+) -> list[FloatArray]:
+    """:func:`simulate` of several ``(target, weights, kappa)`` systems on the same chunks,
+    their modes stepped together in one recursion over the chunks (the same numbers as
+    one :func:`simulate` each, in one Python loop instead of several)."""
+    decays, injects, shapes = [], [], []
+    for target, weights, kappa in systems:
+        kap = np.asarray(kappa, dtype=np.float64)
+        if kap.ndim == 1:  # the same rates for every parameter set: one exp per (chunk, mode), copied out
+            decay = np.repeat(np.exp(-area[:, None] * kap[None])[:, None, :], weights.shape[0], axis=1)
+        else:
+            decay = np.exp(-area[:, None, None] * np.broadcast_to(kap, weights.shape)[None])
+        decays.append(decay.reshape(area.size, -1))
+        injects.append(((1.0 - decay) * target[:, :, None]).reshape(area.size, -1))
+        shapes.append(weights.shape)
+    decay_all = np.concatenate(decays, axis=1)
+    inject_all = np.concatenate(injects, axis=1)
+    states = np.empty(decay_all.shape)
+    prev = np.zeros(decay_all.shape[1])
+    multiply, add = np.multiply, np.add
+    for state, dec, inj in zip(states, decay_all, inject_all, strict=True):  # each state written in place
+        multiply(prev, dec, out=state)
+        add(state, inj, out=state)
+        prev = state
+    out, start = [], 0
+    for (_, weights, _), shape in zip(systems, shapes, strict=True):
+        size = shape[0] * shape[1]
+        part = states[:, start : start + size].reshape(area.size, *shape)
+        out.append(np.asarray(np.einsum("mpj,pj->mp", part, weights), dtype=np.float64))
+        start += size
+    return out
 
 
 def final_kernel(batch: GridBatch, kappa: FloatArray) -> FloatArray:

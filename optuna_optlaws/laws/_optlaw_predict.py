@@ -41,13 +41,11 @@ def loss_at_targets(
     riv_mid = amps[None, :, 1] * np.power(grid.s_mid[:, None] + col["s_w"][None, :], -col["alpha"][None, :])
     target = base * (1.0 + col["eps"][None, :] * riv_mid)
     weights = np.stack([dyn.spectrum_weights(b, c) for b, c in zip(col["beta"], col["c_cut"], strict=True)])
-    noise = dyn.simulate(grid.area, target, weights, dyn.KAPPA)[grid.target_chunk]
-    s_t = grid.s_target[:, None]
-    river = amps[None, :, 1] * np.power(s_t + col["s_w"][None, :], -col["alpha"][None, :])
-    loss = amps[None, :, 0] + river + amps[None, :, 2] * noise
+    systems = [(target, weights, dyn.KAPPA)]
 
     # the excesses (amp * m, m relaxing at rate towards its target: one equilibrium per
-    # chunk and parameter set), every excess and parameter set in one pass
+    # chunk and parameter set), every excess and parameter set in one pass, stepped
+    # together with the noise modes
     excesses: list[tuple[str, str, FloatArray]] = []
     if terms.escape:
         excesses.append(("k_esc", "kappa_esc", np.repeat(escape_target(grid.eta)[:, None], n_p, axis=1)))
@@ -60,7 +58,14 @@ def loss_at_targets(
     if excesses:
         kap = np.concatenate([[p[rate] for p in pars] for _, rate, _ in excesses])[:, None]
         targets = np.hstack([tgt for _, _, tgt in excesses])
-        m = dyn.simulate(grid.area, targets, np.ones((kap.size, 1)), kap)[grid.target_chunk]
+        systems.append((targets, np.ones((kap.size, 1)), kap))
+    states = [part[grid.target_chunk] for part in dyn.simulate_many(grid.area, systems)]
+    noise = states[0]
+    s_t = grid.s_target[:, None]
+    river = amps[None, :, 1] * np.power(s_t + col["s_w"][None, :], -col["alpha"][None, :])
+    loss = amps[None, :, 0] + river + amps[None, :, 2] * noise
+    if excesses:
+        m = states[1]
         amp = np.concatenate([[p[a] for p in pars] for a, _, _ in excesses])
         loss = loss + (amp[None, :] * m).reshape(m.shape[0], len(excesses), n_p).sum(axis=1)
     if terms.shift and resume_area is not None:
