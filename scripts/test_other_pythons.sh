@@ -12,5 +12,6 @@ for py in "$@"; do
     optuna-dashboard plotly optuna-integration pytest matplotlib psycopg2-binary selenium grpcio protobuf
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$root"
   echo "== $("$venv/bin/python" --version)"
-  (cd /tmp && OPENBLAS_NUM_THREADS=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" | tail -1)
+  (cd /tmp && OPENBLAS_NUM_THREADS=1 "$venv/bin/python" -m pytest -q -rfE -p no:cacheprovider "$root/tests" \
+    | grep -E "^(FAILED|ERROR) | passed| failed| error")
 done
