@@ -123,7 +123,8 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
     peak LR that is not a positive number, a cooldown fraction outside [0, 1]. The sampler
     chooses those instead, so the trial runs; what was dropped is recorded on the trial
     (user attribute ``optlaws_warning``) and warned. A valid value merely outside the
-    search range is kept, as Optuna keeps it (with its own warning)."""
+    search range is kept, as Optuna keeps it (with its own warning), and noted on the
+    trial too (a warmup longer than the run, say, is cut to the run)."""
     stored = _stored_trial(trial)
     fixed = getattr(stored, "_fixed_params", None)
     if not (stored is not None and isinstance(fixed, dict) and fixed):
@@ -142,6 +143,13 @@ def _drop_invalid_enqueued(trial: BaseTrial, space: ScheduleSpace) -> None:
             except (ValueError, TypeError) as exc:
                 why = " ".join(str(exc).split())
                 notes.append(f"enqueued {pname}={fixed.pop(pname)!r} ignored ({why}): the sampler chose it")
+                continue
+            if isinstance(dist, (FloatDistribution, IntDistribution)) and not dist.low <= fixed[pname] <= dist.high:
+                notes.append(
+                    f"enqueued {pname}={fixed[pname]!r} lies outside the search space [{dist.low}, {dist.high}]: "
+                    "used as given (as Optuna does), the schedule built from it as it allows"
+                )
+    notes = list(dict.fromkeys(notes))  # a parameter shared by several families is noted once
     if notes:
         add_notes(stored, notes)
         warnings.warn(f"suggest_schedule: trial {stored.number}: {'; '.join(notes)}", stacklevel=3)

@@ -136,7 +136,7 @@ def test_enqueued_values_no_schedule_can_take_are_dropped_and_said_so(tmp_path: 
     """``study.enqueue_trial`` with a family not in the space, a negative peak LR and a
     cooldown fraction of 2: the trial still runs (the sampler chooses those three), the
     valid enqueued values are kept, and the trial says what was dropped; a valid value
-    merely outside the range is kept, as Optuna keeps it."""
+    merely outside the range is kept, as Optuna keeps it, and said."""
     study = _study(f"sqlite:///{tmp_path / 'q.db'}")
     space = {"total_steps": 600, "peak_lr": (1e-4, 1e-2), "warmup_steps": (0, 40)}
     study.enqueue_trial({"lr_family": "nosuch", "lr_peak_lr": 2e-3, "lr_warmup_steps": 7})
@@ -158,7 +158,25 @@ def test_enqueued_values_no_schedule_can_take_are_dropped_and_said_so(tmp_path: 
     warning = second.user_attrs["optlaws_warning"]
     assert "lr_peak_lr=-0.001 ignored" in warning and "lr_cooldown_fraction=2.0 ignored" in warning
     assert ";" in warning and "\n" not in warning
-    assert third.params["lr_peak_lr"] == 0.05 and "optlaws_warning" not in third.user_attrs
+    assert third.params["lr_peak_lr"] == 0.05
+    assert third.user_attrs["optlaws_warning"] == (
+        "enqueued lr_peak_lr=0.05 lies outside the search space [0.0001, 0.01]: used as given (as Optuna does), "
+        "the schedule built from it as it allows"
+    )  # said once, though every family has a peak LR
+
+
+def test_an_enqueued_warmup_longer_than_the_run_is_said_on_the_trial() -> None:
+    """Optuna keeps an enqueued value outside the range; a warmup longer than the run is
+    then cut to the run by the schedule: the trial says the value lay outside the space."""
+    study = _study()
+    study.enqueue_trial({"lr_warmup_steps": 10000})
+    trial = study.ask()
+    with pytest.warns(UserWarning):
+        schedule = suggest_schedule(trial, total_steps=200, families=("cosine", "wsd"), warmup_steps=(0, 20))
+    assert schedule.warmup_steps == 200
+    assert "enqueued lr_warmup_steps=10000 lies outside the search space [0, 20]" in trial.user_attrs[
+        "optlaws_warning"
+    ]
 
 
 def test_changing_the_families_within_a_study_says_how_to_go_on() -> None:
