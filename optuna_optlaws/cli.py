@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="optlaws",
         description="Fit loss-vs-LR-schedule laws, predict and rank schedules, benchmark pruners.",
     )
+    from optuna_optlaws import __version__
+
+    parser.add_argument("--version", action="version", version=f"optlaws (optuna-optlaws) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

@@ -389,6 +389,13 @@ def test_size_the_law_cannot_extrapolate_to(
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from optuna_optlaws import __version__
+
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out.strip() == f"optlaws (optuna-optlaws) {__version__}"
+
+
 def test_missing_required_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str], mpl_csv: Path) -> None:
     code, _, err = run_main(capsys, "fit", str(mpl_csv))
     assert_one_line_error(code, err, "--out")
