@@ -16,7 +16,8 @@ parent::
 The parent (its schedule, its logged losses thinned to at most ``max_points``, its model
 size and tokens per step) is stored in the study's system attributes, so every worker
 process reads the same one. Each trial reports its own steps from 0 (as a continued run
-in a curves file does). With the Opt-Law, the study's law is then fitted on the parent's
+in a curves file does); a trial that states no ``model_size`` or ``tokens_per_step``
+trains the parent's. With the Opt-Law, the study's law is then fitted on the parent's
 curve and on the trials' curves, each trial continuing the parent from ``resume_step``,
 and every prediction of the sampler, the pruner and its calibration is of a continued
 run (:class:`ContinuedRunsLaw`). Laws without a parent state (``multipower``,
@@ -74,8 +75,20 @@ class ParentRun:
         return self.curve.run_id
 
     def continued(self, curve: Curve) -> Curve:
-        """``curve`` (a trial's, its own steps from 0) as a run continued from the parent."""
-        return replace(curve, resume_from=self.run_id, resume_step=self.resume_step)
+        """``curve`` (a trial's, its own steps from 0) as a run continued from the parent;
+        a size the trial does not state is the parent's (it trains the parent's model)."""
+        model_size, tokens_per_step = self.sizes(curve.model_size, curve.tokens_per_step)
+        return replace(
+            curve, resume_from=self.run_id, resume_step=self.resume_step, model_size=model_size,
+            tokens_per_step=tokens_per_step,
+        )
+
+    def sizes(self, model_size: float | None, tokens_per_step: float | None) -> tuple[float | None, float | None]:
+        """A continued run's ``(model_size, tokens_per_step)``: the parent's where not given."""
+        return (
+            self.curve.model_size if model_size is None else model_size,
+            self.curve.tokens_per_step if tokens_per_step is None else tokens_per_step,
+        )
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-ready form stored under :data:`PARENT_KEY`."""
@@ -223,7 +236,9 @@ class ContinuedRunsLaw(Law):
         observed: Curve | None = None,
     ) -> Prediction:
         """Loss (nats) at ``steps`` (the run's own, default its last) of a run that continues
-        the parent under ``schedule``; conditioned on the run's own prefix ``observed``."""
+        the parent under ``schedule``; conditioned on the run's own prefix ``observed``. A
+        size not given is the parent's."""
+        model_size, tokens_per_step = self.parent.sizes(model_size, tokens_per_step)
         return self.base.predict(
             schedule, steps, model_size=model_size, tokens_per_step=tokens_per_step, observed=observed,
             resume_from=self.parent.run_id, resume_step=self.parent.resume_step,
@@ -236,7 +251,9 @@ class ContinuedRunsLaw(Law):
         model_size: float | None = None,
         tokens_per_step: float | None = None,
     ) -> Prediction:
-        """Final loss (nats) of many runs continuing the parent, one per schedule (vectorised)."""
+        """Final loss (nats) of many runs continuing the parent, one per schedule
+        (vectorised). A size not given is the parent's."""
+        model_size, tokens_per_step = self.parent.sizes(model_size, tokens_per_step)
         return self.base.predict_final(
             schedules, model_size=model_size, tokens_per_step=tokens_per_step,
             resume_from=self.parent.run_id, resume_step=self.parent.resume_step,

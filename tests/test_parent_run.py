@@ -145,6 +145,33 @@ def test_the_study_law_continues_the_parent(finetune: tuple[Curve, list[Curve]])
     assert not math.isclose(running.user_attrs["optlaws_pred_final"], float(fresh.mean[0]), rel_tol=1e-4)
 
 
+def test_trials_that_state_no_sizes_train_the_parents_model(finetune: tuple[Curve, list[Curve]]) -> None:
+    """Sizes are optional on a trial; in a study with a parent, a trial that gives none
+    trains the parent's model (was: the fit mixed a sized parent with unsized trials and
+    failed, leaving the study without a law). Its predictions are those of a trial that
+    states the parent's sizes."""
+    parent, cands = finetune
+    studies = []
+    for with_sizes in (False, True):
+        study = _study(pruner=OptLawsPruner(calibrate=False))
+        set_parent_run(study, parent)
+        for c in cands[:4]:
+            trial = study.ask()
+            sizes = {"model_size": c.model_size, "tokens_per_step": c.tokens_per_step} if with_sizes else {}
+            set_schedule(trial, c.schedule, **sizes)  # type: ignore[arg-type]
+            for step, loss in zip(c.steps.tolist(), c.losses.tolist(), strict=True):
+                trial.report(loss, step)
+            study.tell(trial, c.final_loss)
+        studies.append(LawStore("optlaw").get(study, study.get_trials(deepcopy=False)))
+    bare, sized = studies
+    assert bare.source == "study" and bare.note is None and isinstance(bare.law, ContinuedRunsLaw)
+    held = [c.schedule for c in cands[4:]]
+    kw = {"model_size": parent.model_size, "tokens_per_step": parent.tokens_per_step}
+    np.testing.assert_allclose(bare.law.predict_final(held).mean, sized.law.predict_final(held, **kw).mean, rtol=1e-9)
+    one = bare.law.predict(held[0]).mean
+    np.testing.assert_allclose(one, sized.law.predict(held[0], **kw).mean, rtol=1e-9)
+
+
 def test_a_corrupt_parent_is_noted_and_the_trials_fitted_from_scratch(
     finetune: tuple[Curve, list[Curve]], logged: LoggedRecords
 ) -> None:
