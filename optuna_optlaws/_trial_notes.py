@@ -5,7 +5,10 @@ integration's ``LossReporter``, kept light to import (no law, no scipy)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 WARNING = "optlaws_warning"
 """User attribute: bad input that was ignored on this trial (text, ``"; "`` between notes)."""
@@ -24,6 +27,13 @@ def with_notes(stored: Any, notes: Sequence[str]) -> str | None:
         return None
     text = "; ".join([before, *new] if before else new)
     return text if len(text) <= MAX_WARNING_CHARS else "..." + text[3 - MAX_WARNING_CHARS :]
+
+
+def add_stored_notes(storage: Any, trial: FrozenTrial, notes: Sequence[str]) -> None:
+    """:func:`add_notes` for a trial as the storage holds it (a sampler's or pruner's view)."""
+    text = with_notes(trial.user_attrs.get(WARNING), notes)
+    if text is not None:
+        storage.set_trial_user_attr(trial._trial_id, WARNING, text)
 
 
 def add_notes(trial: Any, notes: Sequence[str]) -> None:

@@ -65,7 +65,7 @@ from optuna.trial import FrozenTrial
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._decision import Decision, Gates, Seen, check
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, with_notes
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON
 from optuna_optlaws._study_state import (
     LawState,
     LawStore,
@@ -74,6 +74,7 @@ from optuna_optlaws._study_state import (
     resolve_transfer_prior,
     trial_schedule,
 )
+from optuna_optlaws._trial_notes import add_stored_notes
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 from optuna_optlaws.laws.optlaw import PRIOR_SD
 
@@ -280,9 +281,7 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
             if moved:
                 for key, value in zip(keys, decision.pred, strict=True):
                     storage.set_trial_user_attr(tid, key, float(value))
-        text = with_notes(attrs.get(WARNING), decision.notes)
-        if text is not None:
-            storage.set_trial_user_attr(tid, WARNING, text)
+        add_stored_notes(storage, me, decision.notes)
         if decision.prune and decision.reason:
             storage.set_trial_user_attr(tid, PRUNE_REASON, decision.reason)
 

@@ -47,7 +47,7 @@ from optuna_optlaws._study_state import (
     resolve_transfer_prior,
     trial_sizes,
 )
-from optuna_optlaws._trial_notes import WARNING, with_notes
+from optuna_optlaws._trial_notes import add_stored_notes
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 from optuna_optlaws.laws.optlaw import PRIOR_SD
 from optuna_optlaws.trial_schedule import SPACE_KEY, STUDY_SPACE_PREFIX
@@ -238,9 +238,7 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         trials = study.get_trials(deepcopy=False)
         state = self._store.get(study, trials)
         if state.note:  # a corrupt stored law refitted, a corrupt parent: said on the trial it happened in
-            text = with_notes(trial.user_attrs.get(WARNING), [state.note])
-            if text is not None:
-                study._storage.set_trial_user_attr(trial._trial_id, WARNING, text)
+            add_stored_notes(study._storage, trial, [state.note])
         if state.law is None:
             return startup_point(space, self._seed, trial.number)
         model_size, tokens_per_step = trial_sizes(trial)

@@ -56,8 +56,9 @@ from optuna.storages import GrpcStorageProxy
 from optuna.trial import TrialState
 
 from optuna_optlaws import Schedule, set_schedule
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, WARNING, Frontier
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, Frontier
 from optuna_optlaws._study_state import LAW_KEY_PREFIX
+from optuna_optlaws._trial_notes import WARNING
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # the proxy and its server are experimental in Optuna: that warning is Optuna's, not ours

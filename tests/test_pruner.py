@@ -15,8 +15,9 @@ from conftest import LoggedRecords
 from optuna.trial import FrozenTrial
 
 from optuna_optlaws import InputError, OptLawsPruner, Schedule, set_schedule
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, WARNING, area_at, frontier
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, area_at, frontier
 from optuna_optlaws._study_state import LAW_KEY_PREFIX
+from optuna_optlaws._trial_notes import WARNING
 from optuna_optlaws.curves import Curve
 from optuna_optlaws.laws import make_law
 

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from optuna_optlaws._pruner._frontier import PRUNE_REASON, WARNING, recorded_prediction
+from optuna_optlaws._pruner._frontier import PRUNE_REASON, recorded_prediction
+from optuna_optlaws._trial_notes import WARNING
 from optuna_optlaws.curves import Curve
 
 if TYPE_CHECKING:

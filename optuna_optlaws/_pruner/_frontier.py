@@ -24,7 +24,6 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._study_state import group_key, raw_points, readable_schedule, same_group, trial_sizes
-from optuna_optlaws._trial_notes import WARNING, with_notes  # noqa: F401 (re-exported: the pruner's attributes)
 from optuna_optlaws.laws._features import schedule_features
 from optuna_optlaws.laws._optlaw_fit import transient_end
 from optuna_optlaws.schedules import Schedule
