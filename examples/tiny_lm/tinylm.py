@@ -21,6 +21,7 @@ when present.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -109,18 +110,24 @@ def corpus_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:10]
 
 
+@functools.cache
+def corpus_tag(corpus: str) -> str:
+    """:func:`corpus_fingerprint` of a corpus, computed once per process (listing
+    ``site_docs`` walks the whole site-packages, about a second; every run asks for it)."""
+    return corpus_fingerprint(corpus_files(corpus))
+
+
 def load_corpus(corpus: str = "stdlib", cache_dir: Path | str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The (train, validation) byte arrays (``uint8``) of a corpus, built once per
-    :func:`corpus_fingerprint` and cached."""
+    :func:`corpus_tag` and cached."""
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    files = corpus_files(corpus)
-    tag = corpus_fingerprint(files)
+    tag = corpus_tag(corpus)
     tr_path, va_path = cache / f"{corpus}_{tag}_train.npy", cache / f"{corpus}_{tag}_val.npy"
     if tr_path.exists() and va_path.exists():
         return np.load(tr_path), np.load(va_path)
     train_parts: list[bytes] = []
     val_parts: list[bytes] = []
-    for i, p in enumerate(files):
+    for i, p in enumerate(corpus_files(corpus)):
         try:
             data = p.read_bytes()
         except OSError:
@@ -356,7 +363,7 @@ def pretrained(schedule: Schedule, cfg: TinyLMConfig, cache_dir: Path | str | No
     import json
 
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    text = schedule.to_json() + json.dumps(asdict(cfg), sort_keys=True) + corpus_fingerprint(corpus_files(cfg.corpus))
+    text = schedule.to_json() + json.dumps(asdict(cfg), sort_keys=True) + corpus_tag(cfg.corpus)
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = cache / f"pretrained_{key}.pt"
     if path.exists():
