@@ -75,11 +75,14 @@ from optuna_optlaws.laws import Law, load_law
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual import pre_schedule
 from study import (
+    OPTUNA_ARMS,
     STEPS_ATTR,
     SearchSpace,
     arm_choices,
     arm_table,
     make_objective,
+    optuna_arm,
+    report_header,
     steps_until,
     summarize,
     target_met,
@@ -215,12 +218,8 @@ def make_study(
     if arm == "optlaws":
         sampler = OptLawsSampler(transfer_prior=prior, seed=seed)
         pruner = OptLawsPruner(transfer_prior=prior, seed=seed)
-    elif arm == "tpe-median":
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 10)
-    elif arm == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        pruner = optuna.pruners.NopPruner()
+    elif arm in OPTUNA_ARMS:
+        sampler, pruner = optuna_arm(arm, seed, steps)
     else:
         raise ValueError(f"unknown arm {arm!r}; known: {ARMS}")
     study = optuna.create_study(
@@ -306,12 +305,7 @@ def collecting_warnings(into: Counter[str]) -> Iterator[None]:
 def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
     """``README.md`` and ``results.json`` of the study folder, from the stored studies."""
     lines = [
-        "# Live fine-tuning study of the tiny LM (generated)",
-        "",
-        "Written by `examples/tiny_lm/finetune_study.py`; do not edit by hand.",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
+        *report_header("Live fine-tuning study of the tiny LM", "examples/tiny_lm/finetune_study.py", meta["command"]),
         f"Date: {meta['date']}. Machine: {meta['machine']}.",
         "",
         f"Storage: `{meta['storage']}` (one study per arm, `finetune-<arm>`; open it with `optuna-dashboard`).",

@@ -164,6 +164,19 @@ def make_objective(
     return objective
 
 
+OPTUNA_ARMS = ("tpe-median", "tpe")
+"""Arms of Optuna's own tools, the same in the pretraining and the fine-tuning study."""
+
+
+def optuna_arm(arm: str, seed: int, steps: int) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """Sampler and pruner of an arm of :data:`OPTUNA_ARMS`: TPE with MedianPruner (5
+    startup trials, no pruning in the first tenth of the ``steps``), or TPE alone."""
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    if arm == "tpe-median":
+        return sampler, optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 10)
+    return sampler, optuna.pruners.NopPruner()
+
+
 def make_study(
     arm: str, storage: str, seed: int, steps: int, resume: bool, law: str = "optlaw", tolerance: float = TOLERANCE
 ) -> optuna.Study:
@@ -189,12 +202,8 @@ def make_study(
             else OptLawsSampler(law, seed=seed)
         )
         pruner: optuna.pruners.BasePruner = OptLawsPruner(law, seed=seed, tolerance=tol)
-    elif arm == "tpe-median":
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 10)
-    elif arm == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        pruner = optuna.pruners.NopPruner()
+    elif arm in OPTUNA_ARMS:
+        sampler, pruner = optuna_arm(arm, seed, steps)
     elif arm == "tpe-optlaws":
         sampler = optuna.samplers.TPESampler(seed=seed)
         pruner = OptLawsPruner(law, seed=seed)
@@ -295,15 +304,17 @@ def arm_choices(results: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def report_header(title: str, script: str, command: str) -> list[str]:
+    """The first lines of a study report (markdown): its title, the script that writes
+    it, and the command that produced it."""
+    return [f"# {title} (generated)", "", f"Written by `{script}`; do not edit by hand.", "",
+            f"Command: `{command}`", ""]
+
+
 def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Path:
     """``README.md`` of the study folder (and ``summary.json``), from the stored studies."""
     lines = [
-        "# Live study: LR schedules of the tiny LM (generated)",
-        "",
-        "Written by `examples/tiny_lm/study.py`; do not edit by hand.",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
+        *report_header("Live study: LR schedules of the tiny LM", "examples/tiny_lm/study.py", meta["command"]),
         f"Storage: `{meta['storage']}` (one study per arm, `tiny_lm-<arm>`; open it with `optuna-dashboard`).",
         f"Each trial: {meta['steps']} optimizer steps of the tiny LM (N = {meta['model_size']} parameters,",
         f"{meta['tokens_per_step']} bytes per step, training seed {meta['train_seed']} in every trial but the "
