@@ -292,14 +292,12 @@ def _transient_note(law: Law, curves: Sequence[Curve], steps_of: dict[str, list[
     the predictions of those rows are extrapolations of the law's form."""
     if not isinstance(law, OptLaw):
         return None
-    n_rows, runs = 0, list[str]()
-    for c in curves:
-        if c.resume_from is not None:  # a continued run's own step 0 lies past its parent's transient
-            continue
-        end = transient_end(c.schedule)
-        early = sum(step < end for step in steps_of[c.run_id])
-        if early:
-            n_rows, runs = n_rows + early, [*runs, c.run_id]
+    early = {  # a continued run's own step 0 lies past its parent's transient
+        c.run_id: sum(step < transient_end(c.schedule) for step in steps_of[c.run_id])
+        for c in curves if c.resume_from is None
+    }
+    runs = [run_id for run_id, n in early.items() if n]
+    n_rows = sum(early.values())
     if not n_rows:
         return None
     named = ", ".join(repr(r) for r in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")

@@ -23,10 +23,10 @@ from optuna_optlaws._errors import InputError
 from optuna_optlaws.schedules import Schedule
 
 REQUIRED_COLUMNS = ("run_id", "step")
+RUN_CONSTANT_COLUMNS = ("model_size", "tokens_per_step", "batch_size")
 
 MAX_STEP = 10**12
 """The largest step a curves file may hold (a trillion optimizer steps; exact as a float)."""
-RUN_CONSTANT_COLUMNS = ("model_size", "tokens_per_step", "batch_size")
 
 MAX_KNOTS = 2000
 """Evenly spaced ``lr`` knots per run (besides the schedule's own breakpoints) that
