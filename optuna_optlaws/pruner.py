@@ -23,9 +23,9 @@ At each ``trial.report(loss, step)`` (``step`` = optimizer step) followed by
    ``margin`` nats (minus ``tolerance``, the regret the user accepts). The frontier is
    the best final loss of a COMPLETE trial of the same (N, D) group, or the best final
    loss a running trial of the group is predicted to reach (the upper end of its
-   interval), whichever is lower; it needs ``n_min_trials`` COMPLETE trials in the
-   group. A report at the schedule's last step is never pruned on (the run is done:
-   pruning it saves nothing).
+   interval; not once Optuna's heartbeat says its worker is gone), whichever is lower;
+   it needs ``n_min_trials`` COMPLETE trials in the group. A report at the schedule's
+   last step is never pruned on (the run is done: pruning it saves nothing).
 
 User attributes written on the trial: ``optlaws_pred_final``, ``optlaws_pred_lo``,
 ``optlaws_pred_hi`` (plain floats, nats, the latest prediction of the final loss, within
@@ -65,7 +65,7 @@ from optuna.trial import FrozenTrial
 
 from optuna_optlaws._errors import InputError
 from optuna_optlaws._pruner._decision import Decision, Gates, Seen, check
-from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON
+from optuna_optlaws._pruner._frontier import PRED_FINAL, PRED_HI, PRED_LO, PRUNE_REASON, stale_trial_ids
 from optuna_optlaws._study_state import (
     LawState,
     LawStore,
@@ -253,7 +253,12 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
         def get_law() -> LawState:
             return self._store.get(study, trials)
 
-        decision, now = check(study._storage, trials, me, schedule, self._gates, get_law, seen.get(me._trial_id))
+        def stale() -> frozenset[int]:
+            return stale_trial_ids(study._storage, study._study_id)
+
+        decision, now = check(
+            study._storage, trials, me, schedule, self._gates, get_law, seen.get(me._trial_id), stale
+        )
         if now is not None:
             seen[me._trial_id] = now
         self._record(study, me, decision)

@@ -6,12 +6,14 @@ are absent). Workers are real processes running ``tests/_study_helpers.py``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -291,3 +293,121 @@ def test_export_reads_a_postgresql_study(postgres_url: str, tmp_path: Path) -> N
         assert c.steps.tolist() == sorted(t.intermediate_values)
         np.testing.assert_array_equal(c.losses, [t.intermediate_values[s] for s in sorted(t.intermediate_values)])
         assert c.schedule.peak_lr == pytest.approx(1e-3 * (t.number + 1))
+
+
+# ---------------------------------------------------------------------- workers that die
+def _report_all(study: optuna.Study, schedule: Schedule, shift: float, upto: int | None = None) -> optuna.Trial:
+    """A trial of ``schedule`` reporting the synthetic curve plus ``shift`` nats (up to report
+    ``upto``), asking the pruner at each report; it is told PRUNED or COMPLETE when done
+    (left RUNNING when ``upto`` stops it early)."""
+    trial = study.ask()
+    set_schedule(trial, schedule)
+    steps = report_steps()[:upto]
+    losses = synth_loss(schedule, steps) + shift
+    for step, loss in zip(steps.tolist(), losses.tolist(), strict=True):
+        trial.report(loss, step)
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return trial
+    if upto is None:
+        study.tell(trial, float(losses[-1]))
+    return trial
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_running_trial_whose_worker_died_is_no_frontier(db_dir: Path) -> None:
+    """With Optuna's heartbeat on, a RUNNING trial predicted to beat everything counts in
+    the frontier while its worker beats, and not once its heartbeat is stale: the loss it
+    was predicted to reach will never come, so it must not prune the runs after it."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from optuna_optlaws import OptLawsPruner
+    from optuna_optlaws._pruner._frontier import PRED_HI, PRUNE_REASON
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db_dir / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    pruner = OptLawsPruner(TEST_LAW, n_min_trials=3, min_fraction=0.2, min_reports=5)
+    study = optuna.create_study(storage=storage, pruner=pruner)
+    good = [Schedule.cosine(3e-3, TOTAL_STEPS, 30, 3e-5), Schedule.wsd(3e-3, TOTAL_STEPS, 30, 0.0, 0.3),
+            Schedule.linear(2.5e-3, TOTAL_STEPS, 30, 0.0)]
+    for s in good:
+        assert _report_all(study, s, 0.0).number >= 0
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    # a run its pruner predicted to end 0.2 nats below any (its recorded interval's upper
+    # end), half-way through its schedule when its worker dies
+    best = min(t.value for t in study.trials)
+    lucky = study.ask()
+    set_schedule(lucky, good[0])
+    with get_heartbeat_thread(lucky._trial_id, storage):
+        steps = report_steps()[:15]
+        for step, loss in zip(steps.tolist(), synth_loss(good[0], steps).tolist(), strict=True):
+            lucky.report(loss, step)
+        study._storage.set_trial_user_attr(lucky._trial_id, PRED_HI, best - 0.2)
+        # while it beats, a run that can only tie the best complete run is pruned on it
+        tie = _report_all(study, good[0], 0.0)
+        frozen = study._storage.get_trial(tie._trial_id)
+        assert frozen.state == TrialState.PRUNED
+        assert f"trial {lucky.number} (running, predicted)" in frozen.user_attrs[PRUNE_REASON]
+    time.sleep(2.5)  # its worker is gone: no heartbeat for longer than the grace period
+    assert study._storage.get_trial(lucky._trial_id).state == TrialState.RUNNING
+    again = study._storage.get_trial(_report_all(study, good[0], 0.0)._trial_id)
+    assert again.state == TrialState.COMPLETE, again.user_attrs.get(PRUNE_REASON)
+
+
+_CRASHING_WORKER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import optuna
+from _study_helpers import make_components, report_steps, synth_loss, TEST_LAW
+from optuna_optlaws import suggest_schedule
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+storage = optuna.storages.RDBStorage({url!r}, heartbeat_interval=1, grace_period=2)
+sampler, pruner = make_components(TEST_LAW, 0)
+study = optuna.load_study(study_name="crash", storage=storage, sampler=sampler, pruner=pruner)
+
+def objective(trial):
+    schedule = suggest_schedule(trial, total_steps=600, warmup_steps=30, peak_lr=(3e-4, 3e-2))
+    steps = report_steps()
+    for step, loss in zip(steps.tolist(), synth_loss(schedule, steps).tolist()):
+        trial.report(loss, step)
+        trial.should_prune()
+        if step >= 300:
+            os.kill(os.getpid(), signal.SIGKILL)  # the machine is preempted half-way
+    return 0.0
+
+study.optimize(objective, n_trials=1)
+"""
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_killed_worker_s_trial_is_retried_with_its_schedule(db_dir: Path) -> None:
+    """A worker killed mid-trial (SIGKILL, as a preempted machine): with Optuna's heartbeat
+    and ``RetryFailedTrialCallback``, the next worker fails the stale trial, retries it with
+    the same schedule, and the sampler and pruner take the retry as an ordinary trial."""
+    from optuna_optlaws import get_schedule
+    from optuna_optlaws._trial_notes import WARNING
+
+    url = f"sqlite:///{db_dir / 'crash.db'}"
+    optuna.create_study(study_name="crash", storage=url)
+    code = _CRASHING_WORKER.format(tests=str(Path(__file__).parent), url=url)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    # the callback and its argument were renamed in Optuna 4.9 (the old names are deprecated)
+    if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters:
+        callback = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    else:
+        callback = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2, **callback)
+    sampler, pruner = make_components(TEST_LAW, 0)
+    study = optuna.load_study(study_name="crash", storage=storage, sampler=sampler, pruner=pruner)
+    [killed] = study.get_trials()
+    assert killed.state == TrialState.RUNNING and max(killed.intermediate_values) >= 300
+    time.sleep(3.0)  # past the grace period: the next worker finds the trial stale
+    study.optimize(schedule_objective(), n_trials=1)
+    killed, retried = study.get_trials()
+    assert killed.state == TrialState.FAIL
+    assert retried.state == TrialState.COMPLETE and retried.system_attrs["failed_trial"] == killed.number
+    assert retried.params == killed.params
+    assert get_schedule(retried) == get_schedule(killed) is not None
+    assert WARNING not in retried.user_attrs, retried.user_attrs[WARNING]

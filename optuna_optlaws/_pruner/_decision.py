@@ -9,7 +9,7 @@ worker, or a restarted one, reaches the same decision.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,12 +86,15 @@ def check(
     gates: Gates,
     get_law: Callable[[], LawState],
     previous: Seen | None,
+    stale: Callable[[], Collection[int]] = frozenset,
 ) -> tuple[Decision, Seen | None]:
     """Decide whether ``me`` (a running trial with ``schedule``) should be pruned now.
 
     ``get_law`` is called (it may fit the law) only when the law's prediction is needed:
-    the trial has enough evidence, or the prediction is to be recorded. Returns the decision and what this
-    check saw (for the next check's bad-evidence notes)."""
+    the trial has enough evidence, or the prediction is to be recorded. ``stale``: ids of
+    RUNNING trials whose worker is gone (:func:`~optuna_optlaws._pruner._frontier.stale_trial_ids`),
+    which are no frontier. Returns the decision and what this check saw (for the next
+    check's bad-evidence notes)."""
     out = Decision()
     steps, losses = raw_points(me)
     if steps.size == 0:
@@ -177,7 +180,8 @@ def check(
     out.pred = (mean, lo, hi)
 
     front = frontier(
-        storage, trials, group, me.number, min_reports=gates.min_reports, min_fraction=gates.min_fraction
+        storage, trials, group, me.number, min_reports=gates.min_reports, min_fraction=gates.min_fraction,
+        stale=stale,
     )
     out.frontier = front
     if front.n_complete < gates.n_min_trials or not math.isfinite(front.value):

@@ -6,7 +6,11 @@ The frontier of a group is the lower of
   the group, and
 * the best final loss a RUNNING trial of the group is predicted to reach for sure: the
   upper end ``optlaws_pred_hi`` of its latest prediction, counted only once that trial
-  itself has enough evidence (:func:`has_evidence`).
+  itself has enough evidence (:func:`has_evidence`) and while its worker is alive: a
+  trial whose worker stopped beating (Optuna's heartbeat, ``RDBStorage(...,
+  heartbeat_interval=...)``; :func:`stale_trial_ids`) will never reach that loss, so it
+  is not a frontier. Without a heartbeat a crashed worker's trial stays RUNNING and
+  keeps counting: enable it where workers can die (preemptible GPUs).
 
 Final losses of finished trials never change, so they are computed once per trial and
 cached in process memory.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +167,18 @@ def first_evidence_step(steps: np.ndarray, schedule: Schedule, min_reports: int,
                  if has_evidence(steps[: k + 1], schedule, min_reports, min_fraction)), None)
 
 
+def stale_trial_ids(storage: Any, study_id: int) -> frozenset[int]:
+    """Ids of the study's RUNNING trials whose worker stopped beating: Optuna's heartbeat
+    (``RDBStorage(..., heartbeat_interval=...)``) last recorded longer ago than its grace
+    period, the trials Optuna fails at a worker's next trial. Empty when the storage has
+    no heartbeat enabled (in-memory, journal, or RDB without ``heartbeat_interval``)."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return frozenset()
+    return frozenset(storage._get_stale_trial_ids(study_id))
+
+
 def frontier(
     storage: Any,
     trials: Sequence[FrozenTrial],
@@ -171,9 +187,13 @@ def frontier(
     *,
     min_reports: int,
     min_fraction: float,
+    stale: Callable[[], Collection[int]] = frozenset,
 ) -> Frontier:
-    """The frontier of ``group`` among ``trials`` (leaving out trial ``exclude_number``)."""
+    """The frontier of ``group`` among ``trials`` (leaving out trial ``exclude_number``).
+    ``stale``: the trial ids of RUNNING trials whose worker is gone (:func:`stale_trial_ids`),
+    asked only when a running trial would set the frontier."""
     best, source, n_complete = math.inf, "", 0
+    gone: Collection[int] | None = None
     for t in trials:
         if t.number == exclude_number:
             continue
@@ -193,6 +213,10 @@ def frontier(
                 continue
             steps, _ = raw_points(t)
             if not has_evidence(steps, schedule, min_reports, min_fraction):
+                continue
+            if gone is None:
+                gone = stale()
+            if t._trial_id in gone:
                 continue
             best, source = float(hi), f"trial {t.number} (running, predicted)"
     return Frontier(best, source, n_complete)
