@@ -222,3 +222,14 @@ def test_finetune_study_runs_end_to_end_with_the_parent_set(tmp_path: Path) -> N
     assert len(study.trials) == 5 and get_parent_run(study) is not None
     report = (out / "README.md").read_text()
     assert "| optlaws | 5 |" in report and "| tpe | 4 |" in report  # arms stored earlier are kept
+    # the regret arm, only when asked: its own study continuing the parent, added to the report
+    assert mod.main([*common, "--trials", "3", "--arm", "optlaws-regret"]) == 0
+    regret = optuna.load_study(study_name="finetune-optlaws-regret", storage=storage)
+    assert len(regret.trials) == 3 and get_parent_run(regret) is not None
+    report = (out / "README.md").read_text()
+    assert "| optlaws-regret | 3 |" in report and "| optlaws | 5 |" in report
+    assert "`optlaws-regret`: the `optlaws` arm with the pruner's tolerance = its margin + 0.01 nats" in report
+    assert json.loads((out / "results.json").read_text())["meta"]["optlaws-regret"]["parent"]["run_id"] == "pre"
+    made = mod.make_study("optlaws-regret", storage, 0, 30, get_parent_run(regret).curve, None, 0.01)
+    assert made.pruner._gates.threshold == pytest.approx(-0.01)  # margin 0.01 - tolerance 0.02
+    assert mod.make_study("optlaws", storage, 0, 30, get_parent_run(regret).curve, None).pruner._gates.tolerance == 0

@@ -22,7 +22,12 @@ Arms (each its own study ``finetune-<arm>`` in one SQLite file):
   fitted on the parent's curve plus the trials as runs continuing it;
 * ``tpe-median``: ``TPESampler`` + ``MedianPruner`` (5 startup trials, 10% of the steps as
   warmup, as in ``study.py``);
-* ``tpe``: ``TPESampler``, no pruning (the reference).
+* ``tpe``: ``TPESampler``, no pruning (the reference);
+* ``optlaws-regret`` (only when asked): the ``optlaws`` arm with the pruner's regret
+  tolerance set to its margin plus ``--tolerance`` (0.01 nats by default), so a run it
+  prunes can beat the frontier by at most ``--tolerance`` nats (95%): the regret the
+  pretraining study's live target allows (0.5% of the final loss), as ``study.py``'s
+  arm of that name.
 
 Writes ``<out>/finetune_study.db`` (the studies; open it with ``optuna-dashboard``),
 ``<out>/results.json`` and ``<out>/README.md`` (the report: per arm the best final loss,
@@ -34,6 +39,7 @@ interrupted run is marked FAIL first).
 Usage (repository root)::
 
     python examples/tiny_lm/finetune_study.py --quick      # 6 trials per arm, ~3 min, in studies/finetune_study/quick/
+    python examples/tiny_lm/finetune_study.py --arm optlaws-regret   # add that arm to the recorded study
     nice -n 10 python examples/tiny_lm/finetune_study.py   # 30 trials per arm, ~13 min of one CPU core
     optuna-dashboard sqlite:///studies/finetune_study/finetune_study.db
 """
@@ -71,12 +77,14 @@ from optuna_optlaws import (
 )
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import Law, load_law
+from optuna_optlaws.pruner import DEFAULT_MARGIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual import pre_schedule
 from study import (
     OPTUNA_ARMS,
     STEPS_ATTR,
+    TOLERANCE,
     SearchSpace,
     arm_choices,
     arm_table,
@@ -99,7 +107,10 @@ from tinylm import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ARMS = ("optlaws", "tpe-median", "tpe")
+ARMS = ("optlaws", "tpe-median", "tpe", "optlaws-regret")
+DEFAULT_ARMS = ("optlaws", "tpe-median", "tpe")
+"""The arms a run without ``--arm`` runs (``optlaws-regret`` only when asked)."""
+OPTLAWS_ARMS = ("optlaws", "optlaws-regret")
 PRE_STEPS = 600
 """Optimizer steps of the parent run ``pre`` (``finetune.py --pre-steps`` default)."""
 FT_STEPS = 300
@@ -208,16 +219,19 @@ def recorded_grid_best(
 
 
 def make_study(
-    arm: str, storage: str, seed: int, steps: int, parent: Curve, prior: Law | None
+    arm: str, storage: str, seed: int, steps: int, parent: Curve, prior: Law | None, tolerance: float = TOLERANCE
 ) -> optuna.Study:
-    """The arm's study, created or loaded (``load_if_exists``); the ``optlaws`` arm gets
-    ``prior`` as its transfer prior and ``parent`` as its parent run (a no-op when the
-    loaded study already has this parent)."""
+    """The arm's study, created or loaded (``load_if_exists``); the OptLaws arms get
+    ``prior`` as their transfer prior and ``parent`` as their parent run (a no-op when the
+    loaded study already has this parent); the ``optlaws-regret`` arm's pruner accepts
+    ``tolerance`` nats of regret (its tolerance is the margin plus that)."""
     sampler: optuna.samplers.BaseSampler
     pruner: optuna.pruners.BasePruner
-    if arm == "optlaws":
+    if arm in OPTLAWS_ARMS:
         sampler = OptLawsSampler(transfer_prior=prior, seed=seed)
-        pruner = OptLawsPruner(transfer_prior=prior, seed=seed)
+        pruner = OptLawsPruner(
+            transfer_prior=prior, seed=seed, tolerance=DEFAULT_MARGIN + tolerance if arm == "optlaws-regret" else 0.0
+        )
     elif arm in OPTUNA_ARMS:
         sampler, pruner = optuna_arm(arm, seed, steps)
     else:
@@ -226,7 +240,7 @@ def make_study(
         study_name=f"finetune-{arm}", storage=storage, sampler=sampler, pruner=pruner, direction="minimize",
         load_if_exists=True,
     )
-    if arm == "optlaws":
+    if arm in OPTLAWS_ARMS:
         set_parent_run(study, parent)
     return study
 
@@ -322,7 +336,10 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
         + f". Sampler seed {meta['seed']}.",
         f"`optlaws` arm: OptLawsSampler + OptLawsPruner with transfer prior `{meta['transfer_prior']}`, parent "
         f"declared with `set_parent_run` (resume step {meta['parent']['resume_step']}). `tpe-median`: TPE + "
-        f"MedianPruner(n_startup_trials=5, n_warmup_steps={meta['steps'] // 10}). `tpe`: TPE, no pruning.",
+        f"MedianPruner(n_startup_trials=5, n_warmup_steps={meta['steps'] // 10}). `tpe`: TPE, no pruning."
+        + (f" `optlaws-regret`: the `optlaws` arm with the pruner's tolerance = its margin + "
+           f"{meta['tolerance']:g} nats (a pruned run can beat the frontier by at most {meta['tolerance']:g} nats)."
+           if "optlaws-regret" in results else ""),
         "",
         *arm_table(results),
     ]
@@ -365,9 +382,11 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
             lines.append(f"- {arm}: " + ("never." if reached is None else
                                            f"after {reached} steps ({share:.2f} x tpe's total)."))
         lines.append("")
-    details = meta.get("optlaws")
-    if details:
-        lines += ["OptLaws arm: how its schedules were proposed (sampler source: count): "
+    for arm in OPTLAWS_ARMS:
+        details = meta.get(arm)
+        if not details:
+            continue
+        lines += [f"`{arm}` arm: how its schedules were proposed (sampler source: count): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(details["proposal_sources"].items())) + "."]
         for key, fit in details["law_fits"].items():
             lines.append(
@@ -410,7 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=None, help="trials per arm (default 30; 6 with --quick)")
-    ap.add_argument("--arm", action="append", choices=ARMS, help="arm(s) to run (repeatable; default all three)")
+    ap.add_argument("--arm", action="append", choices=ARMS,
+                    help="arm(s) to run (repeatable; default optlaws, tpe-median and tpe)")
+    ap.add_argument("--tolerance", type=float, default=TOLERANCE,
+                    help=f"regret (nats) the optlaws-regret arm's pruner accepts (default {TOLERANCE})")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default studies/finetune_study, with --quick studies/finetune_study/quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 trials per arm")
@@ -442,10 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python examples/tiny_lm/finetune_study.py" + (" " + shlex.join(argv) if argv else "")
     caught: Counter[str] = Counter()
     results: dict[str, dict[str, Any]] = {}
-    details: dict[str, Any] | None = None
-    for arm in args.arm or list(ARMS):
+    details: dict[str, dict[str, Any]] = {}
+    for arm in args.arm or list(DEFAULT_ARMS):
         with collecting_warnings(caught):
-            study = make_study(arm, storage, args.seed, args.steps, setup.parent, prior)
+            study = make_study(arm, storage, args.seed, args.steps, setup.parent, prior, args.tolerance)
             interrupted = fail_interrupted(study)
             if interrupted:
                 print(f"[{arm}] {interrupted} trial(s) left RUNNING by an interrupted run marked FAIL", flush=True)
@@ -464,15 +486,15 @@ def main(argv: list[str] | None = None) -> int:
             if trials - done > 0:
                 study.optimize(objective, n_trials=trials - done, callbacks=[log], catch=())
         results[arm] = summarize(study)
-        if arm == "optlaws":
-            details = optlaws_details(study)
+        if arm in OPTLAWS_ARMS:
+            details[arm] = optlaws_details(study)
     for arm in ARMS:  # keep the arms stored earlier in the same database (e.g. run one arm at a time)
         if arm not in results:
             with contextlib.suppress(KeyError):
                 stored = optuna.load_study(study_name=f"finetune-{arm}", storage=storage)
                 results[arm] = summarize(stored)
-                if arm == "optlaws":
-                    details = optlaws_details(stored)
+                if arm in OPTLAWS_ARMS:
+                    details[arm] = optlaws_details(stored)
     results = {a: results[a] for a in ARMS if a in results}
     p = setup.parent
     meta: dict[str, Any] = {
@@ -497,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "pre_on_ft": setup.pre_on_ft,
         "recorded_grid_best": recorded_grid_best(setup.ft_cfg, args.steps, setup.pre_on_ft),
-        "optlaws": details,
+        **{arm: details.get(arm) for arm in OPTLAWS_ARMS},
+        "tolerance": args.tolerance,
         "warnings": dict(caught),
         "tiny": args.tiny,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
