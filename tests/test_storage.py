@@ -316,16 +316,22 @@ def _report_all(study: optuna.Study, schedule: Schedule, shift: float, upto: int
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_a_running_trial_whose_worker_died_is_no_frontier(db_dir: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_running_trial_whose_worker_died_is_no_frontier(
+    backend: str, db_dir: Path, request: pytest.FixtureRequest
+) -> None:
     """With Optuna's heartbeat on, a RUNNING trial predicted to beat everything counts in
     the frontier while its worker beats, and not once its heartbeat is stale: the loss it
-    was predicted to reach will never come, so it must not prune the runs after it."""
+    was predicted to reach will never come, so it must not prune the runs after it.
+    SQLite and PostgreSQL (whose clock the heartbeat is read against)."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
     from optuna_optlaws import OptLawsPruner
     from optuna_optlaws._pruner._frontier import PRED_HI, PRUNE_REASON
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db_dir / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    url = f"sqlite:///{db_dir / 'hb.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    # beats every second; stale 3 s after the last one (room for a loaded machine's jitter)
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=3)
     pruner = OptLawsPruner(TEST_LAW, n_min_trials=3, min_fraction=0.2, min_reports=5)
     study = optuna.create_study(storage=storage, pruner=pruner)
     good = [Schedule.cosine(3e-3, TOTAL_STEPS, 30, 3e-5), Schedule.wsd(3e-3, TOTAL_STEPS, 30, 0.0, 0.3),
@@ -348,7 +354,7 @@ def test_a_running_trial_whose_worker_died_is_no_frontier(db_dir: Path) -> None:
         frozen = study._storage.get_trial(tie._trial_id)
         assert frozen.state == TrialState.PRUNED
         assert f"trial {lucky.number} (running, predicted)" in frozen.user_attrs[PRUNE_REASON]
-    time.sleep(2.5)  # its worker is gone: no heartbeat for longer than the grace period
+    time.sleep(4.5)  # its worker is gone: no heartbeat for longer than the grace period
     assert study._storage.get_trial(lucky._trial_id).state == TrialState.RUNNING
     again = study._storage.get_trial(_report_all(study, good[0], 0.0)._trial_id)
     assert again.state == TrialState.COMPLETE, again.user_attrs.get(PRUNE_REASON)
