@@ -228,6 +228,9 @@ def test_finetune_study_runs_end_to_end_with_the_parent_set(tmp_path: Path) -> N
     assert len(regret.trials) == 3 and get_parent_run(regret) is not None
     report = (out / "README.md").read_text()
     assert "| optlaws-regret | 3 |" in report and "| optlaws | 5 |" in report
+    # each arm says the command that produced it (the header's ran only the regret arm)
+    assert "- optlaws-regret: `python examples/tiny_lm/finetune_study.py" in report and "--arm optlaws-regret`" in report
+    assert "- tpe: `python examples/tiny_lm/finetune_study.py" in report
     assert "`optlaws-regret`: the `optlaws` arm with the pruner's tolerance = its margin + 0.01 nats" in report
     assert json.loads((out / "results.json").read_text())["meta"]["optlaws-regret"]["parent"]["run_id"] == "pre"
     made = mod.make_study("optlaws-regret", storage, 0, 30, get_parent_run(regret).curve, None, 0.01)

@@ -87,6 +87,7 @@ from study import (
     TOLERANCE,
     SearchSpace,
     arm_choices,
+    arm_commands,
     arm_table,
     make_objective,
     optuna_arm,
@@ -342,8 +343,8 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
            if "optlaws-regret" in results else ""),
         "",
         *arm_table(results),
+        *arm_commands(results),
     ]
-    lines.append("")
     grid = meta.get("recorded_grid_best")
     if grid and "corpus_differs" in grid:
         differs = grid["corpus_differs"]

@@ -304,6 +304,13 @@ def arm_choices(results: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def arm_commands(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's list of the command that produced each arm (an arm's study keeps the
+    command of its last run: the header's command may have run only some arms)."""
+    commands = [f"- {arm}: `{r['command']}`" for arm, r in results.items()]
+    return ["", "Commands that produced each arm:", "", *commands, ""]
+
+
 def report_header(title: str, script: str, command: str) -> list[str]:
     """The first lines of a study report (markdown): its title, the script that writes
     it, and the command that produced it."""
@@ -326,9 +333,7 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
         "",
         *arm_table(results),
     ]
-    lines += ["", "Commands that produced each arm:", ""]
-    lines += [f"- {arm}: `{r['command']}`" for arm, r in results.items()]
-    lines.append("")
+    lines += arm_commands(results)
     ref = results.get("tpe")
     if ref is not None and ref["best_value"] is not None:
         lines.append("Against the no-pruning arm (`tpe`): target = best within 0.5% with at most half the steps.")
