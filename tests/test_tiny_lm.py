@@ -229,7 +229,8 @@ def test_finetune_study_runs_end_to_end_with_the_parent_set(tmp_path: Path) -> N
     report = (out / "README.md").read_text()
     assert "| optlaws-regret | 3 |" in report and "| optlaws | 5 |" in report
     # each arm says the command that produced it (the header's ran only the regret arm)
-    assert "- optlaws-regret: `python examples/tiny_lm/finetune_study.py" in report and "--arm optlaws-regret`" in report
+    assert "- optlaws-regret: `python examples/tiny_lm/finetune_study.py" in report
+    assert "--arm optlaws-regret`" in report
     assert "- tpe: `python examples/tiny_lm/finetune_study.py" in report
     assert "`optlaws-regret`: the `optlaws` arm with the pruner's tolerance = its margin + 0.01 nats" in report
     assert json.loads((out / "results.json").read_text())["meta"]["optlaws-regret"]["parent"]["run_id"] == "pre"
