@@ -109,3 +109,29 @@ def test_a_missing_file_or_study_is_one_line_and_creates_nothing(tmp_path: Path)
     (tmp_path / "tiny_lm.db").write_bytes(db.read_bytes())
     with pytest.raises(SystemExit, match=r"^live_replay.py: replay: pruner 'optlaws:bogus=1'"):
         replay.main([f"{tmp_path}:tpe", "--pruner", "optlaws:bogus=1"])
+
+
+def test_a_fine_tuning_study_s_pruned_trial_is_retrained_from_the_parent(tmp_path: Path) -> None:
+    """``--finetune``: the pruned trial of a ``finetune_study.py`` study is retrained from
+    the parent's weights on the fine-tuning set (its retrained reports reproduce the recorded
+    ones exactly, which a run from scratch would not)."""
+    import torch
+
+    torch.set_num_threads(1)
+    ft_mod, audit_mod = _module("finetune_study"), _module("audit_pruned")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = ft_mod.build_setup(40, STEPS, 20000, 0, True)
+    objective = ft_mod.make_objective(STEPS, setup.ft_cfg, ft_mod.FT_SPACE, torch.device("cpu"),
+                                      init_state=setup.pre_state)
+    db = tmp_path / "finetune_study.db"
+    study = optuna.create_study(study_name="finetune-x", storage=f"sqlite:///{db}",
+                                pruner=_PruneTrialOneAtItsSecondReport(), sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=2)
+    assert study.trials[1].state == optuna.trial.TrialState.PRUNED
+    out = tmp_path / "audit.md"
+    common = [str(db), "finetune-x", "--tiny", "--out", str(out)]
+    assert audit_mod.main([*common, "--finetune", "--pre-steps", "40", "--train-bytes", "20000"]) == 0
+    [row] = json.loads(out.with_suffix(".json").read_text())
+    assert row["number"] == 1 and row["prefix_gap"] == 0.0 and row["steps"][-1] == STEPS - 1
+    assert "retrained from the parent's weights (fine-tuning)" in out.read_text()
+    assert audit_mod.main(common) == 1  # from scratch: the recorded reports are not reproduced

@@ -18,10 +18,15 @@ Summary: how many true finals fell below the lower end (nominal at most 5% for a
 interval), how many pruned runs would have beaten the frontier by more than the regret
 the pruner accepts (``tolerance - margin``), and how much better the study's best would
 have been with every pruned run trained to the end (the regret that pruning cost).
+A fine-tuning study of ``finetune_study.py`` (``--finetune``): each pruned trial is
+retrained from the parent's weights on the fine-tuning corpus, as that script trains it.
+
 Usage (repository root)::
 
     python examples/tiny_lm/audit_pruned.py studies/tiny_lm/seed3/tiny_lm.db tiny_lm-optlaws-regret \\
         --accepted 0.01 --out studies/tiny_lm/seed3/audit_optlaws-regret.md
+    python examples/tiny_lm/audit_pruned.py studies/finetune_study/finetune_study.db finetune-optlaws-regret \\
+        --finetune --accepted 0.01 --out studies/finetune_study/audit_optlaws-regret.md
 """
 
 from __future__ import annotations
@@ -80,8 +85,15 @@ class Audited:
         return self.frontier - self.true_final
 
 
-def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: int | None) -> list[Audited]:
-    """Retrain the study's PRUNED trials (at most ``limit``) to the end of their schedules."""
+def audit(
+    study: optuna.Study,
+    cfg: TinyLMConfig,
+    device: torch.device,
+    limit: int | None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> list[Audited]:
+    """Retrain the study's PRUNED trials (at most ``limit``) to the end of their schedules,
+    from ``init_state`` (a fine-tuning study's parent weights) or from scratch."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     out: list[Audited] = []
     for me in trials:
@@ -96,7 +108,7 @@ def audit(study: optuna.Study, cfg: TinyLMConfig, device: torch.device, limit: i
                   if t.number < me.number and t.state == TrialState.COMPLETE]
         frontier = min((v for v in before if math.isfinite(v)), default=math.nan)
         curve: dict[int, float] = {}
-        res = train(schedule, trial_config(cfg, me), on_eval=curve.__setitem__, device=device)
+        res = train(schedule, trial_config(cfg, me), on_eval=curve.__setitem__, device=device, init_state=init_state)
         assert not isinstance(res, tuple)
         gap = max((abs(curve[s] - v) for s, v in me.intermediate_values.items() if s in curve), default=math.inf)
         attrs = me.user_attrs
@@ -113,8 +125,11 @@ def _f(x: float) -> str:
     return "" if not math.isfinite(x) else f"{x:.4f}"
 
 
-def render(db: str, name: str, study: optuna.Study, rows: list[Audited], accepted: float, seconds: float) -> str:
-    """The Markdown report of the audit."""
+def render(
+    db: str, name: str, study: optuna.Study, rows: list[Audited], accepted: float, seconds: float,
+    start: str = "from scratch",
+) -> str:
+    """The Markdown report of the audit; ``start``: where each retrained run started."""
     complete = [t for t in study.get_trials(deepcopy=False)
                 if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     best = min((float(t.value) for t in complete), default=math.nan)  # type: ignore[arg-type]
@@ -131,7 +146,7 @@ def render(db: str, name: str, study: optuna.Study, rows: list[Audited], accepte
         "",
         f"Command: `{' '.join(['python examples/tiny_lm/audit_pruned.py', *sys.argv[1:]])}` ({seconds:.0f} s)",
         "",
-        "Each PRUNED trial retrained from scratch with its schedule and the study's training settings "
+        f"Each PRUNED trial retrained {start} with its schedule and the study's training settings "
         f"(largest gap to its recorded reports: {max((r.prefix_gap for r in rows), default=math.nan):.1e} nats). "
         "True final: its last periodic held-out loss, what the pruner predicted. Frontier: the best such "
         "final of the COMPLETE trials before it. Objective: the final loss on the larger held-out set.",
@@ -164,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accepted", type=float, default=0.0,
                     help="regret (nats) the pruner accepted: its tolerance minus its margin, at least 0 (default 0)")
     ap.add_argument("--train-seed", type=int, default=0, help="the study's training seed (default 0)")
-    ap.add_argument("--tiny", action="store_true", help="the study was run with study.py --tiny")
+    ap.add_argument("--tiny", action="store_true", help="the study was run with --tiny")
+    ap.add_argument("--finetune", action="store_true",
+                    help="a finetune_study.py study: retrain each pruned trial from the parent's weights")
+    ap.add_argument("--pre-steps", type=int, default=None,
+                    help="with --finetune: the study's --pre-steps (default finetune_study.py's)")
+    ap.add_argument("--train-bytes", type=int, default=None,
+                    help="with --finetune: the study's --train-bytes (default finetune_study.py's)")
     ap.add_argument("--limit", type=int, default=None, help="audit at most this many pruned trials")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
@@ -175,10 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     steps = {s.total_steps for t in study.trials if (s := get_schedule(t)) is not None}
     if len(steps) != 1:
         raise SystemExit(f"audit_pruned.py: the trials of {args.study} do not share one horizon: {sorted(steps)}")
-    cfg = training_config(args.train_seed, steps.pop(), args.tiny)
+    horizon = steps.pop()
+    init_state = None
+    if args.finetune:
+        from finetune_study import PRE_STEPS, TRAIN_BYTES, build_setup
+
+        setup = build_setup(args.pre_steps or PRE_STEPS, horizon, args.train_bytes or TRAIN_BYTES,
+                            args.train_seed, args.tiny)
+        cfg, init_state = setup.ft_cfg, setup.pre_state
+    else:
+        cfg = training_config(args.train_seed, horizon, args.tiny)
     t0 = time.perf_counter()
-    rows = audit(study, cfg, default_device(), args.limit)
-    text = render(args.db, args.study, study, rows, args.accepted, time.perf_counter() - t0)
+    rows = audit(study, cfg, default_device(), args.limit, init_state)
+    start = "from the parent's weights (fine-tuning)" if args.finetune else "from scratch"
+    text = render(args.db, args.study, study, rows, args.accepted, time.perf_counter() - t0, start)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
         args.out.with_suffix(".json").write_text(
