@@ -116,19 +116,46 @@ class ResidualModel:
     length: float
     noise: float
 
-    def predict(self, features: FloatArray, law_sd: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def predict(
+        self,
+        features: FloatArray,
+        law_sd: FloatArray,
+        pending: tuple[FloatArray, FloatArray] | None = None,
+    ) -> tuple[FloatArray, FloatArray]:
         """Posterior mean and standard deviation (nats) of the law's error at ``features``,
-        where the law's own predictive standard deviation is ``law_sd`` (nats)."""
-        z = (features - self.lo) / self.span
-        scale = self.factor * np.maximum(law_sd, MIN_LAW_SD)
-        d2 = np.sum((z[:, None, :] - self.x[None, :, :]) ** 2, axis=-1)
-        ks = scale[:, None] * self.scale[None, :] * np.exp(-0.5 * d2 / self.length**2)
-        mu = self.mean + ks @ self.alpha
+        where the law's own predictive standard deviation is ``law_sd`` (nats).
+
+        ``pending``: ``(features, law_sd)`` of schedules being trained now, whose final
+        loss is not known yet. Each is believed to end where the GP predicts it will (a
+        "kriging believer"): the posterior mean is unchanged, and the standard deviation
+        shrinks near them as if they were observed (with the fitted noise), so that an
+        exploration bonus does not send a second worker to the schedule a first one is
+        already training."""
         from scipy.linalg import solve_triangular
 
+        scale = self.factor * np.maximum(law_sd, MIN_LAW_SD)
+        ks = self._cross(features, scale, self.x, self.scale)
+        mu = self.mean + ks @ self.alpha
         v = solve_triangular(self.chol, ks.T, lower=True)
-        var = np.maximum(scale**2 - np.sum(v * v, axis=0), 0.0)
-        return np.asarray(mu, dtype=np.float64), np.asarray(np.sqrt(var), dtype=np.float64)
+        var = scale**2 - np.sum(v * v, axis=0)
+        if pending is not None and pending[0].size:
+            p_scale = self.factor * np.maximum(pending[1], MIN_LAW_SD)
+            p_x = (pending[0] - self.lo) / self.span
+            # the block Cholesky of the covariance of the observations and the pending runs
+            b = solve_triangular(self.chol, self._cross(pending[0], p_scale, self.x, self.scale).T, lower=True)
+            k_pp = self._cross(pending[0], p_scale, p_x, p_scale) + self.noise**2 * np.eye(p_scale.size)
+            l_pp = np.linalg.cholesky(k_pp - b.T @ b + 1e-12 * np.eye(p_scale.size))
+            w = solve_triangular(l_pp, self._cross(features, scale, p_x, p_scale).T - b.T @ v, lower=True)
+            var = var - np.sum(w * w, axis=0)
+        sd = np.sqrt(np.maximum(var, 0.0))
+        return np.asarray(mu, dtype=np.float64), np.asarray(sd, dtype=np.float64)
+
+    def _cross(self, features: FloatArray, scale: FloatArray, x: FloatArray, x_scale: FloatArray) -> FloatArray:
+        """The kernel between schedules with ``features`` (raw; their law-scaled prior
+        sd ``scale``) and scaled points ``x`` (prior sd ``x_scale``)."""
+        z = (features - self.lo) / self.span
+        d2 = np.sum((z[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+        return np.asarray(scale[:, None] * x_scale[None, :] * np.exp(-0.5 * d2 / self.length**2), dtype=np.float64)
 
     def loo_z(self) -> FloatArray:
         """Standardised leave-one-out errors of the observations: each observation's

@@ -36,8 +36,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_optlaws._errors import InputError
+from optuna_optlaws._pruner._frontier import stale_trial_ids
 from optuna_optlaws._sampler._acquisition import ACQUISITIONS, Proposal, propose, startup_point
-from optuna_optlaws._sampler._residual import observations
+from optuna_optlaws._sampler._residual import observations, running_schedules
 from optuna_optlaws._sampler._space import ScheduleSpace
 from optuna_optlaws._study_state import (
     LawStore,
@@ -50,6 +51,7 @@ from optuna_optlaws._study_state import (
 from optuna_optlaws._trial_notes import add_stored_notes
 from optuna_optlaws.laws import DEFAULT_LAW, law_class
 from optuna_optlaws.laws.optlaw import PRIOR_SD
+from optuna_optlaws.schedules import Schedule
 from optuna_optlaws.trial_schedule import SPACE_KEY, STUDY_SPACE_PREFIX
 
 if TYPE_CHECKING:
@@ -102,6 +104,14 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
             PRUNED: the final loss predicted from its reported prefix), so that a law biased
             on part of the search space does not keep the search there. ``False``
             scores candidates with the law alone.
+        consider_running: With several workers, other trials are RUNNING when a schedule
+            is proposed: that Gaussian process then believes each ends where it predicts
+            (a "kriging believer"), so candidates near a schedule being trained lose their
+            exploration bonus and the workers spread out instead of training near copies
+            of one schedule (Optuna's ``constant_liar`` does this for TPE). A trial whose
+            worker stopped beating (Optuna's heartbeat) is not counted. It changes nothing
+            in a study with one worker (no other trial runs while one is proposed);
+            ``False`` ignores running trials.
     """
 
     _process_memos = ("_proposals",)  # per process only; the copy a pickle makes starts it empty
@@ -123,6 +133,7 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         refit_growth: float = 0.25,
         max_fit_points: int = 128,
         correct_residuals: bool = True,
+        consider_running: bool = True,
     ) -> None:
         law_class(law, where="OptLawsSampler(law=...)")
         if acquisition not in ACQUISITIONS:
@@ -155,6 +166,7 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         self._kappa = float(kappa)
         self._min_improvement = float(min_improvement)
         self._correct = bool(correct_residuals)
+        self._consider_running = bool(consider_running)
         self._proposals: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], Proposal]] = (
             weakref.WeakKeyDictionary()
         )
@@ -261,6 +273,7 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
                 observed=seen if self._correct else None,
                 incumbent=math.inf if seen is None else seen.incumbent,
                 min_improvement=self._min_improvement,
+                pending=self._running(study, trials, trial.number, model_size, tokens_per_step),
             )
         except Exception as exc:  # a law that cannot score must never lose the trial
             self._warn_once(
@@ -268,6 +281,24 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
                 f"OptLawsSampler: law cannot score schedules ({exc}); using Sobol points",
             )
             return startup_point(space, self._seed, trial.number)
+
+    def _running(
+        self,
+        study: optuna.Study,
+        trials: Sequence[FrozenTrial],
+        number: int,
+        model_size: float | None,
+        tokens_per_step: float | None,
+    ) -> list[Schedule]:
+        """Schedules other workers are training now (RUNNING trials of the same sizes whose
+        worker, when Optuna's heartbeat is on, still beats); none unless ``consider_running``."""
+        if not (self._consider_running and self._correct):
+            return []
+        alive = [t for t in trials if t.state == TrialState.RUNNING and t.number != number]
+        if not alive:
+            return []
+        gone = stale_trial_ids(study._storage, study._study_id)
+        return running_schedules([t for t in alive if t._trial_id not in gone], number, model_size, tokens_per_step)
 
     def _check_report_steps(self, trial: FrozenTrial) -> None:
         """Warns once when a COMPLETE trial's reports stop before half of its schedule: its

@@ -295,3 +295,33 @@ def test_a_trial_that_reports_epochs_of_a_long_schedule_warns_once(logged: Logge
     )
     assert [str(w.message) for w in caught if "reported up to step" in str(w.message)] == [expected]
     assert [r.getMessage() for r in logged.records] == [expected]
+
+
+def _batch_of_two(consider_running: bool, seed: int) -> list[Any]:
+    """Six trials one after the other, then two asked together (parallel workers): the
+    schedules of the two (a synthetic loss with an interior best peak LR)."""
+    sampler = _sampler(consider_running=consider_running, seed=seed, n_candidates=256)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(schedule_objective(peak_penalty=0.5), n_trials=6)
+    asked = [study.ask(), study.ask()]
+    return [suggest_schedule(t, total_steps=TOTAL_STEPS, **SPACE) for t in asked]
+
+
+def test_a_worker_is_not_sent_to_the_schedule_another_is_training() -> None:
+    """Two workers asking while neither has finished: with ``consider_running`` the second
+    is proposed farther from the schedule the first is training than without it (4 seeds).
+    A study with one worker is the same either way (no other trial runs at a proposal)."""
+    from optuna_optlaws._residual_gp import schedule_descriptors
+
+    def gap(pair: list[Any]) -> float:
+        d = schedule_descriptors(pair)
+        return float(np.abs(d[0] - d[1]).max())
+
+    for seed in range(4):
+        believe, ignore = _batch_of_two(True, seed), _batch_of_two(False, seed)
+        assert believe[0] == ignore[0]  # the first proposal: nothing else runs yet
+        assert gap(believe) > gap(ignore), (seed, gap(believe), gap(ignore))
+    one_worker = [optuna.create_study(sampler=_sampler(consider_running=c)) for c in (True, False)]
+    for study in one_worker:
+        study.optimize(schedule_objective(), n_trials=7)
+    assert _params(one_worker[0]) == _params(one_worker[1])

@@ -51,3 +51,36 @@ def test_too_few_observations_give_no_model() -> None:
     assert fit_residuals(x, np.zeros(2), np.zeros(2), np.ones(2), x) is None
     r = np.array([0.0, np.nan, np.nan, 0.1])
     assert fit_residuals(np.zeros((4, 3)), r, np.zeros(4), np.ones(4), x) is None
+
+
+def test_running_schedules_are_believed_not_explored_again() -> None:
+    """``pending``: the GP's mean is unchanged, its standard deviation shrinks near the
+    pending schedules (to about the fitted noise at them) and nowhere grows, and it equals
+    the posterior with the pending runs added as observations at their predicted values
+    (the kriging believer, by brute force)."""
+    rng = np.random.default_rng(1)
+    x, cands = rng.uniform(size=(10, 3)), rng.uniform(size=(20, 3))
+    law_sd, cand_sd = rng.uniform(0.01, 0.05, 10), rng.uniform(0.01, 0.05, 20)
+    model = fit_residuals(x, 0.02 * np.sin(4 * x[:, 0]), np.zeros(10), law_sd, cands)
+    assert model is not None
+    pending, pending_sd = cands[:3], cand_sd[:3]
+    mu0, sd0 = model.predict(cands, cand_sd)
+    mu1, sd1 = model.predict(cands, cand_sd, (pending, pending_sd))
+    np.testing.assert_array_equal(mu1, mu0)
+    assert np.all(sd1 <= sd0 + 1e-12) and np.all(sd1[:3] < sd0[:3])
+    assert np.all(sd1[:3] <= model.noise * 1.01)
+    # brute force: the observations' covariance (from its Cholesky factor) and the pending
+    # runs' with the fitted noise, one block matrix
+    a = np.vstack([model.x, (pending - model.lo) / model.span])
+    s = np.concatenate([model.scale, model.factor * pending_sd])
+
+    def k(z1: np.ndarray, s1: np.ndarray, z2: np.ndarray, s2: np.ndarray) -> np.ndarray:
+        d2 = ((z1[:, None, :] - z2[None, :, :]) ** 2).sum(-1)
+        return s1[:, None] * s2[None, :] * np.exp(-0.5 * d2 / model.length**2)
+
+    cov = k(a, s, a, s) + model.noise**2 * np.eye(13)
+    cov[:10, :10] = model.chol @ model.chol.T
+    zc, sc = (cands - model.lo) / model.span, model.factor * cand_sd
+    kc = k(zc, sc, a, s)
+    var = sc**2 - np.einsum("ij,jk,ik->i", kc, np.linalg.inv(cov), kc)
+    np.testing.assert_allclose(sd1, np.sqrt(np.maximum(var, 0.0)), atol=1e-9)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from optuna_optlaws._residual_gp import fit_residuals, schedule_descriptors
 from optuna_optlaws._sampler._residual import Observations
 from optuna_optlaws._sampler._space import ScheduleSpace
 from optuna_optlaws.laws import Law
+from optuna_optlaws.schedules import Schedule
 
 ACQUISITIONS = ("lcb", "thompson", "ei")
 """Acquisition functions :func:`propose` knows."""
@@ -88,6 +90,7 @@ def propose(
     observed: Observations | None = None,
     incumbent: float = math.inf,
     min_improvement: float = 0.0,
+    pending: Sequence[Schedule] = (),
 ) -> Proposal:
     """The best of ``n_candidates`` quasi-random schedules under ``acquisition``.
 
@@ -96,7 +99,9 @@ def propose(
     are corrected by a GP fitted on its residuals on them (:mod:`optuna_optlaws._residual_gp`): the
     candidate's mean is the law's plus the GP's, its sigma the GP's posterior one.
     ``incumbent`` (nats) is the best COMPLETE final loss, which ``"ei"`` must beat by
-    ``min_improvement`` nats.
+    ``min_improvement`` nats. ``pending``: schedules other workers are training now; the
+    GP believes each ends where it predicts (:meth:`ResidualModel.predict`), so the
+    candidates near them lose their exploration bonus and parallel workers spread out.
 
     Raises :class:`InputError` when the law cannot predict these schedules (for example
     a model size it has no term for)."""
@@ -106,9 +111,9 @@ def propose(
     values = space.from_unit(u)
     schedules = [space.build(v) for v in values]
     seen = [] if observed is None else observed.schedules
-    # one call scores the candidates and the finished trials' schedules together
-    both = law.predict_final([*schedules, *seen], model_size=model_size, tokens_per_step=tokens_per_step)
-    n = len(schedules)
+    # one call scores the candidates, the finished trials' and the pending ones' schedules
+    both = law.predict_final([*schedules, *seen, *pending], model_size=model_size, tokens_per_step=tokens_per_step)
+    n, n_seen = len(schedules), len(seen)
     all_mean = np.asarray(both.mean, dtype=np.float64)
     all_sigma = both.sd(law.interval_level)
     mean, sigma = all_mean[:n], all_sigma[:n]
@@ -119,17 +124,20 @@ def propose(
         cand_x = schedule_descriptors(schedules)
         model = fit_residuals(
             schedule_descriptors(seen, cache=True),
-            observed.finals - all_mean[n:],
+            observed.finals - all_mean[n : n + n_seen],
             observed.extra_var,
-            all_sigma[n:],
+            all_sigma[n : n + n_seen],
             cand_x,
         )
+        p_sd = all_sigma[n + n_seen :]
+        believed = np.isfinite(p_sd)
+        running = (schedule_descriptors(list(pending))[believed], p_sd[believed]) if pending else None
         if model is not None:
             # a candidate the law cannot score (NaN) stays out of the GP, not the others
             scored = np.isfinite(mean) & np.isfinite(sigma)
             mu, sd = np.full(n, np.nan), np.full(n, np.nan)
             if scored.any():
-                mu[scored], sd[scored] = model.predict(cand_x[scored], sigma[scored])
+                mu[scored], sd[scored] = model.predict(cand_x[scored], sigma[scored], running)
             mean, sigma = mean + mu, sd
             source = f"law+residual-gp:{acquisition}"
     ok = np.isfinite(mean) & np.isfinite(sigma)

@@ -106,6 +106,21 @@ def observations(
     )
 
 
+def running_schedules(
+    trials: Sequence[FrozenTrial], exclude_number: int, model_size: float | None, tokens_per_step: float | None
+) -> list[Schedule]:
+    """The schedules of the RUNNING trials of ``trials`` with the given sizes (within 2%),
+    other than trial ``exclude_number``: what other workers are training now."""
+    out: list[Schedule] = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.number == exclude_number:
+            continue
+        schedule = readable_schedule(t)
+        if schedule is not None and _same_size(trial_sizes(t), (model_size, tokens_per_step)):
+            out.append(schedule)
+    return out
+
+
 _CONDITIONED: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Law, dict[int, Prediction | None]]] = (
     weakref.WeakKeyDictionary()
 )
