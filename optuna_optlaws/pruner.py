@@ -113,6 +113,9 @@ class OptLawsPruner(PicklesWithoutMemos, BasePruner):
             never trades the winner for compute.
         min_reports: Reports a trial needs past the law's initial transient (its warmup and
             first 10% of steps, which the law does not describe) before the law may prune it.
+            Counted in reports, so the wait depends on how often you report: with a report
+            every 25 steps, 3 reports are 75 steps (an eighth of a 600-step run, where the
+            defaults were chosen; a quarter of a 300-step one).
         min_fraction: Fraction of its schedule's ``total_steps`` a trial must have reached
             before the law may prune it. The defaults (3 reports, 10%) were chosen on the
             tiny-LM replay: the conditioned prediction's error is as large at 90% of the
