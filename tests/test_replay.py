@@ -360,3 +360,68 @@ def test_a_transfer_prior_reaches_the_replayed_pruner(tmp_path: Path) -> None:
     assert pruner_settings(f"optlaws:transfer_prior={law}") == (
         f"OptLawsPruner(transfer_prior={law}) (other arguments default)"
     )
+
+
+class _Witness(optuna.pruners.BasePruner):
+    """Never prunes; records, at each check, the trial and how many other trials run."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        self.seen.append((trial.number, len(running) - 1))
+        return False
+
+
+def test_parallel_workers_train_runs_side_by_side() -> None:
+    """``workers=2``: two runs train at once, their reports interleaved in time (optimizer
+    steps), and each worker takes the next run when its trial ends; one worker reports each
+    run to its end before the next begins."""
+    group = group_curves(_synthetic())[0]
+    witness = _Witness()
+    out = replay_order(group, [0, 1, 2, 3], witness, workers=2)
+    assert out.completed == [True] * 4 and out.steps_trained == [1001] * 4
+    numbers = [n for n, _ in witness.seen]
+    reports = group.report_steps.size
+    # trials 0 and 1 alternate report by report, then trials 2 and 3
+    assert numbers[: 2 * reports] == [0, 1] * reports and numbers[2 * reports :] == [2, 3] * reports
+    assert {others for _, others in witness.seen[:-1]} == {1}  # the last report: trial 3 alone
+    alone = _Witness()
+    replay_order(group, [0, 1, 2, 3], alone)
+    assert [n for n, _ in alone.seen] == [0] * reports + [1] * reports + [2] * reports + [3] * reports
+    assert {others for _, others in alone.seen} == {0}
+
+
+class _PruneTrialZeroAtItsSecondReport(_Witness):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        super().prune(study, trial)
+        return trial.number == 0 and len(trial.intermediate_values) == 2
+
+
+def test_a_pruned_run_frees_its_worker_for_the_next_one() -> None:
+    """Trial 0 pruned at its second report (step 100): its worker takes run 2 at that time
+    (optimizer step 100 of the replay), so run 2 reports beside run 1, 100 steps behind."""
+    group = group_curves(_synthetic())[0]
+    pruner = _PruneTrialZeroAtItsSecondReport()
+    out = replay_order(group, [0, 1, 2, 3], pruner, workers=2)
+    assert out.completed == [False, True, True, True] and out.pruned_at[0] == 100
+    assert out.steps_trained == [100, 1001, 1001, 1001]
+    numbers = [n for n, _ in pruner.seen]
+    # 0 and 1 at step 50, 0 at step 100 (pruned), 1 at step 100; then run 2 (its step 50, at time 150)
+    # and run 1 (step 150) alternate
+    assert numbers[:6] == [0, 1, 0, 1, 2, 1]
+    with pytest.raises(Exception, match="workers=0 must be an int >= 1"):
+        replay_order(group, [0, 1, 2], make_pruner("none", group), workers=0)
+
+
+def test_cli_replays_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "curves.csv"
+    write_curves_csv(path, _synthetic())
+    out = tmp_path / "out"
+    assert main(["replay", str(path), "--pruner", "none", "--orders", "2", "--workers", "3", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["workers"] == 3
+    assert "Workers: 3 runs train at once" in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["replay", str(path), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

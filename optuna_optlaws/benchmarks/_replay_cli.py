@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--report-every", type=int, default=None, metavar="STEPS",
                    help="report grid spacing in steps (default: the median logged spacing)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, as parallel workers sharing each study (time counted in optimizer "
+                   "steps; default 1: each run to its end before the next)")
     p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. sqlite:///replay.db (default: in memory)")
     p.add_argument("--no-parent", action="store_true",
                    help="replay the continued runs of a curves file (resume_from) as runs from scratch, without "
@@ -111,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         report_every=args.report_every,
         storage=args.storage,
         from_scratch=args.no_parent,
+        workers=args.workers,
     )
     results["curves"] = args.curves
     results["report_every"] = args.report_every

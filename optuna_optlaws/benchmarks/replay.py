@@ -371,14 +371,24 @@ def replay_order(
     study_name: str | None = None,
     seed: int = 0,
     run_param: str | None = None,
+    workers: int = 1,
 ) -> OrderOutcome:
     """Replay the runs of ``group`` in ``order`` as trials of one new study with ``pruner``.
+
+    ``workers``: how many runs train at once (parallel workers sharing the study). Time is
+    counted in optimizer steps, the same for every run: each worker takes the next run of
+    ``order`` when its trial ends (pruned at step ``s``: ``s`` steps after it began;
+    complete: its whole schedule after), and the reports of the running trials arrive in
+    the order of their times (ties: the worker that began first). With one worker, each
+    run is reported to its end before the next begins.
 
     ``run_param``: also record each trial's run id as a categorical parameter of that
     name (so the dashboard's trial table names the runs). Results are indexed by the runs'
     positions in the group, not in the order."""
     import optuna
 
+    if not (isinstance(workers, int) and workers >= 1):
+        raise InputError(f"replay: workers={workers!r} must be an int >= 1")
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -396,34 +406,63 @@ def replay_order(
     completed = [False] * n
     pruned_at: list[int | None] = [None] * n
     run_ids = [c.run_id for c in group.curves]
-    for index in order:
-        curve = group.curves[index]
+    queue = iter(order)
+
+    def begin(now: int) -> _Running | None:
+        index = next(queue, None)
+        if index is None:
+            return None
         if run_param is not None:
-            study.enqueue_trial({run_param: curve.run_id})
+            study.enqueue_trial({run_param: group.curves[index].run_id})
         trial = study.ask()
         if run_param is not None:
             trial.suggest_categorical(run_param, run_ids)
-        attach(trial, curve)
+        attach(trial, group.curves[index])
         steps, values = group.reports(index)
-        stopped = None
-        for step, value in zip(steps.tolist(), values.tolist(), strict=True):
-            trial.report(value, step)
-            if trial.should_prune():
-                stopped = step
-                break
-        if stopped is not None:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            trained[index] = stopped
-            pruned_at[index] = stopped
-        else:
+        return _Running(index, trial, steps.tolist(), values.tolist(), now)
+
+    slots: list[_Running | None] = []
+    for _ in range(workers):
+        slots.append(begin(0))
+    while True:
+        live = [(r.start + r.steps[r.pos], k) for k, r in enumerate(slots) if r is not None and r.pos < len(r.steps)]
+        if not live:
+            break
+        _, k = min(live)
+        run = slots[k]
+        assert run is not None
+        step, value = run.steps[run.pos], run.values[run.pos]
+        run.trial.report(value, step)
+        run.pos += 1
+        if run.trial.should_prune():
+            study.tell(run.trial, state=optuna.trial.TrialState.PRUNED)
+            trained[run.index] = step
+            pruned_at[run.index] = step
+            slots[k] = begin(run.start + step)
+        elif run.pos == len(run.steps):
+            curve = group.curves[run.index]
             final = curve.final_loss
             if math.isfinite(final):
-                study.tell(trial, final)
-                completed[index] = True
+                study.tell(run.trial, final)
+                completed[run.index] = True
             else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            trained[index] = curve.schedule.total_steps
+                study.tell(run.trial, state=optuna.trial.TrialState.FAIL)
+            trained[run.index] = curve.schedule.total_steps
+            slots[k] = begin(run.start + curve.schedule.total_steps)
     return OrderOutcome(list(order), trained, completed, pruned_at)
+
+
+@dataclass
+class _Running:
+    """A run being replayed by a worker: its group index, trial, reports (steps, values),
+    how many it has reported, and when (optimizer steps since the replay began) it began."""
+
+    index: int
+    trial: optuna.Trial
+    steps: list[int]
+    values: list[float]
+    start: int
+    pos: int = 0
 
 
 def trial_orders(n_runs: int, n_orders: int, seed: int) -> list[list[int]]:
@@ -532,10 +571,12 @@ def run_replay(
     storage: str | None = None,
     progress: bool | None = None,
     from_scratch: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Replay ``curves`` under each pruner and return the results (JSON-ready).
 
     ``orders``: trial orders per group (fewer when a group has fewer permutations);
+    ``workers``: runs trained at once (:func:`replay_order`);
     ``storage``: an Optuna storage URL (default: in memory), every study named
     ``replay-<pruner>-<group>-<order>``. Continued runs: see :func:`split_parent`."""
     import optuna
@@ -544,6 +585,8 @@ def run_replay(
         parse_pruner(name)
     if orders < 1:
         raise InputError(f"replay: --orders must be >= 1, got {orders}")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise InputError(f"replay: --workers must be >= 1, got {workers}")
     curves, parent, left_out = split_parent(curves, from_scratch=from_scratch)
     groups = group_curves(curves, group_by, report_every=report_every, parent=parent)
     plan = [(g, trial_orders(len(g.curves), orders, seed + gi)) for gi, g in enumerate(groups)]
@@ -555,6 +598,7 @@ def run_replay(
         "machine": _machine(),
         "orders_requested": orders,
         "seed": seed,
+        "workers": workers,
         "group_by": list(group_by),
         "parent": None if parent is None else {"run": parent.run_id, "resume_step": parent.resume_step},
         "continued_from_scratch": bool(from_scratch and left_out),
@@ -595,6 +639,7 @@ def run_replay(
                             storage=storage,
                             study_name=f"replay-{name}-{gi}-{oi}",  # fixed: HyperbandPruner hashes it
                             seed=seed + oi,
+                            workers=workers,
                         )
                     outcomes.append(outcome)
                     bar.advance(note=f"{name} {group.label}")
@@ -622,6 +667,9 @@ def combine_results(parts: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
     names = [n for n in parts[0][1]["pruners"] if all(n in r["pruners"] for _, r in parts[1:])]
     if not names:
         raise InputError("replay-combine: the results have no pruner in common")
+    workers = {int(r.get("workers", 1)) for _, r in parts}
+    if len(workers) > 1:
+        raise InputError(f"replay-combine: the replays ran with different --workers ({sorted(workers)})")
     groups: list[dict[str, Any]] = []
     per_group: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     wall = dict.fromkeys(names, 0.0)
@@ -640,6 +688,7 @@ def combine_results(parts: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
     return {
         "machine": first.get("machine", {}),
         "group_by": first.get("group_by", []),
+        "workers": workers.pop(),
         "curves": ", ".join(label for label, _ in parts),
         "combined_from": [{"label": label, "command": r.get("command", "")} for label, r in parts],
         "groups": groups,
@@ -719,11 +768,13 @@ def oracle_line(results: dict[str, Any]) -> str:
     full = sum(g["oracle_steps"][1] for g in groups)
     per = ", ".join(f"{g['group']} {100 * g['oracle_steps'][0] / g['oracle_steps'][1]:.1f}%" for g in groups)
     gates = ", ".join(f"{k}={v}" for k, v in oracle_gates().items())
+    one_worker = (" (with one worker: the floor of a sequential replay, not of these parallel ones)"
+                  if results.get("workers", 1) > 1 else "")
     return (
         f"Floor: an oracle that knows every final loss but keeps the optlaws pruner's gates ({gates}: "
         "min_reports counted past the law's initial transient: the first runs and every run that is best so "
         f"far complete, every other run is pruned at its first report past the gates) trains "
-        f"{100 * trained / full:.1f}% of the steps in these orders ({per}). "
+        f"{100 * trained / full:.1f}% of the steps in these orders ({per}){one_worker}. "
         "No pruner with these gates can go lower; in small groups most runs must complete."
     )
 
@@ -776,7 +827,7 @@ Steps trained: optimizer steps trained up to the pruning report, or the whole ho
 the steps of no pruning. Best run survived: the group's lowest-final-loss run completed.
 Regret: final loss of the best completed run minus the group's best final loss (nats; inf
 when every run of a study was pruned or failed).
-
+{_workers_line(results)}
 Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, 1-minute load average
 {machine.get('load_average_1min_at_start')} at the start (wall time depends on the load; CPU time is this
 process's).
@@ -801,6 +852,15 @@ Pruner settings (T: the group's horizon in steps):
 {format_group_table(results)}
 """
     (out / "README.md").write_text(text)
+
+
+def _workers_line(results: dict[str, Any]) -> str:
+    k = int(results.get("workers", 1))
+    if k <= 1:
+        return ""
+    return (f"\nWorkers: {k} runs train at once (parallel workers sharing each study; time counted in optimizer "
+            "steps, each worker taking the next run of the order when its trial ends), so a trial is checked "
+            "while others are still running, and the frontier may come from a running trial's prediction.\n")
 
 
 def _lineage_line(results: dict[str, Any]) -> str:
