@@ -421,7 +421,9 @@ def test_cli_replays_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "out"
     assert main(["replay", str(path), "--pruner", "none", "--orders", "2", "--workers", "3", "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["workers"] == 3
-    assert "Workers: 3 runs train at once" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "Workers: 3 runs train at once" in readme and "--orders 2 --seed 0" in readme
+    assert "--workers 3 --out" in readme  # the command that reruns it
     capsys.readouterr()
     assert main(["replay", str(path), "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0

@@ -166,5 +166,7 @@ def _command(args: argparse.Namespace, pruners: list[str]) -> str:
         parts += ["--storage", args.storage]
     if args.no_parent:
         parts.append("--no-parent")
+    if args.workers != 1:
+        parts += ["--workers", str(args.workers)]
     parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
