@@ -290,15 +290,15 @@ class OptLawsSampler(PicklesWithoutMemos, BaseSampler):
         model_size: float | None,
         tokens_per_step: float | None,
     ) -> list[Schedule]:
-        """Schedules other workers are training now (RUNNING trials of the same sizes whose
-        worker, when Optuna's heartbeat is on, still beats); none unless ``consider_running``."""
+        """Schedules other workers are training now (RUNNING trials other than ``number``,
+        of the same sizes, whose worker, when Optuna's heartbeat is on, still beats); none
+        unless ``consider_running``."""
         if not (self._consider_running and self._correct):
             return []
-        alive = [t for t in trials if t.state == TrialState.RUNNING and t.number != number]
-        if not alive:
+        if not any(t.state == TrialState.RUNNING and t.number != number for t in trials):
             return []
         gone = stale_trial_ids(study._storage, study._study_id)
-        return running_schedules([t for t in alive if t._trial_id not in gone], number, model_size, tokens_per_step)
+        return running_schedules(trials, number, model_size, tokens_per_step, exclude_ids=gone)
 
     def _check_report_steps(self, trial: FrozenTrial) -> None:
         """Warns once when a COMPLETE trial's reports stop before half of its schedule: its

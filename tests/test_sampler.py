@@ -325,3 +325,19 @@ def test_a_worker_is_not_sent_to_the_schedule_another_is_training() -> None:
     for study in one_worker:
         study.optimize(schedule_objective(), n_trials=7)
     assert _params(one_worker[0]) == _params(one_worker[1])
+
+
+def test_a_running_trial_whose_worker_is_gone_is_not_believed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedules the sampler believes are being trained: the other RUNNING trials with
+    a schedule, except those Optuna's heartbeat says are stale (their workers died)."""
+    import optuna_optlaws.sampler as sampler_mod
+
+    sampler = _sampler()
+    study = optuna.create_study(sampler=sampler)
+    asked = [study.ask() for _ in range(3)]
+    schedules = [suggest_schedule(t, total_steps=TOTAL_STEPS, **SPACE) for t in asked]
+    trials = study.get_trials(deepcopy=False)
+    assert sampler._running(study, trials, 2, None, None) == schedules[:2]
+    monkeypatch.setattr(sampler_mod, "stale_trial_ids", lambda storage, study_id: frozenset({asked[0]._trial_id}))
+    assert sampler._running(study, trials, 2, None, None) == schedules[1:2]
+    assert _sampler(consider_running=False)._running(study, trials, 2, None, None) == []

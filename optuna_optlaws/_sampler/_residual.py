@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +107,18 @@ def observations(
 
 
 def running_schedules(
-    trials: Sequence[FrozenTrial], exclude_number: int, model_size: float | None, tokens_per_step: float | None
+    trials: Sequence[FrozenTrial],
+    exclude_number: int,
+    model_size: float | None,
+    tokens_per_step: float | None,
+    exclude_ids: Collection[int] = (),
 ) -> list[Schedule]:
     """The schedules of the RUNNING trials of ``trials`` with the given sizes (within 2%),
-    other than trial ``exclude_number``: what other workers are training now."""
+    other than trial ``exclude_number`` and the trial ids ``exclude_ids`` (workers that
+    are gone): what other workers are training now."""
     out: list[Schedule] = []
     for t in trials:
-        if t.state != TrialState.RUNNING or t.number == exclude_number:
+        if t.state != TrialState.RUNNING or t.number == exclude_number or t._trial_id in exclude_ids:
             continue
         schedule = readable_schedule(t)
         if schedule is not None and _same_size(trial_sizes(t), (model_size, tokens_per_step)):
