@@ -114,6 +114,28 @@ def test_study_runs_end_to_end(tmp_path: Path) -> None:
     assert study_mod.make_study("optlaws-regret", storage, 0, 24, False, law, 0.03).sampler._acquisition != "ei"
 
 
+def test_an_arm_runs_with_parallel_worker_processes(tmp_path: Path) -> None:
+    """``--workers 2``: two processes of the script share the arm's study (RDB storage with
+    Optuna's heartbeat), each its share of the trials; the report is written once, from the
+    shared study, with the command that ran it."""
+    spec = importlib.util.spec_from_file_location("tiny_lm_study", EXAMPLE / "study.py")
+    assert spec is not None and spec.loader is not None
+    study_mod = importlib.util.module_from_spec(spec)
+    sys.modules["tiny_lm_study"] = study_mod
+    spec.loader.exec_module(study_mod)
+    out = tmp_path / "par"
+    storage = f"sqlite:///{tmp_path / 'par.db'}"
+    rc = study_mod.main(["--arm", "optlaws", "--trials", "5", "--steps", "24", "--storage", storage,
+                         "--out-dir", str(out), "--tiny", "--workers", "2"])
+    assert rc == 0
+    study = optuna.load_study(study_name="tiny_lm-optlaws", storage=storage)
+    assert len(study.trials) == 5 and all(t.state.is_finished() for t in study.trials)
+    assert all(t.intermediate_values and t.user_attrs["steps_trained"] > 0 for t in study.trials)
+    assert "| optlaws | 5 |" in (out / "README.md").read_text() and "--workers 2" in (out / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        study_mod.main(["--arm", "optlaws-regret-repeats", "--workers", "2", "--storage", storage, "--tiny"])
+
+
 def test_repeats_arm_retrains_its_best_trial_under_other_seeds(tmp_path: Path) -> None:
     """``optlaws-regret-repeats``: after REPEAT_AFTER complete trials the best is enqueued
     REPEATS times with other training seeds, which train differently, so the pruner's

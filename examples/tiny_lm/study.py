@@ -34,11 +34,19 @@ Arms (each its own study in the same storage, named ``tiny_lm-<arm>``):
   :data:`REPEATS` other training seeds (enqueued trials, part of the ``--trials``): the
   pruner's default ``final_noise="auto"`` measures the run-to-run noise on them.
 
+``--workers K``: each arm's trials are run by K worker processes sharing its study (this
+script again, one process per worker, each with its share of ``--trials``), as a team
+with one GPU per worker runs a study: the storage is Optuna's RDB storage with its
+heartbeat on (a trial whose worker dies stops counting for the others), the sampler
+counts the schedules the other workers are training, and the pruner's frontier can come
+from a running trial.
+
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
 
     python examples/tiny_lm/study.py --quick                       # ~2-3 min: optlaws arm, 6 trials x 200 steps,
                                                                    # report and SQLite in studies/tiny_lm/quick/
+    python examples/tiny_lm/study.py --arm optlaws --arm tpe --workers 2 --out-dir studies/tiny_lm/workers2
     nice -n 10 python examples/tiny_lm/study.py --trials 30        # the full study, all three arms
     optuna-dashboard sqlite:///studies/tiny_lm/tiny_lm.db          # look at it
 """
@@ -215,6 +223,46 @@ def make_study(
     return optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True
     )
+
+
+HEARTBEAT_S = 30
+"""Seconds between two heartbeats of a worker of ``--workers`` (Optuna's RDB storage);
+a trial whose worker has not beaten for :data:`GRACE_S` is taken for dead."""
+GRACE_S = 120
+
+
+def run_workers(args: argparse.Namespace, arm: str, storage: str, trials: int) -> None:
+    """Run ``trials`` trials of ``arm``'s study (created already) with ``args.workers``
+    processes of this script (``--worker``), each its share of the trials; waits for all.
+    A worker that fails raises ``RuntimeError`` naming it, once the others are done."""
+    import subprocess
+
+    shares = [trials // args.workers + (k < trials % args.workers) for k in range(args.workers)]
+    common = ["--arm", arm, "--steps", str(args.steps), "--storage", storage, "--seed", str(args.seed),
+              "--law", args.law, "--tolerance", str(args.tolerance), "--train-seed", str(args.train_seed),
+              "--threads", str(args.threads), "--worker", *(["--tiny"] if args.tiny else [])]
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *common, "--trials", str(n)])
+             for n in shares if n > 0]
+    failed = [k for k, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"study.py: worker(s) {failed} of arm {arm} exited with an error")
+
+
+def run_worker(args: argparse.Namespace, arm: str, storage: str, objective: Any) -> int:
+    """One worker of ``--workers``: ``args.trials`` trials of ``arm``'s study (never
+    recreated), on Optuna's RDB storage with its heartbeat on."""
+    url = storage if "://" in storage else f"sqlite:///{storage}"
+    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    study = make_study(arm, rdb, args.seed, args.steps, True, args.law, args.tolerance)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+
+    def log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        print(f"[{arm} pid {os.getpid()}] trial {trial.number}: {trial.state.name} value {value} "
+              f"steps {trial.user_attrs.get(STEPS_ATTR)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    study.optimize(objective, n_trials=args.trials, callbacks=[log], catch=())
+    return 0
 
 
 def _stored_seed(study: optuna.Study, default: int) -> str:
@@ -439,7 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="train nothing: rewrite the report from the storage")
     ap.add_argument("--tiny", action="store_true", help="a toy model (d_model 32, batch 8 x 32): smoke tests only")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes per arm sharing its study, each with its share of --trials (default 1)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of those processes
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error(f"--workers {args.workers}: must be >= 1")
+    if args.workers > 1 and "optlaws-regret-repeats" in (args.arm or []):
+        ap.error("--workers: the optlaws-regret-repeats arm enqueues its repeats from one process; run it alone")
     if args.quick:
         args.arm = args.arm or ["optlaws"]
         if "--trials" not in argv:
@@ -457,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     space = SearchSpace()
     objective = make_objective(args.steps, cfg, space, device)
     command = "python examples/tiny_lm/study.py " + shlex.join(argv)
+    if args.worker:
+        return run_worker(args, arms[0], storage, objective)
     results: dict[str, dict[str, Any]] = {}
     for arm in [] if args.report_only else arms:
         study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law, args.tolerance)
@@ -477,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         callbacks: list[Any] = [log]
         if arm == "optlaws-regret-repeats":
             callbacks.append(lambda study, _trial: enqueue_repeats(study, args.train_seed))
-        if todo > 0:
+        if todo > 0 and args.workers > 1:
+            run_workers(args, arm, storage, todo)
+        elif todo > 0:
             study.optimize(objective, n_trials=todo, callbacks=callbacks, catch=())
         results[arm] = summarize(study)
     # keep the summaries of arms stored earlier in the same storage (e.g. run one arm at a time)
