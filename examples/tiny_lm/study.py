@@ -39,7 +39,8 @@ script again, one process per worker, each with its share of ``--trials``), as a
 with one GPU per worker runs a study: the storage is Optuna's RDB storage with its
 heartbeat on (a trial whose worker dies stops counting for the others), the sampler
 counts the schedules the other workers are training, and the pruner's frontier can come
-from a running trial.
+from a running trial. In the TPE arms worker k seeds its sampler with ``--seed`` + k (with
+one seed every worker would propose the same parameters).
 
 After the arms it writes ``<out-dir>/README.md``: per arm the best final loss, the optimizer
 steps trained in all, the trials pruned, and the command. Usage (repository root)::
@@ -238,11 +239,17 @@ def run_workers(args: argparse.Namespace, arm: str, storage: str, trials: int) -
     import subprocess
 
     shares = [trials // args.workers + (k < trials % args.workers) for k in range(args.workers)]
-    common = ["--arm", arm, "--steps", str(args.steps), "--storage", storage, "--seed", str(args.seed),
+    common = ["--arm", arm, "--steps", str(args.steps), "--storage", storage,
               "--law", args.law, "--tolerance", str(args.tolerance), "--train-seed", str(args.train_seed),
               "--threads", str(args.threads), "--worker", *(["--tiny"] if args.tiny else [])]
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *common, "--trials", str(n)])
-             for n in shares if n > 0]
+    # Optuna's own samplers draw from their seeded generator: workers with one seed would
+    # propose the same parameters, so worker k seeds them with seed + k. The OptLaws arms
+    # keep one seed (their proposals are seeded by trial number, and the pruner's seed
+    # names the law fit the workers share).
+    seeds = [args.seed + k if arm in OPTUNA_ARMS else args.seed for k in range(args.workers)]
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *common,
+                               "--seed", str(seed), "--trials", str(n)])
+             for n, seed in zip(shares, seeds, strict=True) if n > 0]
     failed = [k for k, p in enumerate(procs) if p.wait() != 0]
     if failed:
         raise RuntimeError(f"study.py: worker(s) {failed} of arm {arm} exited with an error")
