@@ -118,11 +118,7 @@ def test_an_arm_runs_with_parallel_worker_processes(tmp_path: Path) -> None:
     """``--workers 2``: two processes of the script share the arm's study (RDB storage with
     Optuna's heartbeat), each its share of the trials; the report is written once, from the
     shared study, with the command that ran it."""
-    spec = importlib.util.spec_from_file_location("tiny_lm_study", EXAMPLE / "study.py")
-    assert spec is not None and spec.loader is not None
-    study_mod = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_lm_study"] = study_mod
-    spec.loader.exec_module(study_mod)
+    study_mod = _study_module()
     out = tmp_path / "par"
     storage = f"sqlite:///{tmp_path / 'par.db'}"
     rc = study_mod.main(["--arm", "optlaws", "--trials", "5", "--steps", "24", "--storage", storage,
