@@ -258,8 +258,12 @@ def run_workers(args: argparse.Namespace, arm: str, storage: str, trials: int) -
 def run_worker(args: argparse.Namespace, arm: str, storage: str, objective: Any) -> int:
     """One worker of ``--workers``: ``args.trials`` trials of ``arm``'s study (never
     recreated), on Optuna's RDB storage with its heartbeat on."""
+    import warnings
+
     url = storage if "://" in storage else f"sqlite:///{storage}"
-    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    with warnings.catch_warnings():  # Optuna marks the heartbeat experimental, once per worker
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     study = make_study(arm, rdb, args.seed, args.steps, True, args.law, args.tolerance)  # type: ignore[arg-type]
     t0 = time.perf_counter()
 
