@@ -57,6 +57,25 @@ LAW_KEY_PREFIX = "optlaws:law:"
 """Study system attribute ``optlaws:law:<law name>``: the stored fit (see :class:`LawStore`)."""
 
 CURVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+RETRY_HISTORY = "retry_history"
+"""System attribute Optuna's retry callbacks (``RetryFailedTrialCallback``,
+``RetryHeartbeatStaleTrialCallback``) set on a retry: the numbers of the failed trials
+it reruns."""
+
+
+def without_retried(trials: Sequence[FrozenTrial]) -> Sequence[FrozenTrial]:
+    """``trials`` less the FAIL trials another trial retries (Optuna's retry callbacks):
+    the retry trains the same schedule again (from the failed run's reports, when it
+    inherits them), so the law would fit that run twice."""
+    retried: set[int] = set()
+    for t in trials:
+        history = t.system_attrs.get(RETRY_HISTORY)
+        if isinstance(history, list):
+            retried.update(n for n in history if isinstance(n, int))
+    if not retried:
+        return trials
+    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
 """Trials whose curves the law is fitted on."""
 
 _log = optuna.logging.get_logger(__name__)
@@ -349,7 +368,9 @@ class LawStore:
 
         The storage is read only when this process's last view of the stored fit would
         now call for a refit (every worker applies the same rule to the same data, so
-        until then the stored fit cannot have changed, short of corruption)."""
+        until then the stored fit cannot have changed, short of corruption). A failed trial
+        that another retries is not fitted (:func:`without_retried`)."""
+        trials = without_retried(trials)
         summary = DataSummary.of(trials)
         parent, note = self._parent(study)
         if summary.n_complete < self.min_complete:

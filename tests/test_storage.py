@@ -417,3 +417,33 @@ def test_a_killed_worker_s_trial_is_retried_with_its_schedule(db_dir: Path) -> N
     assert retried.params == killed.params
     assert get_schedule(retried) == get_schedule(killed) is not None
     assert WARNING not in retried.user_attrs, retried.user_attrs[WARNING]
+
+
+def test_a_retried_failed_trial_is_fitted_once() -> None:
+    """A FAIL trial that Optuna's retry callback reruns (its number in the retry's
+    ``retry_history``, its reports inherited) is left out of the law's fit: the retry
+    holds the same run, which would otherwise be fitted twice."""
+    from optuna_optlaws import OptLawsPruner
+
+    study = optuna.create_study(pruner=OptLawsPruner(TEST_LAW, n_min_trials=3))
+    for s in (Schedule.cosine(3e-3, TOTAL_STEPS, 30, 3e-5), Schedule.wsd(3e-3, TOTAL_STEPS, 30, 0.0, 0.3),
+              Schedule.linear(2.5e-3, TOTAL_STEPS, 30, 0.0)):
+        _complete(study, s)
+    _complete(study, BAD, n_reports=12)  # its worker dies half-way
+    failed = study.trials[-1]
+    study.tell(failed.number, state=TrialState.FAIL)
+    failed = study.trials[-1]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+        system_attrs={**failed.system_attrs, "failed_trial": failed.number, "retry_history": [failed.number]},
+        intermediate_values=failed.intermediate_values,
+    ))
+    retry = study.ask()  # the retry runs, with the failed run's reports
+
+    def fitted_on() -> set[str]:
+        store = LawStore(TEST_LAW, min_complete=3)
+        store.get(study, study.get_trials(deepcopy=False))
+        record = study._storage.get_study_system_attrs(study._study_id)[store.key]
+        return {r["run_id"] for r in json.loads(record["law"])["fitted_on"]}
+
+    assert fitted_on() == {"trial_0", "trial_1", "trial_2", f"trial_{retry.number}"}
