@@ -57,6 +57,7 @@ LAW_KEY_PREFIX = "optlaws:law:"
 """Study system attribute ``optlaws:law:<law name>``: the stored fit (see :class:`LawStore`)."""
 
 CURVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+"""Trials whose curves the law is fitted on."""
 
 RETRY_HISTORY = "retry_history"
 """System attribute Optuna's retry callbacks (``RetryFailedTrialCallback``,
@@ -76,7 +77,6 @@ def without_retried(trials: Sequence[FrozenTrial]) -> Sequence[FrozenTrial]:
     if not retried:
         return trials
     return [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
-"""Trials whose curves the law is fitted on."""
 
 _log = optuna.logging.get_logger(__name__)
 
