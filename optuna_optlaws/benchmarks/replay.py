@@ -585,8 +585,6 @@ def run_replay(
         parse_pruner(name)
     if orders < 1:
         raise InputError(f"replay: --orders must be >= 1, got {orders}")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise InputError(f"replay: --workers must be >= 1, got {workers}")
     curves, parent, left_out = split_parent(curves, from_scratch=from_scratch)
     groups = group_curves(curves, group_by, report_every=report_every, parent=parent)
     plan = [(g, trial_orders(len(g.curves), orders, seed + gi)) for gi, g in enumerate(groups)]
