@@ -77,7 +77,6 @@ from optuna_optlaws import (
 )
 from optuna_optlaws.curves import Curve, read_curves_csv
 from optuna_optlaws.laws import Law, load_law
-from optuna_optlaws.pruner import DEFAULT_MARGIN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual import pre_schedule
@@ -91,11 +90,13 @@ from study import (
     arm_table,
     make_objective,
     optuna_arm,
+    pruner_tolerance,
     report_header,
     steps_until,
     summarize,
     target_met,
     training_config,
+    trial_logger,
 )
 from tinylm import (
     TinyLMConfig,
@@ -230,9 +231,7 @@ def make_study(
     pruner: optuna.pruners.BasePruner
     if arm in OPTLAWS_ARMS:
         sampler = OptLawsSampler(transfer_prior=prior, seed=seed)
-        pruner = OptLawsPruner(
-            transfer_prior=prior, seed=seed, tolerance=DEFAULT_MARGIN + tolerance if arm == "optlaws-regret" else 0.0
-        )
+        pruner = OptLawsPruner(transfer_prior=prior, seed=seed, tolerance=pruner_tolerance(arm, tolerance))
     elif arm in OPTUNA_ARMS:
         sampler, pruner = optuna_arm(arm, seed, steps)
     else:
@@ -477,14 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                  optuna.trial.TrialState.PRUNED,
                                                                  optuna.trial.TrialState.FAIL)))
-            t0 = time.perf_counter()
-
-            def log(study: optuna.Study, trial: optuna.trial.FrozenTrial, arm: str = arm, t0: float = t0) -> None:
-                value = f"{trial.value:.4f}" if trial.value is not None else "-"
-                print(f"[{arm}] trial {trial.number}: {trial.state.name} value {value} "
-                      f"steps {trial.user_attrs.get(STEPS_ATTR)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
             if trials - done > 0:
+                log = trial_logger(arm, time.perf_counter())
                 study.optimize(objective, n_trials=trials - done, callbacks=[log], catch=())
         results[arm] = summarize(study)
         if arm in OPTLAWS_ARMS:

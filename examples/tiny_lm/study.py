@@ -186,6 +186,27 @@ def optuna_arm(arm: str, seed: int, steps: int) -> tuple[optuna.samplers.BaseSam
     return sampler, optuna.pruners.NopPruner()
 
 
+def pruner_tolerance(arm: str, tolerance: float) -> float:
+    """The regret tolerance (nats) of an OptLaws arm's pruner given ``--tolerance``: none in
+    ``optlaws``, the margin plus it in the regret arms (a pruned run can beat the frontier
+    by at most ``tolerance``), ``tolerance`` itself in the others."""
+    if arm == "optlaws":
+        return 0.0
+    return DEFAULT_MARGIN + tolerance if arm in REGRET_ARMS else tolerance
+
+
+def trial_logger(arm: str, t0: float, who: str = "") -> Any:
+    """A study callback printing each finished trial of ``arm`` (state, value, optimizer
+    steps, seconds since ``t0``); ``who`` tags the process (a worker)."""
+
+    def log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        print(f"[{arm}{who}] trial {trial.number}: {trial.state.name} value {value} "
+              f"steps {trial.user_attrs.get(STEPS_ATTR)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    return log
+
+
 def make_study(
     arm: str, storage: str, seed: int, steps: int, resume: bool, law: str = "optlaw", tolerance: float = TOLERANCE
 ) -> optuna.Study:
@@ -199,12 +220,7 @@ def make_study(
     a sampler that asks for an improvement of ``tolerance`` nats."""
     name = f"tiny_lm-{arm}"
     if arm in OPTLAWS_ARMS:
-        if arm == "optlaws":
-            tol = 0.0
-        elif arm in REGRET_ARMS:
-            tol = DEFAULT_MARGIN + tolerance
-        else:
-            tol = tolerance
+        tol = pruner_tolerance(arm, tolerance)
         sampler: optuna.samplers.BaseSampler = (
             OptLawsSampler(law, seed=seed, acquisition="ei", min_improvement=tolerance)
             if arm in EI_ARMS
@@ -265,13 +281,7 @@ def run_worker(args: argparse.Namespace, arm: str, storage: str, objective: Any)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     study = make_study(arm, rdb, args.seed, args.steps, True, args.law, args.tolerance)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-
-    def log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = f"{trial.value:.4f}" if trial.value is not None else "-"
-        print(f"[{arm} pid {os.getpid()}] trial {trial.number}: {trial.state.name} value {value} "
-              f"steps {trial.user_attrs.get(STEPS_ATTR)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
+    log = trial_logger(arm, time.perf_counter(), f" pid {os.getpid()}")
     study.optimize(objective, n_trials=args.trials, callbacks=[log], catch=())
     return 0
 
@@ -530,19 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         study = make_study(arm, storage, args.seed, args.steps, args.resume, args.law, args.tolerance)
         study.set_user_attr("command", command)
         study.set_user_attr("seed", args.seed)
-        t0 = time.perf_counter()
         waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
         todo = args.trials - (len(study.trials) - waiting) if args.resume else args.trials  # enqueued: to do
-
-        def log(study: optuna.Study, trial: optuna.trial.FrozenTrial, arm: str = arm, t0: float = t0) -> None:
-            value = f"{trial.value:.4f}" if trial.value is not None else "-"
-            print(
-                f"[{arm}] trial {trial.number}: {trial.state.name} value {value} "
-                f"steps {trial.user_attrs.get(STEPS_ATTR)} ({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
-
-        callbacks: list[Any] = [log]
+        callbacks: list[Any] = [trial_logger(arm, time.perf_counter())]
         if arm == "optlaws-regret-repeats":
             callbacks.append(lambda study, _trial: enqueue_repeats(study, args.train_seed))
         if todo > 0 and args.workers > 1:
