@@ -62,9 +62,11 @@ NEAR_COPY = 0.05
 ARMS = ("sequential", "batch-ignore", "batch-believe")
 
 
-def _final(schedule: Any, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+def _curve(schedule: Any, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic run of ``schedule``: report steps and losses (nats), with the report
+    noise drawn from ``rng`` (noise-free without one)."""
     steps = np.unique(np.append(np.arange(REPORT_EVERY - 1, TOTAL_STEPS, REPORT_EVERY), TOTAL_STEPS - 1))
-    losses = synthetic_loss(schedule, steps, peak_penalty=PEAK_PENALTY, noise=NOISE if rng else 0.0, rng=rng)
+    losses = synthetic_loss(schedule, steps, peak_penalty=PEAK_PENALTY, noise=NOISE, rng=rng)
     return steps, losses
 
 
@@ -81,7 +83,7 @@ def space_best(seed: int = 0) -> float:
     space = get_space(trial)
     assert space is not None
     values = space.from_unit(_sobol(space.unit_dims, DENSE, seed))
-    return min(float(_final(space.build(v), None)[1][-1]) for v in values)
+    return min(float(_curve(space.build(v), None)[1][-1]) for v in values)
 
 
 def run_arm(arm: str, *, seed: int, trials: int, batch: int, law: str) -> dict[str, Any]:
@@ -107,7 +109,7 @@ def run_arm(arm: str, *, seed: int, trials: int, batch: int, law: str) -> dict[s
             sources.append(str(record.get("source", "startup")))
         batches.append(list(schedule_descriptors(schedules)))
         for t, s in zip(asked, schedules, strict=True):
-            steps, losses = _final(s, np.random.default_rng([seed, t.number]))
+            steps, losses = _curve(s, np.random.default_rng([seed, t.number]))
             for step, loss in zip(steps.tolist(), losses.tolist(), strict=True):
                 t.report(loss, step)
             study.tell(t, float(losses[-1]))
